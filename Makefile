@@ -1,0 +1,41 @@
+# make demo  -- run a real service under wrapperd and show what it can really do
+# make test  -- the whole test suite (unit + privileged), installing what it needs
+# make bench -- benchmarks (bench/)
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: deps venv test unit privileged demo lint bench clean
+
+deps:
+	@sh scripts/install-deps
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	@$(MAKE) --no-print-directory deps
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(PY) -m pytest -q tests
+
+unit: venv
+	$(PY) -m pytest -q tests/unit
+
+privileged: venv
+	$(PY) -m pytest -q tests/privileged
+
+demo: venv
+	$(PY) demo.py
+
+lint: venv
+	$(PY) -m ruff check sandbox wrapperd tests
+
+bench: venv
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

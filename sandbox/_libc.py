@@ -1,0 +1,125 @@
+"""Thin ctypes bindings for the syscalls Python's standard library lacks.
+
+Why not python-prctl for these: its capability table is fixed when it is built
+(here it stops before CAP_CHECKPOINT_RESTORE), it cannot touch the ambient set,
+and it routes capset through libcap's name table.  capget/capset and the
+bounding/ambient prctls are a few lines of ctypes, so they live here.
+Python 3.11 also has no os.unshare/os.setns (added in 3.12).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# <linux/prctl.h>
+PR_SET_PDEATHSIG = 1
+PR_GET_DUMPABLE = 3
+PR_SET_DUMPABLE = 4
+PR_GET_KEEPCAPS = 7
+PR_SET_KEEPCAPS = 8
+PR_SET_SECCOMP = 22
+PR_CAPBSET_READ = 23
+PR_CAPBSET_DROP = 24
+PR_GET_SECUREBITS = 27
+PR_SET_SECUREBITS = 28
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_IS_SET = 1
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_LOWER = 3
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+# <linux/capability.h>
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+_prctl = _libc.prctl
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_prctl.restype = ctypes.c_int
+
+
+def _check(ret: int, what: str) -> int:
+    if ret == -1:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    return _check(_prctl(option, arg2, arg3, arg4, arg5), f"prctl({option})")
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    ]
+
+
+_CapDataPair = _CapData * 2
+
+
+def capget(pid: int = 0) -> tuple[int, int, int]:
+    """Return (effective, permitted, inheritable) of pid (0: the caller) as 64-bit masks."""
+    hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, pid)
+    data = _CapDataPair()
+    _check(_libc.capget(ctypes.byref(hdr), data), "capget")
+    return tuple(getattr(data[0], f) | (getattr(data[1], f) << 32)
+                 for f in ("effective", "permitted", "inheritable"))
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = _CapDataPair()
+    for i in (0, 1):
+        shift = 32 * i
+        data[i].effective = (effective >> shift) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
+    _check(_libc.capset(ctypes.byref(hdr), data), "capset")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
+def seccomp_load_bpf(program: bytes, flags: int = 0) -> None:
+    """Load a compiled classic-BPF seccomp program (struct sock_filter[]).
+
+    Loading raw BPF keeps libseccomp out of the process that applies the filter:
+    the program is compiled in prepare() and only this prctl runs before exec.
+    """
+    if len(program) % 8:
+        raise ValueError("seccomp program length is not a multiple of 8")
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_char_p))
+    # SECCOMP_SET_MODE_FILTER = 1 through seccomp(2) so flags can be passed.
+    _syscall = _libc.syscall
+    _syscall.restype = ctypes.c_long
+    _check(_syscall(ctypes.c_long(SYS_seccomp), ctypes.c_long(1), ctypes.c_long(flags),
+                    ctypes.byref(prog)), "seccomp(SECCOMP_SET_MODE_FILTER)")
+
+
+def _sys_seccomp() -> int:
+    machine = os.uname().machine
+    return {"x86_64": 317, "aarch64": 277, "i686": 354, "i386": 354,
+            "armv7l": 383, "ppc64le": 358, "s390x": 348, "riscv64": 277}.get(machine, -1)
+
+
+SYS_seccomp = _sys_seccomp()

@@ -1,0 +1,41 @@
+"""File descriptors: exactly 0, 1, 2 and pass_fds reach the target.
+
+Every other fd is closed before exec -- including the spec fd, any cgroup directory fd
+and whatever the caller leaked to us (runc CVE-2024-21626 was a leaked cgroup dir fd).
+The status fd stays open but close-on-exec, so its EOF tells the caller exec happened.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import SetupError
+
+__all__ = ["check_pass_fds", "close_others"]
+
+
+def check_pass_fds(pass_fds) -> None:
+    for fd in pass_fds:
+        try:
+            os.fstat(fd)
+        except OSError as e:
+            raise SetupError("fds", e.errno, f"pass_fds: fd {fd} is not open") from None
+
+
+def close_others(pass_fds, cloexec_keep=()) -> None:
+    keep = sorted({0, 1, 2, *pass_fds, *cloexec_keep})
+    lo = 0
+    for fd in keep:
+        if fd > lo:
+            os.closerange(lo, fd)
+        lo = fd + 1
+    os.closerange(lo, 1 << 20)   # close_range(2) underneath: cheap whatever the bound
+    for fd in pass_fds:
+        os.set_inheritable(fd, True)
+    for fd in cloexec_keep:
+        os.set_inheritable(fd, False)
+    for fd in (0, 1, 2):
+        try:
+            os.set_inheritable(fd, True)
+        except OSError:
+            pass   # a closed stdio fd stays closed, as the caller left it

@@ -1,0 +1,56 @@
+"""Per-process attributes: oom_score_adj, nice, umask, cwd, pdeathsig, dumpable,
+no_new_privs.  Each a small side-effect function; the shim decides when."""
+
+from __future__ import annotations
+
+import os
+
+from . import _libc
+from .errors import SetupError
+
+__all__ = ["set_oom_score_adj", "set_nice", "set_pdeathsig", "set_dumpable",
+           "set_no_new_privs"]
+
+
+def set_oom_score_adj(value: int) -> None:
+    # Lowering it below the current value needs CAP_SYS_RESOURCE: do it while privileged.
+    try:
+        fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, str(value).encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise SetupError("oom_score_adj", e.errno, f"write {value}") from None
+
+
+def set_nice(value: int) -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, value)
+    except OSError as e:
+        raise SetupError("nice", e.errno, f"setpriority {value}") from None
+
+
+def set_pdeathsig(sig: int, expected_ppid: int) -> None:
+    # Cleared by the kernel whenever our credentials change: set it after the uid
+    # change.  If the parent already died, the signal would never come: fail closed.
+    try:
+        _libc.prctl(_libc.PR_SET_PDEATHSIG, sig)
+    except OSError as e:
+        raise SetupError("pdeathsig", e.errno, f"PR_SET_PDEATHSIG {sig}") from None
+    if os.getppid() != expected_ppid:
+        raise SetupError("pdeathsig", 0, "the parent exited before pdeathsig was armed")
+
+
+def set_dumpable(on: bool) -> None:
+    try:
+        _libc.prctl(_libc.PR_SET_DUMPABLE, 1 if on else 0)
+    except OSError as e:
+        raise SetupError("dumpable", e.errno, "PR_SET_DUMPABLE") from None
+
+
+def set_no_new_privs() -> None:
+    try:
+        _libc.prctl(_libc.PR_SET_NO_NEW_PRIVS, 1)
+    except OSError as e:
+        raise SetupError("no_new_privs", e.errno, "PR_SET_NO_NEW_PRIVS") from None

@@ -1,0 +1,713 @@
+"""The spawn spec: one frozen, typed description of how a target must run.
+
+Pure data.  Loading validates every field and names a bad one by its path
+(``capabilities.drop[2]: unknown capability 'CAP_FOO'``); nothing here touches the
+kernel.  Names (users, groups) are resolved later, in each facility's prepare().
+
+JSON is strict: duplicate keys, unknown keys, NaN/Infinity, and a bool where a number
+is expected (or the reverse) are errors, never coerced.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional, Union
+
+import attrs
+
+from .errors import SpecError
+
+__all__ = ["Spec", "User", "Capabilities", "Seccomp", "SeccompRule", "SeccompArg",
+           "Namespaces", "IdMap", "Mount", "Cgroup", "Rlimit", "MAX_SPEC_BYTES", "MAX_ID",
+           "RLIMIT_NAMES", "SPEC_VERSION"]
+
+SPEC_VERSION = 1
+MAX_SPEC_BYTES = 1 << 20
+MAX_ID = 2**32 - 2          # (uid_t)-1 means "leave unchanged" to the kernel: never an id
+RLIM_INFINITY = "unlimited"
+RLIMIT_NAMES = ("AS", "CORE", "CPU", "DATA", "FSIZE", "LOCKS", "MEMLOCK", "MSGQUEUE",
+                "NICE", "NOFILE", "NPROC", "RSS", "RTPRIO", "RTTIME", "SIGPENDING", "STACK")
+
+
+# --------------------------------------------------------------------------- checkers
+# Each takes the raw JSON value and its path, and returns the value for the model.
+
+def _type_name(v: Any) -> str:
+    return {bool: "a bool", int: "a number", float: "a number", str: "a string",
+            list: "a list", dict: "an object", type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def _int(v: Any, path: str, lo: Optional[int] = None, hi: Optional[int] = None) -> int:
+    if type(v) is not int:          # bool is an int subclass: refuse it explicitly
+        raise SpecError(f"expected an integer, got {_type_name(v)}", path)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise SpecError(f"{v} is out of range [{lo}, {hi}]", path)
+    return v
+
+
+def _bool(v: Any, path: str) -> bool:
+    if type(v) is not bool:
+        raise SpecError(f"expected true or false, got {_type_name(v)}", path)
+    return v
+
+
+def _str(v: Any, path: str, nonempty: bool = False) -> str:
+    if type(v) is not str:
+        raise SpecError(f"expected a string, got {_type_name(v)}", path)
+    if "\0" in v:
+        raise SpecError("contains a NUL byte", path)
+    try:
+        v.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise SpecError("is not valid UTF-8 text", path) from None
+    if nonempty and not v:
+        raise SpecError("must not be empty", path)
+    return v
+
+
+def _abspath(v: Any, path: str) -> str:
+    s = _str(v, path, nonempty=True)
+    if not s.startswith("/"):
+        raise SpecError(f"{s!r} is not an absolute path", path)
+    return s
+
+
+def _list(v: Any, path: str, item, *a, **kw) -> tuple:
+    if type(v) is not list:
+        raise SpecError(f"expected a list, got {_type_name(v)}", path)
+    return tuple(item(x, f"{path}[{i}]", *a, **kw) for i, x in enumerate(v))
+
+
+def _obj(v: Any, path: str, allowed: "tuple[str, ...]") -> dict:
+    if type(v) is not dict:
+        raise SpecError(f"expected an object, got {_type_name(v)}", path)
+    for k in v:
+        if k not in allowed:
+            where = f"{path}.{k}" if path else k
+            raise SpecError(f"unknown key (expected one of: {', '.join(allowed)})", where)
+    return v
+
+
+def _id(v: Any, path: str) -> Union[int, str]:
+    """A uid or gid: a number in [0, 2^32-2] or a name resolved later."""
+    if type(v) is str:
+        return _str(v, path, nonempty=True)
+    return _int(v, path, 0, MAX_ID)
+
+
+def _opt(d: dict, key: str, fn, path: str, *a, **kw):
+    v = d.get(key)
+    return None if v is None else fn(v, f"{path}.{key}" if path else key, *a, **kw)
+
+
+def _capname(v: Any, path: str) -> str:
+    from . import caps   # light: a table and a few helpers
+    s = _str(v, path)
+    try:
+        return caps.normalize(s)
+    except SpecError as e:
+        raise SpecError(e.message, path) from None
+
+
+# --------------------------------------------------------------------------- models
+
+def _field(doc: str, **kw):
+    return attrs.field(metadata={"doc": doc}, **kw)
+
+
+@attrs.frozen
+class User:
+    """Who the target runs as.  Set in the order setgroups, setresgid, setresuid, so the
+    real, effective, saved and filesystem ids all change."""
+
+    uid: Union[int, str] = _field("uid or user name: real, effective, saved and fs uid")
+    gid: Optional[Union[int, str]] = _field(
+        "gid or group name; default: the user's primary group from /etc/passwd, else the uid",
+        default=None)
+    groups: tuple = _field("supplementary groups (ids or names); default: none", default=())
+    umask: Optional[str] = _field("octal umask, e.g. '0022'; default: inherited", default=None)
+
+    KEYS = ("uid", "gid", "groups", "umask")
+
+    @classmethod
+    def load(cls, v: Any, path: str) -> "User":
+        d = _obj(v, path, cls.KEYS)
+        if "uid" not in d:
+            raise SpecError("missing required key 'uid'", path)
+        umask = _opt(d, "umask", _str, path)
+        if umask is not None:
+            if not (1 <= len(umask) <= 4 and all(c in "01234567" for c in umask)):
+                raise SpecError(f"{umask!r} is not an octal umask like '0022'", f"{path}.umask")
+        return cls(uid=_id(d["uid"], f"{path}.uid"), gid=_opt(d, "gid", _id, path),
+                   groups=_opt(d, "groups", _list, path, _id) or (), umask=umask)
+
+    def dump(self) -> dict:
+        return {"uid": self.uid, "gid": self.gid, "groups": list(self.groups),
+                "umask": self.umask}
+
+
+@attrs.frozen
+class Capabilities:
+    """Capability sets of the target.  `drop` removes these from every set and keeps the
+    rest; `keep` removes all others.  A non-root target holds caps only through the
+    ambient set: with `keep`, the kept caps are raised in ambient unless `ambient` is
+    given explicitly."""
+
+    drop: Optional[tuple] = _field("caps removed from all five sets", default=None)
+    keep: Optional[tuple] = _field("the only caps left in any set", default=None)
+    ambient: Optional[tuple] = _field("caps a non-root target keeps across execve",
+                                      default=None)
+
+    KEYS = ("drop", "keep", "ambient")
+
+    @classmethod
+    def load(cls, v: Any, path: str) -> "Capabilities":
+        d = _obj(v, path, cls.KEYS)
+        if d.get("drop") is not None and d.get("keep") is not None:
+            raise SpecError("give either 'drop' or 'keep', not both", path)
+        return cls(**{k: _opt(d, k, _list, path, _capname) for k in cls.KEYS})
+
+    def dump(self) -> dict:
+        return {k: None if getattr(self, k) is None else list(getattr(self, k))
+                for k in self.KEYS}
+
+
+SECCOMP_OPS = ("eq", "ne", "lt", "le", "gt", "ge", "masked_eq")
+
+
+@attrs.frozen
+class SeccompArg:
+    """One argument condition, OCI-shaped: for masked_eq, `value` is the mask and
+    `value_two` the expected result."""
+
+    index: int = _field("argument number, 0-5")
+    op: str = _field("one of eq ne lt le gt ge masked_eq")
+    value: int = _field("64-bit operand")
+    value_two: int = _field("second operand (masked_eq)", default=0)
+
+    KEYS = ("index", "op", "value", "value_two")
+
+    @classmethod
+    def load(cls, v: Any, path: str) -> "SeccompArg":
+        d = _obj(v, path, cls.KEYS)
+        for k in ("index", "op", "value"):
+            if k not in d:
+                raise SpecError(f"missing required key {k!r}", path)
+        op = _str(d["op"], f"{path}.op")
+        if op not in SECCOMP_OPS:
+            raise SpecError(f"unknown operator {op!r} (expected one of: "
+                            f"{', '.join(SECCOMP_OPS)})", f"{path}.op")
+        return cls(index=_int(d["index"], f"{path}.index", 0, 5), op=op,
+                   value=_int(d["value"], f"{path}.value", 0, 2**64 - 1),
+                   value_two=_int(d.get("value_two", 0), f"{path}.value_two", 0, 2**64 - 1))
+
+    def dump(self) -> dict:
+        return {"index": self.index, "op": self.op, "value": self.value,
+                "value_two": self.value_two}
+
+
+SECCOMP_ACTIONS = ("allow", "errno:NAME|N", "kill_process", "kill_thread", "trap", "log")
+
+
+def parse_action(s: str) -> "tuple[str, int]":
+    """'errno:EPERM' -> ('errno', 1); 'allow' -> ('allow', 0).  ValueError if unknown."""
+    kind, _, arg = s.partition(":")
+    if kind == "errno":
+        import errno as _errno
+        if arg.isdigit() and 0 <= int(arg) <= 4095:
+            return kind, int(arg)
+        num = getattr(_errno, arg, None) if arg.isidentifier() else None
+        if not isinstance(num, int):
+            raise ValueError(f"unknown errno {arg!r} in action {s!r}")
+        return kind, num
+    if arg or kind not in ("allow", "kill_process", "kill_thread", "trap", "log"):
+        raise ValueError(f"unknown action {s!r} (expected one of: "
+                         f"{', '.join(SECCOMP_ACTIONS)})")
+    return kind, 0
+
+
+def _action(v: Any, path: str) -> str:
+    s = _str(v, path, nonempty=True)
+    try:
+        parse_action(s)
+    except ValueError as e:
+        raise SpecError(str(e), path) from None
+    return s
+
+
+@attrs.frozen
+class SeccompRule:
+    names: tuple = _field("syscall names, or @group names from profiles/syscalls.toml")
+    action: str = _field("allow, errno:NAME|N, kill_process, kill_thread, trap, log")
+    args: tuple = _field("conditions, all of which must hold", default=())
+    if_caps: tuple = _field("apply only when the target keeps all these caps", default=())
+    unless_caps: tuple = _field("apply only when the target keeps none of these caps",
+                                default=())
+
+    KEYS = ("names", "action", "args", "if_caps", "unless_caps")
+
+    @classmethod
+    def load(cls, v: Any, path: str) -> "SeccompRule":
+        d = _obj(v, path, cls.KEYS)
+        for k in ("names", "action"):
+            if k not in d:
+                raise SpecError(f"missing required key {k!r}", path)
+        names = _list(d["names"], f"{path}.names", _str, nonempty=True)
+        if not names:
+            raise SpecError("must name at least one syscall", f"{path}.names")
+        return cls(names=names, action=_action(d["action"], f"{path}.action"),
+                   args=_opt(d, "args", _list, path, SeccompArg.load) or (),
+                   if_caps=_opt(d, "if_caps", _list, path, _capname) or (),
+                   unless_caps=_opt(d, "unless_caps", _list, path, _capname) or ())
+
+    def dump(self) -> dict:
+        return {"names": list(self.names), "action": self.action,
+                "args": [a.dump() for a in self.args], "if_caps": list(self.if_caps),
+                "unless_caps": list(self.unless_caps)}
+
+
+@attrs.frozen
+class Seccomp:
+    """A seccomp filter, loaded last, right before execve.  Either a named `profile`
+    (profiles/seccomp/*.toml) or explicit rules; `syscalls` given with a profile are added
+    to it and win over its rules for the same syscall."""
+
+    profile: Optional[str] = _field("named seccomp profile", default=None)
+    default_action: Optional[str] = _field("action for syscalls no rule names", default=None)
+    architectures: tuple = _field("ABIs allowed; 'native' is the default. Any other ABI "
+                                  "is killed", default=("native",))
+    syscalls: tuple = _field("rules, in order", default=())
+
+    KEYS = ("profile", "default_action", "architectures", "syscalls")
+
+    @classmethod
+    def load(cls, v: Any, path: str) -> "Seccomp":
+        d = _obj(v, path, cls.KEYS)
+        profile = _opt(d, "profile", _str, path, nonempty=True)
+        default_action = _opt(d, "default_action", _action, path)
+        if profile is None and default_action is None:
+            raise SpecError("give a 'profile' or a 'default_action'", path)
+        arches = _opt(d, "architectures", _list, path, _str, nonempty=True)
+        return cls(profile=profile, default_action=default_action,
+                   architectures=arches if arches else ("native",),
+                   syscalls=_opt(d, "syscalls", _list, path, SeccompRule.load) or ())
+
+    def dump(self) -> dict:
+        return {"profile": self.profile, "default_action": self.default_action,
+                "architectures": list(self.architectures),
+                "syscalls": [r.dump() for r in self.syscalls]}
+
+
+@attrs.frozen
+class IdMap:
+    inside: int = _field("first id inside the user namespace")
+    outside: int = _field("first id outside")
+    count: int = _field("how many ids")
+
+    KEYS = ("inside", "outside", "count")
+
+    @classmethod
+    def load(cls, v: Any, path: str) -> "IdMap":
+        d = _obj(v, path, cls.KEYS)
+        for k in cls.KEYS:
+            if k not in d:
+                raise SpecError(f"missing required key {k!r}", path)
+        return cls(inside=_int(d["inside"], f"{path}.inside", 0, MAX_ID),
+                   outside=_int(d["outside"], f"{path}.outside", 0, MAX_ID),
+                   count=_int(d["count"], f"{path}.count", 1, MAX_ID + 1))
+
+    def dump(self) -> dict:
+        return {"inside": self.inside, "outside": self.outside, "count": self.count}
+
+
+NAMESPACE_KINDS = ("user", "mount", "pid", "net", "ipc", "uts", "cgroup")
+
+
+def _ns_value(v: Any, path: str):
+    """false: the host's; true: a new one; a path: join that namespace (setns)."""
+    if type(v) is bool:
+        return v
+    return _abspath(v, path)
+
+
+@attrs.frozen
+class Namespaces:
+    """Namespaces of the target: false (share the caller's), true (a new one) or the
+    path of one to join, like /proc/PID/ns/net.  `user` may instead be an object with
+    uid_map/gid_map ranges.  `as_pid_1`: with a new pid namespace the target itself is
+    pid 1 (it must reap orphans and handle signals); otherwise a small reaper is pid 1."""
+
+    user: Any = _field("false, true (map the caller to root inside), a path, or maps",
+                       default=False)
+    mount: Any = _field("false, true or a path", default=False)
+    pid: Any = _field("false, true or a path", default=False)
+    net: Any = _field("false, true (only loopback, up) or a path", default=False)
+    ipc: Any = _field("false, true or a path", default=False)
+    uts: Any = _field("false, true or a path", default=False)
+    cgroup: Any = _field("false, true or a path", default=False)
+    as_pid_1: bool = _field("make the target pid 1 of a new pid namespace", default=False)
+
+    KEYS = NAMESPACE_KINDS + ("as_pid_1",)
+
+    @classmethod
+    def load(cls, v: Any, path: str) -> "Namespaces":
+        d = _obj(v, path, cls.KEYS)
+        out = {}
+        for k in NAMESPACE_KINDS:
+            val = d.get(k)
+            if val is None:
+                out[k] = False
+            elif k == "user" and type(val) is dict:
+                m = _obj(val, f"{path}.user", ("uid_map", "gid_map"))
+                out[k] = {mk: _opt(m, mk, _list, f"{path}.user", IdMap.load) or ()
+                          for mk in ("uid_map", "gid_map")}
+            else:
+                out[k] = _ns_value(val, f"{path}.{k}")
+        out["as_pid_1"] = _opt(d, "as_pid_1", _bool, path) or False
+        return cls(**out)
+
+    def dump(self) -> dict:
+        d = {}
+        for k in NAMESPACE_KINDS:
+            v = getattr(self, k)
+            if isinstance(v, dict):
+                v = {mk: [m.dump() for m in maps] for mk, maps in v.items()}
+            d[k] = v
+        d["as_pid_1"] = self.as_pid_1
+        return d
+
+    def any(self) -> bool:
+        return any(getattr(self, k) is not False for k in NAMESPACE_KINDS)
+
+
+MOUNT_TYPES = ("bind", "tmpfs", "proc", "mqueue", "devpts")
+MOUNT_OPTIONS = ("ro", "rw", "nosuid", "nodev", "noexec", "recursive", "noatime")
+
+
+@attrs.frozen
+class Mount:
+    type: str = _field("bind, tmpfs, proc, mqueue or devpts")
+    destination: str = _field("absolute path inside")
+    source: Optional[str] = _field("host path (bind)", default=None)
+    options: tuple = _field("ro rw nosuid nodev noexec recursive noatime", default=())
+    size: Optional[int] = _field("tmpfs size in bytes", default=None)
+    mode: Optional[str] = _field("tmpfs mode, octal", default=None)
+
+    KEYS = ("type", "destination", "source", "options", "size", "mode")
+
+    @classmethod
+    def load(cls, v: Any, path: str) -> "Mount":
+        d = _obj(v, path, cls.KEYS)
+        for k in ("type", "destination"):
+            if k not in d:
+                raise SpecError(f"missing required key {k!r}", path)
+        t = _str(d["type"], f"{path}.type")
+        if t not in MOUNT_TYPES:
+            raise SpecError(f"unknown mount type {t!r}", f"{path}.type")
+        opts = _opt(d, "options", _list, path, _str) or ()
+        for i, o in enumerate(opts):
+            if o not in MOUNT_OPTIONS:
+                raise SpecError(f"unknown option {o!r}", f"{path}.options[{i}]")
+        src = _opt(d, "source", _abspath, path)
+        if t == "bind" and src is None:
+            raise SpecError("a bind mount needs a 'source'", path)
+        mode = _opt(d, "mode", _str, path)
+        if mode is not None and not (mode and all(c in "01234567" for c in mode)):
+            raise SpecError(f"{mode!r} is not an octal mode", f"{path}.mode")
+        return cls(type=t, destination=_abspath(d["destination"], f"{path}.destination"),
+                   source=src, options=opts, size=_opt(d, "size", _int, path, 1, 2**63 - 1),
+                   mode=mode)
+
+    def dump(self) -> dict:
+        return {"type": self.type, "destination": self.destination, "source": self.source,
+                "options": list(self.options), "size": self.size, "mode": self.mode}
+
+
+@attrs.frozen
+class Cgroup:
+    """The cgroup the shim creates (if needed), configures and joins before exec, so the
+    target is never outside it.  `path` is absolute within the cgroup mount, or relative
+    to `root`."""
+
+    path: str = _field("cgroup path, no '..'")
+    version: Union[str, int] = _field("'auto', 1 or 2", default="auto")
+    root: str = _field("where relative paths start", default="/wrapperd")
+    create: bool = _field("create missing directories (else they must exist)", default=True)
+    memory_max: Optional[int] = _field("bytes: v2 memory.max / v1 memory.limit_in_bytes",
+                                       default=None)
+    pids_max: Optional[int] = _field("v2/v1 pids.max", default=None)
+
+    KEYS = ("path", "version", "root", "create", "memory_max", "pids_max")
+
+    @classmethod
+    def load(cls, v: Any, path: str) -> "Cgroup":
+        d = _obj(v, path, cls.KEYS)
+        if "path" not in d:
+            raise SpecError("missing required key 'path'", path)
+        p = _cgpath(d["path"], f"{path}.path")
+        version = d.get("version", "auto")
+        if version not in ("auto", 1, 2) or type(version) is bool:
+            raise SpecError(f"expected 'auto', 1 or 2, got {version!r}", f"{path}.version")
+        root = _cgpath(d.get("root", "/wrapperd"), f"{path}.root")
+        if not root.startswith("/"):
+            raise SpecError("must be absolute", f"{path}.root")
+        return cls(path=p, version=version, root=root,
+                   create=_bool(d.get("create", True), f"{path}.create"),
+                   memory_max=_opt(d, "memory_max", _int, path, 1, 2**63 - 1),
+                   pids_max=_opt(d, "pids_max", _int, path, 1, 2**31 - 1))
+
+    def dump(self) -> dict:
+        return {k: getattr(self, k) for k in self.KEYS}
+
+    @property
+    def full_path(self) -> str:
+        """The path within the cgroup mount, always absolute."""
+        if self.path.startswith("/"):
+            return self.path
+        return self.root.rstrip("/") + "/" + self.path
+
+
+def _cgpath(v: Any, path: str) -> str:
+    s = _str(v, path, nonempty=True)
+    parts = [p for p in s.split("/") if p]
+    if any(p in ("..", ".") for p in parts):
+        raise SpecError(f"{s!r} must not contain '.' or '..'", path)
+    if not parts and s != "/":
+        raise SpecError(f"{s!r} is not a cgroup path", path)
+    return ("/" if s.startswith("/") else "") + "/".join(parts)
+
+
+@attrs.frozen
+class Rlimit:
+    soft: Union[int, str] = _field("soft limit, or 'unlimited'")
+    hard: Union[int, str] = _field("hard limit, or 'unlimited'")
+
+    @classmethod
+    def load(cls, v: Any, path: str) -> "Rlimit":
+        if type(v) is not list or len(v) != 2:
+            raise SpecError("expected [soft, hard]", path)
+        vals = []
+        for i, x in enumerate(v):
+            if x == RLIM_INFINITY:
+                vals.append(x)
+            else:
+                vals.append(_int(x, f"{path}[{i}]", 0, 2**64 - 2))
+        soft, hard = vals
+        if _rlim_num(soft) > _rlim_num(hard):
+            raise SpecError(f"soft limit {soft} is above hard limit {hard}", path)
+        return cls(soft, hard)
+
+    def dump(self) -> list:
+        return [self.soft, self.hard]
+
+
+def _rlim_num(v) -> int:
+    return 2**64 - 1 if v == RLIM_INFINITY else v
+
+
+def _rlimit_name(k: str, path: str) -> str:
+    name = k.upper()
+    if name.startswith("RLIMIT_"):
+        name = name[len("RLIMIT_"):]
+    if name not in RLIMIT_NAMES:
+        raise SpecError(f"unknown resource {k!r} (expected one of: {', '.join(RLIMIT_NAMES)})",
+                        path)
+    return name
+
+
+SECUREBIT_NAMES = ("noroot", "noroot_locked", "no_setuid_fixup", "no_setuid_fixup_locked",
+                   "keep_caps", "keep_caps_locked", "no_cap_ambient_raise",
+                   "no_cap_ambient_raise_locked")
+
+
+def _securebit(v: Any, path: str) -> str:
+    s = _str(v, path)
+    if s not in SECUREBIT_NAMES:
+        raise SpecError(f"unknown securebit {s!r} (expected one of: "
+                        f"{', '.join(SECUREBIT_NAMES)})", path)
+    return s
+
+
+def _signal(v: Any, path: str) -> int:
+    import signal
+    if type(v) is str:
+        name = v.upper()
+        if not name.startswith("SIG"):
+            name = "SIG" + name
+        sig = getattr(signal.Signals, name, None) if name.isidentifier() else None
+        if sig is None:
+            raise SpecError(f"unknown signal {v!r}", path)
+        return int(sig)
+    return _int(v, path, 1, signal.NSIG - 1)
+
+
+@attrs.frozen
+class Spec:
+    """A whole spawn spec.  Every field is applied by the shim before execve."""
+
+    argv: tuple = _field("the target's argv; argv[0] is looked up in env PATH if it has "
+                         "no '/'", default=())
+    version: int = _field("spec format version, 1", default=SPEC_VERSION)
+    name: Optional[str] = _field("service name, used in messages", default=None)
+    profile: Optional[str] = _field("named profile merged under this spec", default=None)
+    env: dict = _field("the target's whole environment: nothing is inherited",
+                       factory=dict)
+    cwd: str = _field("working directory of the target", default="/")
+    user: Optional[User] = _field("identity of the target; default: unchanged",
+                                  default=None)
+    capabilities: Optional[Capabilities] = _field("capability sets; default: unchanged",
+                                                  default=None)
+    securebits: tuple = _field("securebits to set (and lock), see capabilities(7)",
+                               default=())
+    no_new_privs: bool = _field("PR_SET_NO_NEW_PRIVS: execve never grants privileges",
+                                default=True)
+    pdeathsig: Optional[int] = _field("signal sent to the target when its parent dies",
+                                      default=None)
+    seccomp: Optional[Seccomp] = _field("seccomp filter, loaded last", default=None)
+    namespaces: Optional[Namespaces] = _field("namespaces to create or join", default=None)
+    hostname: Optional[str] = _field("hostname in a new uts namespace", default=None)
+    mounts: tuple = _field("mounts in a new mount namespace", default=())
+    cgroup: Optional[Cgroup] = _field("cgroup to join before exec", default=None)
+    rlimits: dict = _field("resource limits, NAME: [soft, hard]", factory=dict)
+    oom_score_adj: Optional[int] = _field("/proc/self/oom_score_adj, -1000..1000",
+                                          default=None)
+    nice: Optional[int] = _field("scheduling priority, -20..19", default=None)
+    pass_fds: tuple = _field("fds, besides 0-2, that reach the target", default=())
+
+    KEYS = ("version", "name", "profile", "argv", "env", "cwd", "user", "capabilities",
+            "securebits", "no_new_privs", "pdeathsig", "seccomp", "namespaces",
+            "hostname", "mounts", "cgroup", "rlimits", "oom_score_adj", "nice", "pass_fds")
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_dict(cls, v: Any) -> "Spec":
+        d = _obj(v, "", cls.KEYS)
+        version = d.get("version", SPEC_VERSION)
+        if type(version) is not int or version != SPEC_VERSION:
+            raise SpecError(f"unsupported spec version {version!r} (this is version "
+                            f"{SPEC_VERSION})", "version")
+        env = {}
+        if d.get("env") is not None:
+            if type(d["env"]) is not dict:
+                raise SpecError(f"expected an object, got {_type_name(d['env'])}", "env")
+            for k, val in d["env"].items():
+                key = _str(k, "env", nonempty=True)
+                if "=" in key:
+                    raise SpecError(f"variable name {key!r} contains '='", "env")
+                env[key] = _str(val, f"env.{key}")
+        rlimits = {}
+        if d.get("rlimits") is not None:
+            if type(d["rlimits"]) is not dict:
+                raise SpecError(f"expected an object, got {_type_name(d['rlimits'])}",
+                                "rlimits")
+            for k, val in d["rlimits"].items():
+                name = _rlimit_name(k, f"rlimits.{k}")
+                if name in rlimits:
+                    raise SpecError("given twice", f"rlimits.{k}")
+                rlimits[name] = Rlimit.load(val, f"rlimits.{k}")
+        pass_fds = _opt(d, "pass_fds", _list, "", _int, 3, 2**31 - 1) or ()
+        if len(set(pass_fds)) != len(pass_fds):
+            raise SpecError("an fd is listed twice", "pass_fds")
+        hostname = _opt(d, "hostname", _str, "", nonempty=True)
+        if hostname is not None and len(hostname.encode()) > 64:
+            raise SpecError("longer than 64 bytes", "hostname")
+        return cls(
+            version=version,
+            name=_opt(d, "name", _str, "", nonempty=True),
+            profile=_opt(d, "profile", _str, "", nonempty=True),
+            argv=_opt(d, "argv", _list, "", _str) or (),
+            env=env,
+            cwd=_abspath(d["cwd"], "cwd") if d.get("cwd") is not None else "/",
+            user=_opt(d, "user", User.load, ""),
+            capabilities=_opt(d, "capabilities", Capabilities.load, ""),
+            securebits=_opt(d, "securebits", _list, "", _securebit) or (),
+            no_new_privs=_bool(d["no_new_privs"], "no_new_privs")
+            if d.get("no_new_privs") is not None else True,
+            pdeathsig=_opt(d, "pdeathsig", _signal, ""),
+            seccomp=_opt(d, "seccomp", Seccomp.load, ""),
+            namespaces=_opt(d, "namespaces", Namespaces.load, ""),
+            hostname=hostname,
+            mounts=_opt(d, "mounts", _list, "", Mount.load) or (),
+            cgroup=_opt(d, "cgroup", Cgroup.load, ""),
+            rlimits=rlimits,
+            oom_score_adj=_opt(d, "oom_score_adj", _int, "", -1000, 1000),
+            nice=_opt(d, "nice", _int, "", -20, 19),
+            pass_fds=pass_fds,
+        )
+
+    @classmethod
+    def from_json(cls, text: "str | bytes") -> "Spec":
+        return cls.from_dict(loads_strict(text))
+
+    @classmethod
+    def from_file(cls, path: str) -> "Spec":
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_SPEC_BYTES + 1)
+        except OSError as e:
+            raise SpecError(f"cannot read spec {path!r}: {e.strerror}") from None
+        return cls.from_json(data)
+
+    # ------------------------------------------------------------------ dumping
+    def to_dict(self) -> dict:
+        def dump(v):
+            if v is None or isinstance(v, (bool, int, str)):
+                return v
+            if isinstance(v, tuple):
+                return [dump(x) for x in v]
+            return v.dump()
+        d = {}
+        for k in self.KEYS:
+            v = getattr(self, k)
+            if k == "env":
+                d[k] = dict(v)
+            elif k == "rlimits":
+                d[k] = {name: r.dump() for name, r in v.items()}
+            else:
+                d[k] = dump(v)
+        return d
+
+    def to_json(self, indent: Optional[int] = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def check_runnable(self) -> None:
+        """What a spec needs before the shim may run it (a profile alone need not)."""
+        if not self.argv:
+            raise SpecError("must not be empty: nothing to run", "argv")
+        if not self.argv[0]:
+            raise SpecError("the program name must not be empty", "argv[0]")
+
+
+def _no_dups(pairs):
+    d = {}
+    for k, v in pairs:
+        if k in d:
+            raise SpecError(f"duplicate key {k!r}")
+        d[k] = v
+    return d
+
+
+def _no_constants(name):
+    raise SpecError(f"{name} is not a number JSON allows")
+
+
+def loads_strict(text: "str | bytes") -> Any:
+    """json.loads, refusing duplicate keys, NaN/Infinity, over-large and non-UTF-8 input."""
+    if isinstance(text, str):
+        size = len(text.encode("utf-8", "surrogatepass"))
+    else:
+        size = len(text)
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(f"spec is larger than {MAX_SPEC_BYTES} bytes")
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SpecError(f"spec is not UTF-8: {e.reason} at byte {e.start}") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_dups, parse_constant=_no_constants)
+    except json.JSONDecodeError as e:
+        raise SpecError(f"malformed JSON: {e.msg} at line {e.lineno} column {e.colno}") \
+            from None
+    except RecursionError:
+        raise SpecError("malformed JSON: nested too deeply") from None

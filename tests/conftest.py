@@ -1,0 +1,87 @@
+"""Shared test helpers: the probe, running wrapperd, root and must-run handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SYSTEM_PYTHON = "/usr/bin/python3"
+# Set by .ci/run: a test that would skip fails instead, so CI cannot pass by skipping.
+MUST_RUN = os.environ.get("WRAPPERD_MUST_RUN") == "1"
+TARGET_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
+
+
+def skip_or_fail(reason: str):
+    if MUST_RUN:
+        pytest.fail(f"must run, but: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+    """A directory every uid can read and traverse (the work tree may be under /root)."""
+    d = tempfile.mkdtemp(prefix="wrapperd-test-")
+    os.chmod(d, 0o755)
+    shutil.copy(os.path.join(HERE, "probe.py"), os.path.join(d, "probe.py"))
+    os.chmod(os.path.join(d, "probe.py"), 0o644)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def probe(shared_dir):
+    return os.path.join(shared_dir, "probe.py")
+
+
+@pytest.fixture
+def scratch(tmp_path):
+    """A per-test directory any uid may write to (for marker files)."""
+    os.chmod(tmp_path, 0o1777)
+    for p in tmp_path.parents:
+        if str(p) in ("/", "/tmp"):
+            break
+        os.chmod(p, os.stat(p).st_mode | 0o011)
+    return tmp_path
+
+
+def wrapperd_cmd(*args: str) -> list:
+    return [sys.executable, "-m", "wrapperd", *args]
+
+
+def run_wrapperd(spec: "dict | None", *args: str, timeout: float = 30, pass_fds=(),
+                 stdin_text: "str | None" = None, env=None) -> subprocess.CompletedProcess:
+    """Run wrapperd with spec on stdin (--spec -) and return the completed process."""
+    cmd = wrapperd_cmd(*(("--spec", "-") if spec is not None else ()), *args)
+    text = json.dumps(spec) if spec is not None else (stdin_text or "")
+    return subprocess.run(cmd, input=text.encode(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=timeout, pass_fds=pass_fds,
+                          env=env)
+
+
+def probe_spec(probe_path: str, *actions: str, **fields) -> dict:
+    spec = {"argv": [SYSTEM_PYTHON, "-I", probe_path, *actions], "env": dict(TARGET_ENV)}
+    spec.update(fields)
+    return spec
+
+
+def run_probe(spec: dict, *args: str, **kw) -> dict:
+    """Run the probe under spec; fail the test with wrapperd's stderr if it did not run."""
+    p = run_wrapperd(spec, *args, **kw)
+    if p.returncode != 0:
+        pytest.fail(f"wrapperd exited {p.returncode}: {p.stderr.decode().strip()}")
+    return json.loads(p.stdout)
+
+
+def ids(report: dict, key: str) -> list:
+    return [int(x) for x in report["status"][key].split()]
+
+
+def capmask(report: dict, key: str) -> int:
+    return int(report["status"][key], 16)

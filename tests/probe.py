@@ -1,0 +1,102 @@
+"""The probe: run as the target, it reports what the kernel says about itself as JSON.
+
+It runs under the system python3 (any uid can read and run it) and uses only the
+standard library.  Optional actions, each one argument, run before the report:
+  touch:PATH          create PATH (a marker that proves the target ran)
+  bind:PORT           try to bind 127.0.0.1:PORT; result under "bind"
+  run:PATH[,ARG...]   run a program and parse its stdout as JSON under "run"
+  sleep:SECONDS       sleep after printing the report (a long-running target)
+"""
+
+import ctypes
+import errno
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+
+def status():
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            k, _, v = line.partition(":")
+            out[k] = v.strip()
+    return out
+
+
+def fds():
+    names = os.listdir("/proc/self/fd")
+    out = {}
+    for n in names:
+        try:
+            out[n] = os.readlink(f"/proc/self/fd/{n}")
+        except OSError:
+            continue          # the directory fd listdir used, already closed
+    return out
+
+
+def main(args):
+    report = {"actions": {}}
+    sleep = 0
+    for a in args:
+        verb, _, arg = a.partition(":")
+        if verb == "touch":
+            try:
+                open(arg, "w").close()
+                report["actions"][a] = "ok"
+            except OSError as e:
+                report["actions"][a] = errno.errorcode[e.errno]
+        elif verb == "bind":
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", int(arg)))
+                report["bind"] = "ok"
+            except OSError as e:
+                report["bind"] = errno.errorcode[e.errno]
+            finally:
+                s.close()
+        elif verb == "run":
+            cmd = arg.split(",")
+            p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            try:
+                report["run"] = json.loads(p.stdout)
+            except ValueError:
+                report["run"] = {"rc": p.returncode, "stdout": p.stdout.decode(),
+                                 "stderr": p.stderr.decode()}
+        elif verb == "sleep":
+            sleep = float(arg)
+    libc = ctypes.CDLL(None)
+    report.update({
+        "pid": os.getpid(),
+        "status": status(),
+        "limits": open("/proc/self/limits").read(),
+        "cgroup": open("/proc/self/cgroup").read().splitlines(),
+        "oom_score_adj": int(open("/proc/self/oom_score_adj").read()),
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),
+        "ns": {n: os.readlink(f"/proc/self/ns/{n}") for n in sorted(os.listdir("/proc/self/ns"))},
+        "fds": fds(),
+        "env": dict(os.environ),
+        "cwd": os.getcwd(),
+        "argv0": sys.argv[0],
+        "exe": os.readlink("/proc/self/exe"),
+        "dumpable": libc.prctl(3, 0, 0, 0, 0),
+        "securebits": libc.prctl(27, 0, 0, 0, 0),
+        "pdeathsig": _pdeathsig(libc),
+    })
+    sys.stdout.write(json.dumps(report) + "\n")
+    sys.stdout.flush()
+    if sleep:
+        time.sleep(sleep)
+
+
+def _pdeathsig(libc):
+    sig = ctypes.c_int(0)
+    libc.prctl(2, ctypes.byref(sig), 0, 0, 0)
+    return sig.value
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,131 @@
+"""wrapperd's command line: Talos's flags, errors as one line and exit 125."""
+
+import json
+import subprocess
+
+import pytest
+
+from tests.conftest import run_wrapperd, wrapperd_cmd
+from wrapperd.cli import split_argv
+
+
+@pytest.mark.parametrize("args, opts, argv", [
+    (["--uid", "5", "--", "a", "-b"], ["--uid", "5"], ["a", "-b"]),
+    (["-name", "x", "/bin/true", "--uid"], ["-name", "x"], ["/bin/true", "--uid"]),
+    (["--dry-run", "true"], ["--dry-run"], ["true"]),
+    (["--spec", "-"], ["--spec", "-"], []),
+])
+def test_split_argv(args, opts, argv):
+    assert split_argv(args) == (opts, argv)
+
+
+def dry(*args, spec=None):
+    p = run_wrapperd(spec, "--dry-run", *args)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def test_talos_flags_map_to_spec_fields():
+    d = dry("-name", "svc", "-dropped-caps", "cap_sys_boot,CAP_SYS_MODULE", "-cgroup-path",
+            "/system/svc", "-oom-score", "-500", "-uid", "65534", "--", "/bin/true")
+    assert d["name"] == "svc"
+    assert d["capabilities"]["drop"] == ["CAP_SYS_BOOT", "CAP_SYS_MODULE"]
+    assert d["cgroup"]["path"] == "/system/svc"
+    assert d["oom_score_adj"] == -500
+    assert d["user"]["uid"] == 65534
+    assert d["argv"] == ["/bin/true"]
+
+
+def test_without_spec_the_callers_environment_is_used_as_talos_did():
+    import os
+    d = dry("--", "/bin/true")
+    assert d["env"].get("PATH") == os.environ.get("PATH")
+
+
+def test_with_spec_the_environment_is_exactly_the_specs():
+    d = dry(spec={"argv": ["/bin/true"], "env": {"A": "1"}})
+    assert d["env"] == {"A": "1"}
+
+
+def test_argv_replaces_spec_argv_and_flags_override():
+    d = dry("--uid", "7", "--", "/bin/echo", "hi",
+            spec={"argv": ["/bin/true"], "user": {"uid": 1}})
+    assert d["argv"] == ["/bin/echo", "hi"] and d["user"]["uid"] == 7
+
+
+def test_profile_is_merged_and_spec_wins():
+    d = dry("--profile", "service", spec={"argv": ["/bin/true"], "user": {"uid": 1000}})
+    assert d["profile"] == "service"
+    assert d["user"]["uid"] == 1000            # the spec beats the profile
+    assert d["user"]["umask"] == "0027"        # the profile fills the rest
+    assert d["capabilities"]["keep"] == []
+
+
+@pytest.mark.parametrize("args, stdin, message", [
+    (["--bogus"], None, "unrecognized arguments"),
+    (["--uid", "x", "--", "true"], None, "invalid int value"),
+    (["--spec", "-"], "{", "malformed JSON"),
+    (["--spec", "-"], '{"argv": []}', "argv: must not be empty"),
+    (["--spec", "/nonexistent/spec.json"], None, "cannot read spec"),
+    (["--profile", "nope", "--", "true"], None, "unknown profile 'nope'"),
+    (["--dropped-caps", "CAP_FOO", "--", "true"], None, "unknown capability 'CAP_FOO'"),
+    (["--spec", "-"], '{"argv": ["/bin/true"], "user": {"uid": "no-such-user-x"}}',
+     "unknown user 'no-such-user-x'"),
+    (["--spec", "-"], '{"argv": ["/bin/true"], "user": {"uid": 1, "gid": "no-such-grp"}}',
+     "unknown group 'no-such-grp'"),
+    (["--status-fd", "99", "--", "true"], None, "--status-fd 99"),
+])
+def test_bad_input_is_one_line_and_exit_125(args, stdin, message):
+    p = subprocess.run(wrapperd_cmd(*args), input=(stdin or "").encode(),
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)
+    err = p.stderr.decode()
+    assert p.returncode == 125, err
+    assert message in err
+    assert err.count("\n") == 1 and err.startswith("wrapperd: ")
+    assert "Traceback" not in err
+    assert p.stdout == b""
+
+
+def test_not_found_is_127_and_not_executable_is_126(tmp_path):
+    p = run_wrapperd({"argv": ["/nonexistent/prog"]})
+    assert p.returncode == 127 and b"wrapperd: exec:" in p.stderr
+    p = run_wrapperd({"argv": ["no-such-program-x"], "env": {"PATH": "/usr/bin"}})
+    assert p.returncode == 127
+    f = tmp_path / "noexec"
+    f.write_text("#!/bin/sh\n")
+    f.chmod(0o644)
+    p = run_wrapperd({"argv": [str(f)]})
+    assert p.returncode == 126, p.stderr
+
+
+def test_status_fd_gets_one_json_record_on_failure():
+    import os
+    r, w = os.pipe()
+    p = run_wrapperd({"argv": ["/bin/true"], "rlimits": {"NOFILE": [1, 2**40]}},
+                     "--status-fd", str(w), pass_fds=(w,))
+    os.close(w)
+    with os.fdopen(r) as f:
+        lines = f.read().splitlines()
+    assert p.returncode == 125
+    rec = json.loads(lines[0])
+    assert rec["step"] == "rlimits" and rec["errno"] == 1 and "NOFILE" in rec["message"]
+    assert len(lines) == 1
+
+
+def test_status_fd_is_empty_on_success():
+    import os
+    r, w = os.pipe()
+    p = run_wrapperd({"argv": ["/bin/true"]}, "--status-fd", str(w), pass_fds=(w,))
+    os.close(w)
+    with os.fdopen(r) as f:
+        assert f.read() == ""
+    assert p.returncode == 0
+
+
+def test_help_documents_the_talos_flags():
+    p = subprocess.run(wrapperd_cmd("--help"), stdout=subprocess.PIPE, timeout=30)
+    out = p.stdout.decode()
+    assert p.returncode == 0
+    for flag in ("--name", "--dropped-caps", "--cgroup-path", "--oom-score", "--uid",
+                 "--spec-fd", "--status-fd", "--dry-run", "125"):
+        assert flag in out

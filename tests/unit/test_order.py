@@ -1,0 +1,19 @@
+"""The order of steps is pinned: changing it must change this test, in review."""
+
+from wrapperd import shim
+
+
+def test_step_order_is_pinned():
+    assert [name for name, _ in shim.STEPS] == [
+        "dumpable", "oom_score_adj", "nice", "rlimits", "cgroup", "fds", "cwd", "umask",
+        "identity", "capabilities", "pdeathsig", "no_new_privs", "exec",
+    ]
+
+
+def test_privilege_dropping_comes_after_everything_that_needs_privilege():
+    names = [n for n, _ in shim.STEPS]
+    for needs_root in ("oom_score_adj", "nice", "rlimits", "cgroup"):
+        assert names.index(needs_root) < names.index("identity")
+    assert names.index("identity") < names.index("capabilities")
+    assert names.index("capabilities") < names.index("pdeathsig") < names.index("no_new_privs")
+    assert names[-1] == "exec"

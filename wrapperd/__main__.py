@@ -1,0 +1,5 @@
+import sys
+
+from wrapperd.cli import main
+
+sys.exit(main())

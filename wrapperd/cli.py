@@ -1,0 +1,196 @@
+"""wrapperd's command line: Talos's five flags, plus a spec, a status fd and --dry-run.
+
+Exit codes: 125 wrapperd failed (bad input or a setup step), 126 the target could not be
+executed, 127 the target was not found.  Errors are one stderr line,
+``wrapperd: <step>: <what failed>[: <strerror>]``, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from sandbox.errors import ExecError, SandboxError, SetupError, SpecError
+
+EXIT_FAILURE = 125
+EXIT_CANNOT_EXEC = 126
+EXIT_NOT_FOUND = 127
+
+USAGE = """wrapperd [--spec PATH | --spec - | --spec-fd N] [--profile NAME] [--status-fd N]
+                [--name NAME] [--dropped-caps CAP,...] [--cgroup-path PATH]
+                [--oom-score N] [--uid N] [--dry-run] [--] ARGV..."""
+
+DESCRIPTION = """\
+Apply a spawn spec to this process in a fixed order -- oom score, rlimits, cgroup, fds,
+identity, capabilities, no_new_privs -- then exec ARGV, so the target is born confined.
+If any step fails the target never runs: one line on stderr, a JSON record on the status
+fd, exit 125 (126: found but not executable, 127: not found).
+
+Without a spec, ARGV and the caller's environment are used as Talos's wrapperd did; with
+a spec, the target gets exactly the spec's `env`.  Flags override the spec's fields;
+ARGV, when given, replaces the spec's argv.  Talos's single-dash forms (-name, -uid ...)
+are accepted too."""
+
+EPILOG = """\
+examples:
+  wrapperd --dropped-caps CAP_SYS_ADMIN --uid 65534 -- cat /proc/self/status
+  wrapperd --spec service.json --status-fd 3
+  wrapperd --profile service --dry-run -- /usr/bin/svc
+see README.md for the spec format."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):   # bad usage is bad input: exit 125, one line
+        raise SpecError(f"usage: {message} (see 'wrapperd --help')")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="wrapperd", usage=USAGE, description=DESCRIPTION, epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--spec", metavar="PATH", help="read the spec from PATH ('-': stdin)")
+    src.add_argument("--spec-fd", metavar="N", type=int, help="read the spec from fd N")
+    p.add_argument("--profile", metavar="NAME", help="merge the spec over this profile")
+    p.add_argument("--status-fd", metavar="N", type=int,
+                   help="write a JSON record here if setup fails; EOF means exec happened")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the fully resolved spec as JSON and exit 0")
+    talos = p.add_argument_group("Talos wrapperd flags")
+    talos.add_argument("--name", "-name", help="service name (spec: name)")
+    talos.add_argument("--dropped-caps", "-dropped-caps", metavar="CAP,...",
+                       help="capabilities to drop (spec: capabilities.drop)")
+    talos.add_argument("--cgroup-path", "-cgroup-path", metavar="PATH",
+                       help="cgroup to join (spec: cgroup.path)")
+    talos.add_argument("--oom-score", "-oom-score", metavar="N", type=int,
+                       help="oom_score_adj (spec: oom_score_adj)")
+    talos.add_argument("--uid", "-uid", metavar="N", type=int,
+                       help="uid to run as when > 0 (spec: user.uid)")
+    return p
+
+
+def split_argv(args: "list[str]") -> "tuple[list[str], list[str]]":
+    """Options end at '--' or, as with Go's flag package, at the first non-option."""
+    with_value = {"--spec", "--spec-fd", "--profile", "--status-fd", "--name", "-name",
+                  "--dropped-caps", "-dropped-caps", "--cgroup-path", "-cgroup-path",
+                  "--oom-score", "-oom-score", "--uid", "-uid"}
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a == "--":
+            return args[:i], args[i + 1:]
+        if not a.startswith("-") or a == "-":
+            return args[:i], args[i:]
+        i += 2 if a in with_value else 1
+    return args, []
+
+
+def _read_spec(opts) -> "dict | None":
+    from sandbox.spec import MAX_SPEC_BYTES, loads_strict
+    if opts.spec is None and opts.spec_fd is None:
+        return None
+    try:
+        if opts.spec_fd is not None:
+            fd = opts.spec_fd
+        elif opts.spec == "-":
+            fd = 0
+        else:
+            fd = os.open(opts.spec, os.O_RDONLY | os.O_CLOEXEC)
+        chunks, size = [], 0
+        while size <= MAX_SPEC_BYTES:
+            b = os.read(fd, 65536)
+            if not b:
+                break
+            chunks.append(b)
+            size += len(b)
+        if fd != 0:
+            os.close(fd)    # the spec fd must not reach the target
+    except OSError as e:
+        src = f"fd {opts.spec_fd}" if opts.spec_fd is not None else opts.spec
+        raise SpecError(f"cannot read spec from {src}: {e.strerror}") from None
+    data = loads_strict(b"".join(chunks))
+    if not isinstance(data, dict):
+        raise SpecError("the spec must be a JSON object")
+    return data
+
+
+def build_spec(opts, argv: "list[str]"):
+    from sandbox import profile
+    from sandbox.spec import Spec
+    d = _read_spec(opts)
+    if d is None:
+        # No spec: Talos's behaviour -- the target gets wrapperd's own environment.
+        d = {"env": dict(os.environ)}
+    if opts.name is not None:
+        d["name"] = opts.name
+    if opts.dropped_caps:
+        caps = dict(d.get("capabilities") or {})
+        caps["drop"] = list(caps.get("drop") or []) + \
+            [c for c in opts.dropped_caps.split(",") if c]
+        d["capabilities"] = caps
+    if opts.cgroup_path:
+        cg = dict(d.get("cgroup") or {})
+        cg["path"] = opts.cgroup_path
+        d["cgroup"] = cg
+    if opts.oom_score is not None:
+        d["oom_score_adj"] = opts.oom_score
+    if opts.uid is not None and opts.uid > 0:
+        d["user"] = {"uid": opts.uid}
+    if argv:
+        d["argv"] = argv
+    d = profile.apply_profile(d, opts.profile)
+    return Spec.from_dict(d)
+
+
+def _report(err: SandboxError, status_fd: "int | None") -> int:
+    step = getattr(err, "step", "spec")
+    errno = getattr(err, "errno", 0) or 0
+    message = getattr(err, "message", str(err))
+    if status_fd is not None:
+        import json
+        rec = json.dumps({"step": step, "errno": errno, "message": message})
+        try:
+            os.write(status_fd, rec.encode() + b"\n")
+        except OSError:
+            pass
+    line = f"wrapperd: {step}: {message}"
+    if errno:
+        line += f": {os.strerror(errno)}"
+    try:
+        os.write(2, line.encode("utf-8", "backslashreplace") + b"\n")
+    except OSError:
+        pass
+    if isinstance(err, ExecError):
+        return EXIT_NOT_FOUND if errno == 2 else EXIT_CANNOT_EXEC
+    return EXIT_FAILURE
+
+
+def main(args: "list[str] | None" = None) -> int:
+    args = sys.argv[1:] if args is None else args
+    status_fd = None
+    try:
+        optargs, argv = split_argv(args)
+        opts = _parser().parse_args(optargs)
+        if opts.status_fd is not None:
+            status_fd = opts.status_fd
+            try:
+                os.set_inheritable(status_fd, False)   # EOF at exec = success
+            except OSError as e:
+                status_fd = None
+                raise SpecError(f"--status-fd {opts.status_fd}: {e.strerror}") from None
+        spec = build_spec(opts, argv)
+        from wrapperd import shim
+        plan = shim.prepare(spec)
+        if opts.dry_run:
+            sys.stdout.write(spec.to_json() + "\n")
+            sys.stdout.flush()
+            return 0
+        plan.status_fd = status_fd
+        shim.run(plan)
+    except SandboxError as e:
+        return _report(e, status_fd)
+    except SystemExit:
+        raise      # --help
+    except BaseException as e:   # never a traceback: name it and fail closed
+        return _report(SetupError("internal", 0, f"{type(e).__name__}: {e}"), status_fd)
+    return EXIT_FAILURE

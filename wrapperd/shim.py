@@ -1,0 +1,183 @@
+"""The shim's steps, in the one order they run.  This file is the only place that knows
+the order; tests/unit/test_order.py pins it, so a reorder is a reviewed change.
+
+prepare() is step 1-2: validate, resolve names, read what must be read from the host's
+view -- no side effects.  run() then applies each step to this very process and
+execve()s the target.  Any failure raises SetupError naming the step, and the target is
+never executed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, NoReturn
+
+from sandbox.errors import ExecError, SetupError, SpecError
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Fields of the spec model that no step applies yet.  Refused, never silently ignored.
+NOT_YET = ("seccomp", "namespaces", "hostname", "mounts")
+
+
+class Plan:
+    """Everything prepare() worked out; each step reads its own attribute."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.ppid = os.getppid()
+        self.status_fd = None
+        self.rlimits = self.cgroup = self.creds = self.caps = None
+        self.executable = None
+
+
+def prepare(spec) -> Plan:
+    spec.check_runnable()
+    for field in NOT_YET:
+        v = getattr(spec, field)
+        if v not in (None, (), False) and not (field == "namespaces" and not v.any()):
+            raise SpecError("not implemented yet by this wrapperd; remove it", field)
+    plan = Plan(spec)
+    if spec.rlimits:
+        from sandbox import rlimits
+        plan.rlimits = rlimits.prepare(spec.rlimits)
+    if spec.cgroup is not None:
+        from sandbox import cgroups
+        plan.cgroup = cgroups.prepare(spec.cgroup)
+    from sandbox import caps, creds
+    plan.creds = creds.prepare(spec.user, spec.securebits)
+    securebits = plan.creds.securebits if plan.creds else 0
+    plan.caps = caps.prepare(spec.capabilities, creds.target_is_root(plan.creds), securebits)
+    plan.executable = find_executable(spec.argv[0], spec.env.get("PATH", DEFAULT_PATH))
+    return plan
+
+
+def find_executable(name: str, path: str) -> str:
+    """execvpe's lookup, done up front so 'not found' is known before any step runs."""
+    if "/" in name:
+        if not os.path.exists(name):
+            raise ExecError(2, f"{name}: not found")
+        return name
+    denied = False
+    for d in path.split(":"):
+        cand = os.path.join(d or ".", name)
+        if os.path.isfile(cand):
+            if os.access(cand, os.X_OK):
+                return cand
+            denied = True
+    if denied:
+        raise ExecError(13, f"{name}: found in PATH but not executable")
+    raise ExecError(2, f"{name}: not found in PATH {path!r}")
+
+
+# --------------------------------------------------------------------------- steps
+# Each takes the plan; a step with nothing to do returns at once.
+
+def _oom_score_adj(plan):
+    if plan.spec.oom_score_adj is not None:
+        from sandbox import procattr
+        procattr.set_oom_score_adj(plan.spec.oom_score_adj)
+
+
+def _nice(plan):
+    if plan.spec.nice is not None:
+        from sandbox import procattr
+        procattr.set_nice(plan.spec.nice)
+
+
+def _rlimits(plan):
+    if plan.rlimits:
+        from sandbox import rlimits
+        rlimits.apply(plan.rlimits)
+
+
+def _cgroup(plan):
+    if plan.cgroup is not None:
+        from sandbox import cgroups
+        cgroups.apply(plan.cgroup)
+
+
+def _fds(plan):
+    from sandbox import fds
+    fds.check_pass_fds(plan.spec.pass_fds)
+    keep = () if plan.status_fd is None else (plan.status_fd,)
+    fds.close_others(plan.spec.pass_fds, keep)
+
+
+def _cwd(plan):
+    try:
+        os.chdir(plan.spec.cwd)
+    except OSError as e:
+        raise SetupError("cwd", e.errno, f"chdir {plan.spec.cwd}") from None
+
+
+def _umask(plan):
+    if plan.spec.user is not None and plan.spec.user.umask is not None:
+        os.umask(int(plan.spec.user.umask, 8))
+
+
+def _identity(plan):
+    if plan.creds is not None:
+        from sandbox import creds
+        creds.apply(plan.creds)
+
+
+def _capabilities(plan):
+    from sandbox import caps
+    caps.apply(plan.caps)
+
+
+def _pdeathsig(plan):
+    if plan.spec.pdeathsig is not None:
+        from sandbox import procattr
+        procattr.set_pdeathsig(plan.spec.pdeathsig, plan.ppid)
+
+
+def _dumpable(plan):
+    # Not ptraceable or dumpable by anyone but root while the shim still holds
+    # privileges.  execve resets this for the target (to 1 for an ordinary exec), so it
+    # is not a spec field: it protects the shim, not the target.
+    from sandbox import procattr
+    procattr.set_dumpable(False)
+
+
+def _no_new_privs(plan):
+    if plan.spec.no_new_privs:
+        from sandbox import procattr
+        procattr.set_no_new_privs()
+
+
+def _exec(plan) -> NoReturn:
+    spec = plan.spec
+    try:
+        os.execve(plan.executable, list(spec.argv), dict(spec.env))
+    except OSError as e:
+        raise ExecError(e.errno, f"execve {plan.executable}") from None
+
+
+STEPS: "tuple[tuple[str, Callable], ...]" = (
+    ("dumpable", _dumpable),             # first: nobody but root may ptrace the shim
+    ("oom_score_adj", _oom_score_adj),   # lowering it needs CAP_SYS_RESOURCE
+    ("nice", _nice),                     # a negative nice needs CAP_SYS_NICE
+    ("rlimits", _rlimits),               # raising a hard limit needs CAP_SYS_RESOURCE
+    ("cgroup", _cgroup),                 # joined before anything else can fork or run
+    ("fds", _fds),                       # only 0-2 and pass_fds survive; status fd CLOEXEC
+    ("cwd", _cwd),
+    ("umask", _umask),
+    ("identity", _identity),             # setgroups -> setresgid -> setresuid
+    ("capabilities", _capabilities),     # bounding -> inheritable -> ambient -> permitted
+    ("pdeathsig", _pdeathsig),           # re-armed: a credential change clears it
+    ("no_new_privs", _no_new_privs),
+    ("exec", _exec),
+)
+
+
+def run(plan: Plan) -> NoReturn:
+    for name, step in STEPS:
+        try:
+            step(plan)
+        except SetupError:
+            raise
+        except OSError as e:
+            raise SetupError(name, e.errno or 0, str(e.strerror or e)) from None
+    raise AssertionError("exec returned")   # unreachable: _exec never returns
