@@ -28,6 +28,7 @@ class Plan:
         self.ppid = os.getppid()
         self.status_fd = None
         self.rlimits = self.cgroup = self.creds = self.caps = None
+        self.namespaces = self.mounts = self.seccomp = None
         self.executable = None
 
 
@@ -97,6 +98,18 @@ def _cgroup(plan):
         cgroups.apply(plan.cgroup)
 
 
+def _namespaces(plan):
+    if plan.namespaces is not None:
+        from sandbox import namespaces
+        namespaces.apply(plan.namespaces)
+
+
+def _mounts(plan):
+    if plan.mounts is not None:
+        from sandbox import mounts
+        mounts.apply(plan.mounts)
+
+
 def _fds(plan):
     from sandbox import fds
     fds.check_pass_fds(plan.spec.pass_fds)
@@ -147,6 +160,12 @@ def _no_new_privs(plan):
         procattr.set_no_new_privs()
 
 
+def _seccomp(plan):
+    if plan.seccomp is not None:
+        from sandbox import seccomp
+        seccomp.apply(plan.seccomp)
+
+
 def _exec(plan) -> NoReturn:
     spec = plan.spec
     try:
@@ -161,6 +180,8 @@ STEPS: "tuple[tuple[str, Callable], ...]" = (
     ("nice", _nice),                     # a negative nice needs CAP_SYS_NICE
     ("rlimits", _rlimits),               # raising a hard limit needs CAP_SYS_RESOURCE
     ("cgroup", _cgroup),                 # joined before anything else can fork or run
+    ("namespaces", _namespaces),         # user first (id maps), then the others
+    ("mounts", _mounts),                 # inside the new mount namespace
     ("fds", _fds),                       # only 0-2 and pass_fds survive; status fd CLOEXEC
     ("cwd", _cwd),
     ("umask", _umask),
@@ -168,6 +189,7 @@ STEPS: "tuple[tuple[str, Callable], ...]" = (
     ("capabilities", _capabilities),     # bounding -> inheritable -> ambient -> permitted
     ("pdeathsig", _pdeathsig),           # re-armed: a credential change clears it
     ("no_new_privs", _no_new_privs),
+    ("seccomp", _seccomp),               # last: the filter need allow nothing the shim does
     ("exec", _exec),
 )
 

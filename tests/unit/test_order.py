@@ -5,8 +5,9 @@ from wrapperd import shim
 
 def test_step_order_is_pinned():
     assert [name for name, _ in shim.STEPS] == [
-        "dumpable", "oom_score_adj", "nice", "rlimits", "cgroup", "fds", "cwd", "umask",
-        "identity", "capabilities", "pdeathsig", "no_new_privs", "exec",
+        "dumpable", "oom_score_adj", "nice", "rlimits", "cgroup", "namespaces", "mounts",
+        "fds", "cwd", "umask", "identity", "capabilities", "pdeathsig", "no_new_privs",
+        "seccomp", "exec",
     ]
 
 
@@ -16,4 +17,5 @@ def test_privilege_dropping_comes_after_everything_that_needs_privilege():
         assert names.index(needs_root) < names.index("identity")
     assert names.index("identity") < names.index("capabilities")
     assert names.index("capabilities") < names.index("pdeathsig") < names.index("no_new_privs")
-    assert names[-1] == "exec"
+    assert names.index("cgroup") < names.index("namespaces") < names.index("mounts")
+    assert names[-2:] == ["seccomp", "exec"]
