@@ -6,6 +6,7 @@ standard library.  Optional actions, each one argument, run before the report:
   bind:PORT           try to bind 127.0.0.1:PORT; result under "bind"
   run:PATH[,ARG...]   run a program and parse its stdout as JSON under "run"
   sleep:SECONDS       sleep after printing the report (a long-running target)
+  cglimits            read memory.limit_in_bytes and pids.max of its own v1 cgroups
 """
 
 import ctypes
@@ -66,6 +67,8 @@ def main(args):
             except ValueError:
                 report["run"] = {"rc": p.returncode, "stdout": p.stdout.decode(),
                                  "stderr": p.stderr.decode()}
+        elif verb == "cglimits":
+            report["cglimits"] = cglimits()
         elif verb == "sleep":
             sleep = float(arg)
     libc = ctypes.CDLL(None)
@@ -80,6 +83,7 @@ def main(args):
         "fds": fds(),
         "env": dict(os.environ),
         "cwd": os.getcwd(),
+        "hostname": socket.gethostname(),
         "argv0": sys.argv[0],
         "exe": os.readlink("/proc/self/exe"),
         "dumpable": libc.prctl(3, 0, 0, 0, 0),
@@ -90,6 +94,20 @@ def main(args):
     sys.stdout.flush()
     if sleep:
         time.sleep(sleep)
+
+
+def cglimits():
+    out = {}
+    for line in open("/proc/self/cgroup").read().splitlines():
+        _h, ctrls, path = line.split(":", 2)
+        for ctrl, name in (("memory", "memory.limit_in_bytes"), ("pids", "pids.max")):
+            if ctrl in ctrls.split(","):
+                try:
+                    with open(f"/sys/fs/cgroup/{ctrl}{path}/{name}") as f:
+                        out[ctrl] = f.read().strip()
+                except OSError as e:
+                    out[ctrl] = errno.errorcode[e.errno]
+    return out
 
 
 def _pdeathsig(libc):
