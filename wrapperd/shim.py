@@ -2,7 +2,9 @@
 the order; tests/unit/test_order.py pins it, so a reorder is a reviewed change.
 
 prepare() is step 1-2: validate, resolve names, read what must be read from the host's
-view -- no side effects.  run() then applies each step to this very process and
+view -- no side effects.  prepare() also imports every module a step will use: after the
+identity step the shim may no longer be able to read the Python installation (it can
+live under /root), and a module already in sys.modules needs no file access.  run() then applies each step to this very process and
 execve()s the target.  Any failure raises SetupError naming the step, and the target is
 never executed.
 """
@@ -39,6 +41,7 @@ def prepare(spec) -> Plan:
         if v not in (None, (), False) and not (field == "namespaces" and not v.any()):
             raise SpecError("not implemented yet by this wrapperd; remove it", field)
     plan = Plan(spec)
+    from sandbox import fds, procattr  # noqa: F401  (imported now: see the docstring)
     if spec.rlimits:
         from sandbox import rlimits
         plan.rlimits = rlimits.prepare(spec.rlimits)
@@ -194,9 +197,28 @@ STEPS: "tuple[tuple[str, Callable], ...]" = (
 )
 
 
+# Fault injection for the hardening tests: WRAPPERD_FAULT=fail:STEP makes STEP fail
+# (EIO) before it runs; stop:STEP stops the shim (SIGSTOP) just before STEP.  It can only
+# make wrapperd fail or pause -- never skip or reorder a step -- so it is safe to leave in.
+FAULT_ENV = "WRAPPERD_FAULT"
+
+
+def _fault(name: str, fault: str) -> None:
+    action, _, where = fault.partition(":")
+    if where != name:
+        return
+    if action == "fail":
+        raise SetupError(name, 5, "fault injected (WRAPPERD_FAULT)")
+    if action == "stop":
+        os.kill(os.getpid(), 19)    # SIGSTOP; no import here: see the module docstring
+
+
 def run(plan: Plan) -> NoReturn:
+    fault = os.environ.get(FAULT_ENV)
     for name, step in STEPS:
         try:
+            if fault:
+                _fault(name, fault)
             step(plan)
         except SetupError:
             raise

@@ -1,0 +1,160 @@
+"""Hardening: fail closed at every step, fd and environment hygiene, /proc/self/exe, and
+no ptrace of the shim by the target's uid while it still holds privileges."""
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import (SYSTEM_PYTHON, probe_spec, run_probe, run_wrapperd,
+                            wrapperd_cmd)
+from wrapperd import shim
+
+STEP_NAMES = [n for n, _ in shim.STEPS]
+
+
+@pytest.mark.parametrize("step", STEP_NAMES)
+def test_every_step_fails_closed(probe, scratch, step):
+    marker = scratch / "ran"
+    spec = probe_spec(probe, f"touch:{marker}", user={"uid": 65534},
+                      capabilities={"drop": ["CAP_SYS_ADMIN"]})
+    r, w = os.pipe()
+    env = dict(os.environ, WRAPPERD_FAULT=f"fail:{step}")
+    p = run_wrapperd(spec, "--status-fd", str(w), pass_fds=(w,), env=env)
+    os.close(w)
+    with os.fdopen(r) as f:
+        rec = json.loads(f.readline())
+    assert p.returncode == 125
+    assert rec["step"] == step and rec["errno"] == 5
+    assert p.stderr.decode() == f"wrapperd: {step}: fault injected (WRAPPERD_FAULT): " \
+                                f"{os.strerror(5)}\n"
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("field, value, step", [
+    ("oom_score_adj", -1000, "oom_score_adj"),       # lowering needs CAP_SYS_RESOURCE
+    ("cwd", "/nonexistent/dir", "cwd"),
+    ("pass_fds", [987], "fds"),
+    ("cgroup", {"path": "/wrapperd-test-absent/x", "create": False}, "cgroup"),
+])
+def test_impossible_values_fail_at_their_step(probe, scratch, field, value, step):
+    if field == "oom_score_adj":
+        from sandbox import caps
+        if caps.bounding_set() >> caps.cap_number("CAP_SYS_RESOURCE") & 1:
+            pytest.skip("wrapperd holds CAP_SYS_RESOURCE here")
+    marker = scratch / "ran"
+    p = run_wrapperd(probe_spec(probe, f"touch:{marker}", **{field: value}))
+    assert p.returncode == 125, p.stderr
+    assert p.stderr.decode().startswith(f"wrapperd: {step}: "), p.stderr
+    assert not marker.exists()
+
+
+def test_capability_step_fails_closed_without_cap_setpcap(probe, scratch):
+    marker = scratch / "ran"
+    spec = probe_spec(probe, f"touch:{marker}", capabilities={"drop": ["CAP_SYS_ADMIN"]})
+    cmd = ["/usr/bin/setpriv", "--bounding-set=-setpcap", "--"] + wrapperd_cmd("--spec", "-")
+    p = subprocess.run(cmd, input=json.dumps(spec).encode(), capture_output=True, timeout=30)
+    assert p.returncode == 125
+    assert p.stderr.decode().startswith("wrapperd: capabilities: drop CAP_SYS_ADMIN"), p.stderr
+    assert not marker.exists()
+
+
+def test_target_exe_is_the_target(probe):
+    r = run_probe(probe_spec(probe))
+    assert r["exe"] == os.path.realpath(SYSTEM_PYTHON)
+
+
+def test_no_secret_or_loader_variable_leaks(probe):
+    env = dict(os.environ, LD_PRELOAD="/nonexistent.so", LD_LIBRARY_PATH="/x",
+               PYTHONPATH="/y", API_TOKEN="secret")
+    r = run_probe(probe_spec(probe), env=env)
+    assert not {"LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "API_TOKEN"} & set(r["env"])
+
+
+def test_spec_and_status_fds_do_not_reach_the_target(probe):
+    spec_r, spec_w = os.pipe()
+    st_r, st_w = os.pipe()
+    os.write(spec_w, json.dumps(probe_spec(probe)).encode())
+    os.close(spec_w)
+    p = subprocess.run(wrapperd_cmd("--spec-fd", str(spec_r), "--status-fd", str(st_w)),
+                       pass_fds=(spec_r, st_w), capture_output=True, timeout=30)
+    os.close(spec_r)
+    os.close(st_w)
+    assert os.read(st_r, 100) == b""
+    os.close(st_r)
+    assert p.returncode == 0, p.stderr
+    assert sorted(int(fd) for fd in json.loads(p.stdout)["fds"]) == [0, 1, 2]
+
+
+PTRACE_ATTACH, PTRACE_DETACH = 16, 17
+
+
+def _ptrace_as(uid: int, pid: int) -> int:
+    """Fork, drop to uid, try PTRACE_ATTACH on pid; return the errno (0: attached)."""
+    r, w = os.pipe()
+    child = os.fork()
+    if child == 0:
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setresgid(uid, uid, uid)
+            os.setresuid(uid, uid, uid)
+            libc = ctypes.CDLL(None, use_errno=True)
+            ret = libc.ptrace(PTRACE_ATTACH, pid, None, None)
+            err = 0 if ret == 0 else ctypes.get_errno()
+            if ret == 0:
+                libc.ptrace(PTRACE_DETACH, pid, None, None)
+            os.write(w, str(err).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.waitpid(child, 0)
+    out = os.read(r, 16)
+    os.close(r)
+    return int(out)
+
+
+def _wait_stopped(pid: int) -> None:
+    for _ in range(200):
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[0] == "T":
+                return
+        time.sleep(0.01)
+    raise AssertionError("the shim never stopped")
+
+
+@pytest.mark.parametrize("step", ["capabilities", "no_new_privs", "exec"])
+def test_shim_is_not_ptraceable_by_the_target_uid_while_privileged(probe, step):
+    # Stop the shim after it switched to uid 65534 but before exec: that uid must not be
+    # able to attach to it (it may still hold capabilities).
+    env = dict(os.environ, WRAPPERD_FAULT=f"stop:{step}")
+    spec = json.dumps(probe_spec(probe, user={"uid": 65534},
+                                 capabilities={"keep": ["CAP_NET_BIND_SERVICE"]}))
+    spec_r, spec_w = os.pipe()
+    os.write(spec_w, spec.encode())
+    os.close(spec_w)
+    p = subprocess.Popen(wrapperd_cmd("--spec-fd", str(spec_r)), pass_fds=(spec_r,),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    os.close(spec_r)
+    try:
+        _wait_stopped(p.pid)
+        with open(f"/proc/{p.pid}/status") as f:
+            assert "65534" in [line for line in f if line.startswith("Uid:")][0]
+        assert _ptrace_as(65534, p.pid) == 1          # EPERM
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
+        out, _err = p.communicate(timeout=30)
+    assert p.returncode == 0
+    # Control: the same uid can attach to the target once it runs as an ordinary process.
+    target = subprocess.Popen(["/usr/bin/setpriv", "--reuid=65534", "--regid=65534",
+                               "--clear-groups", "sleep", "5"])
+    try:
+        time.sleep(0.2)
+        assert _ptrace_as(65534, target.pid) == 0
+    finally:
+        target.kill()
+        target.wait()
