@@ -18,10 +18,21 @@ MUST_RUN = os.environ.get("WRAPPERD_MUST_RUN") == "1"
 TARGET_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
 
 
+# Set by tests/rootless/run: we are "root" only inside a rootless container (a user
+# namespace with several ids mapped through newuidmap), not on the host.
+ROOTLESS = os.environ.get("WRAPPERD_ROOTLESS") == "1"
+
+
 def skip_or_fail(reason: str):
     if MUST_RUN:
         pytest.fail(f"must run, but: {reason}")
     pytest.skip(reason)
+
+
+def needs_host_root(reason: str):
+    """Skip in the rootless run (the only skip the must-run switch allows); else go on."""
+    if ROOTLESS:
+        pytest.skip(f"needs host root: {reason}")
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +58,9 @@ def scratch(tmp_path):
     for p in tmp_path.parents:
         if str(p) in ("/", "/tmp"):
             break
-        os.chmod(p, os.stat(p).st_mode | 0o011)
+        mode = os.stat(p).st_mode
+        if mode & 0o011 != 0o011:
+            os.chmod(p, mode | 0o011)
     return tmp_path
 
 

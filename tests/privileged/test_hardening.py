@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tests.conftest import (SYSTEM_PYTHON, probe_spec, run_probe, run_wrapperd,
-                            wrapperd_cmd)
+from tests.conftest import (SYSTEM_PYTHON, needs_host_root, probe_spec, run_probe, run_wrapperd,
+                            skip_or_fail, wrapperd_cmd)
 from wrapperd import shim
 
 STEP_NAMES = [n for n, _ in shim.STEPS]
@@ -39,13 +39,14 @@ def test_every_step_fails_closed(probe, scratch, step):
     ("oom_score_adj", -1000, "oom_score_adj"),       # lowering needs CAP_SYS_RESOURCE
     ("cwd", "/nonexistent/dir", "cwd"),
     ("pass_fds", [987], "fds"),
-    ("cgroup", {"path": "/wrapperd-test-absent/x", "create": False}, "cgroup"),
+    ("cgroup", {"path": "/wrapperd-test-absent/x", "create": False, "version": 2}, "cgroup"),
 ])
 def test_impossible_values_fail_at_their_step(probe, scratch, field, value, step):
     if field == "oom_score_adj":
         from sandbox import caps
         if caps.bounding_set() >> caps.cap_number("CAP_SYS_RESOURCE") & 1:
-            pytest.skip("wrapperd holds CAP_SYS_RESOURCE here")
+            needs_host_root("in a user namespace root holds CAP_SYS_RESOURCE (for that ns)")
+            skip_or_fail("wrapperd holds CAP_SYS_RESOURCE here")
     marker = scratch / "ran"
     p = run_wrapperd(probe_spec(probe, f"touch:{marker}", **{field: value}))
     assert p.returncode == 125, p.stderr

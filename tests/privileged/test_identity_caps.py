@@ -7,8 +7,8 @@ import subprocess
 import pytest
 
 from sandbox import caps
-from tests.conftest import (SYSTEM_PYTHON, capmask, ids, probe_spec, run_probe, run_wrapperd,
-                            wrapperd_cmd)
+from tests.conftest import (SYSTEM_PYTHON, capmask, ids, needs_host_root, probe_spec, run_probe,
+                            run_wrapperd, skip_or_fail, wrapperd_cmd)
 
 ALL_HELD = caps.bounding_set()          # root here lacks CAP_SYS_RESOURCE: "all" = all held
 SYS_ADMIN = 1 << caps.cap_number("CAP_SYS_ADMIN")
@@ -53,6 +53,7 @@ def test_root_keep_mode(probe):
 
 
 def test_non_root_keep_mode_raises_kept_caps_as_ambient(probe):
+    needs_host_root("binding a low port needs the cap in the userns owning the net ns")
     r = run_probe(probe_spec(probe, "bind:80", user={"uid": 65534},
                              capabilities={"keep": ["CAP_NET_BIND_SERVICE"]}))
     assert masks(r) == {"Inh": NET_BIND, "Prm": NET_BIND, "Eff": NET_BIND, "Amb": NET_BIND,
@@ -109,7 +110,7 @@ def test_no_new_privs_can_be_turned_off(probe):
 
 def test_cap_newer_than_python_prctl_can_be_dropped(probe):
     if caps.last_cap() < caps.cap_number("CAP_CHECKPOINT_RESTORE"):
-        pytest.skip("kernel predates CAP_CHECKPOINT_RESTORE")
+        skip_or_fail("kernel predates CAP_CHECKPOINT_RESTORE")
     r = run_probe(probe_spec(probe, capabilities={"drop": ["CAP_CHECKPOINT_RESTORE"]}))
     assert not capmask(r, "CapBnd") & 1 << caps.cap_number("CAP_CHECKPOINT_RESTORE")
 
@@ -118,7 +119,8 @@ def test_keeping_a_cap_outside_our_bounding_set_is_refused():
     missing = [n for i, n in enumerate(caps.CAP_NAMES[:caps.last_cap() + 1])
                if not ALL_HELD >> i & 1]
     if not missing:
-        pytest.skip("wrapperd holds every capability here")
+        needs_host_root("in a user namespace root holds every capability (for that ns)")
+        skip_or_fail("wrapperd holds every capability here")
     p = run_wrapperd({"argv": ["/bin/true"], "capabilities": {"keep": [missing[0]]}})
     assert p.returncode == 125
     assert b"not in wrapperd's own bounding set" in p.stderr

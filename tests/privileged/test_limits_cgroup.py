@@ -6,7 +6,8 @@ import uuid
 import pytest
 
 from sandbox import cgroups
-from tests.conftest import TARGET_ENV, probe_spec, run_probe, run_wrapperd
+from tests.conftest import (ROOTLESS, TARGET_ENV, needs_host_root, probe_spec, run_probe,
+                            run_wrapperd, skip_or_fail)
 
 
 def limits(r):
@@ -42,7 +43,7 @@ def test_rlimit_above_what_wrapperd_may_raise_fails_closed(probe, scratch):
     p = run_wrapperd(probe_spec(probe, f"touch:{marker}",
                                 rlimits={"NOFILE": [hard + 1, hard + 1]}))
     if p.returncode == 0:
-        pytest.skip("wrapperd may raise NOFILE here (holds CAP_SYS_RESOURCE)")
+        skip_or_fail("wrapperd may raise NOFILE here (holds CAP_SYS_RESOURCE)")
     assert p.returncode == 125
     assert p.stderr.decode().startswith("wrapperd: rlimits: setrlimit NOFILE")
     assert not marker.exists()
@@ -78,6 +79,9 @@ def test_cwd(probe):
 def cgroup_root():
     """A unique subtree of our own in every hierarchy, removed even when a test fails."""
     name = f"wrapperd-test-{uuid.uuid4().hex[:8]}"
+    if ROOTLESS:
+        # the v2 subtree tests/rootless/run delegated to this user
+        name = os.environ["WRAPPERD_CGROUP_V2_ROOT"].strip("/") + "/" + name
     yield "/" + name
     for h in cgroups.hierarchies():
         top = h.mountpoint + "/" + name
@@ -91,8 +95,10 @@ def cgroup_root():
 @pytest.mark.parametrize("version", [1, 2])
 def test_cgroup_is_joined_before_exec(probe, cgroup_root, version):
     hs = cgroups.hierarchies()
+    if version == 1:
+        needs_host_root("cgroup v1 hierarchies belong to the host's root")
     if not any(h.version == version for h in hs):
-        pytest.skip(f"no cgroup v{version} here")
+        skip_or_fail(f"no cgroup v{version} here")
     path = cgroup_root + "/svc"
     r = run_probe(probe_spec(probe, cgroup={"path": path, "version": version}))
     seen = {}
@@ -108,8 +114,9 @@ def test_cgroup_is_joined_before_exec(probe, cgroup_root, version):
 
 
 def test_cgroup_v1_limits_are_written(probe, cgroup_root):
+    needs_host_root("cgroup v1 hierarchies belong to the host's root")
     if cgroups.mode() not in ("hybrid", "legacy"):
-        pytest.skip("no cgroup v1 controllers here")
+        skip_or_fail("no cgroup v1 controllers here")
     path = cgroup_root + "/lim"
     r = run_probe(probe_spec(probe, "sleep:0", cgroup={"path": path, "version": 1,
                                                         "memory_max": 64 << 20,

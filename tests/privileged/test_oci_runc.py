@@ -13,7 +13,7 @@ import pytest
 
 from sandbox import caps, cgroups
 from sandbox.oci import export_spec, import_config
-from tests.conftest import SYSTEM_PYTHON, TARGET_ENV, run_probe, skip_or_fail
+from tests.conftest import SYSTEM_PYTHON, TARGET_ENV, needs_host_root, run_probe, skip_or_fail
 
 RUNC = shutil.which("runc")
 HOST_DIRS = [d for d in ("/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc")
@@ -22,6 +22,7 @@ HOST_DIRS = [d for d in ("/usr", "/lib", "/lib64", "/bin", "/sbin", "/etc")
 
 @pytest.fixture(scope="module")
 def bundle(shared_dir):
+    needs_host_root("runc runs here as the host's root (rootless runc is another setup)")
     if RUNC is None:
         skip_or_fail("runc is not installed (scripts/install-deps installs it)")
     root = os.path.join(shared_dir, "rootfs")
@@ -95,6 +96,7 @@ def view(report) -> dict:
 
 @pytest.fixture
 def cg():
+    needs_host_root("the comparison uses cgroup v1 paths owned by the host's root")
     name = f"/wrapperd-test-oci-{uuid.uuid4().hex[:8]}"
     yield name
     for h in cgroups.hierarchies():
