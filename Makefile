@@ -36,6 +36,7 @@ lint: venv
 
 bench: venv
 	$(PY) bench/run.py
+	$(PY) bench/seccomp.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

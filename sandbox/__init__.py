@@ -6,7 +6,8 @@ package, pays only for what its spec needs.
 
 from __future__ import annotations
 
-__all__ = ["Spec", "SandboxError", "SpecError", "SetupError", "ExecError", "inspect"]
+__all__ = ["Spec", "SandboxError", "SpecError", "SetupError", "ExecError", "inspect",
+           "spawn", "run", "Process", "Completed", "ForkServer", "verify", "exposure"]
 
 _LAZY = {
     "Spec": ("sandbox.spec", "Spec"),
@@ -15,6 +16,13 @@ _LAZY = {
     "SetupError": ("sandbox.errors", "SetupError"),
     "ExecError": ("sandbox.errors", "ExecError"),
     "inspect": ("sandbox.inspection", "inspect"),
+    "spawn": ("sandbox.spawning", "spawn"),
+    "run": ("sandbox.spawning", "run"),
+    "Completed": ("sandbox.spawning", "Completed"),
+    "Process": ("sandbox.process", "Process"),
+    "ForkServer": ("sandbox.forkserver", "ForkServer"),
+    "verify": ("sandbox.verification", "verify"),
+    "exposure": ("sandbox.exposure", None),     # the module: exposure.score(...)
 }
 
 
@@ -22,7 +30,8 @@ def __getattr__(name):
     if name in _LAZY:
         import importlib
         mod, attr = _LAZY[name]
-        value = getattr(importlib.import_module(mod), attr)
+        module = importlib.import_module(mod)
+        value = module if attr is None else getattr(module, attr)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'sandbox' has no attribute {name!r}")

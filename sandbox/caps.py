@@ -13,9 +13,8 @@ What the kernel does at execve (capabilities(7)) decides the masks:
 
 from __future__ import annotations
 
-import attrs
-
 from . import _libc
+from ._record import frozen
 from .errors import SetupError, SpecError
 
 __all__ = ["CAP_NAMES", "cap_number", "normalize", "mask", "names", "last_cap",
@@ -83,7 +82,7 @@ def bounding_set() -> int:
     return m
 
 
-@attrs.frozen
+@frozen
 class Prepared:
     bounding: int      # the target's bounding set; every other cap is dropped from it
     inheritable: int

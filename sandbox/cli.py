@@ -21,9 +21,11 @@ def _cmd_inspect(a) -> int:
         raise SpecError(f"no process {a.pid}") from None
     except PermissionError as e:
         raise SpecError(f"cannot read /proc/{a.pid}: {e.strerror}") from None
+    from . import exposure
+    report = exposure.of_process(info)
     if a.json:
-        print(json.dumps(info, indent=2))
-        return 0
+        print(json.dumps({**info, "exposure": report.to_dict()}, indent=2))
+        return _gate(report, a.threshold)
     print(f"pid {info['pid']} ({info['name']})")
     print("  uids      " + " ".join(f"{k}={v}" for k, v in info["uids"].items()))
     print("  gids      " + " ".join(f"{k}={v}" for k, v in info["gids"].items()))
@@ -33,14 +35,53 @@ def _cmd_inspect(a) -> int:
         print(f"  cap {k:<11} {shown}")
     print(f"  no_new_privs {info['no_new_privs']}   seccomp {info['seccomp']} "
           f"({info['seccomp_filters']} filters)")
-    own = [n for n, v in info["namespaces"].items() if not v["host"]]
+    own = [n for n, v in info["namespaces"].items()
+           if not (v["caller"] if v.get("host") is None else v["host"])]
     print(f"  namespaces not the host's: {', '.join(own) or 'none'}")
     for line in info["cgroup"]:
         print(f"  cgroup    {line}")
     print(f"  oom_score_adj {info['oom_score_adj']}   nice {info['nice']}")
     if info["fds"] is not None:
         print(f"  fds       {sorted(info['fds'])}")
+    print("exposure:")
+    print("  " + report.format().replace("\n", "\n  "))
+    return _gate(report, a.threshold)
+
+
+EXIT_ABOVE_THRESHOLD = 1
+
+
+def _gate(report, threshold) -> int:
+    """--threshold: a non-zero exit when the exposure score is above it (CI gating)."""
+    if threshold is not None and report.score > threshold:
+        print(f"sandbox: exposure {report.score:.1f} is above the threshold "
+              f"{threshold:.1f}", file=sys.stderr)
+        return EXIT_ABOVE_THRESHOLD
     return 0
+
+
+def _cmd_exposure(a) -> int:
+    from . import exposure, profile
+    from .spec import Spec, loads_strict
+    if a.spec is None and a.profile is None:
+        raise SpecError("usage: sandbox exposure SPEC|- [--profile NAME]")
+    d = {}
+    if a.spec is not None:
+        if a.spec == "-":
+            raw = sys.stdin.buffer.read()
+        else:
+            with open(a.spec, "rb") as f:
+                raw = f.read()
+        d = loads_strict(raw)
+        if not isinstance(d, dict):
+            raise SpecError("the spec must be a JSON object")
+    spec = Spec.from_dict(profile.apply_profile(d, a.profile))
+    report = exposure.of_spec(spec)
+    if a.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.format())
+    return _gate(report, a.threshold)
 
 
 def _cmd_profiles(a) -> int:
@@ -49,13 +90,41 @@ def _cmd_profiles(a) -> int:
         if not a.name:
             raise SpecError("usage: sandbox profiles show NAME")
         from .spec import Spec
-        d = profile.apply_profile({}, a.name)
+        # A profile's cgroup takes its path from the spec's name: show it with this one.
+        d = profile.apply_profile({"name": a.name}, a.name)
         print(Spec.from_dict(d).to_json())
         return 0
     for name in profile.names():
-        desc = profile.load(name).get("description", "")
-        print(f"{name:<20} {desc}")
+        data = profile.load(name)
+        base = f"(extends {data['extends']}) " if data.get("extends") else ""
+        print(f"{name:<20} {base}{data.get('description', '')}")
     return 0
+
+
+NOT_HONOURED_EXIT = 125
+
+
+def _cmd_oci(a) -> int:
+    """import: an OCI config.json as our spec (stdout), what cannot be honoured on
+    stderr, one line each; export: our spec as an OCI config."""
+    from . import oci
+    from .spec import Spec, loads_strict
+    with open(a.file, "rb") as f:
+        doc = loads_strict(f.read())
+    notes: list = []
+    if a.action == "import":
+        spec, notes = oci.import_config(doc)
+        out = spec.to_json()
+    else:
+        from . import profile
+        if not isinstance(doc, dict):
+            raise SpecError("the spec must be a JSON object")
+        spec = Spec.from_dict(profile.apply_profile(doc))
+        out = json.dumps(oci.export_spec(spec, notes), indent=2)
+    print(out)
+    for n in notes:
+        print(f"sandbox: not honoured: {n}", file=sys.stderr)
+    return NOT_HONOURED_EXIT if notes and a.strict else 0
 
 
 def _cmd_check(a) -> int:
@@ -72,6 +141,61 @@ def _cmd_check(a) -> int:
     return 0
 
 
+def _cmd_seccomp(a) -> int:
+    from . import seccomp
+    if a.action == "list":
+        for name in seccomp.profile_names():
+            print(f"{name:<20} {seccomp.profile_description(name)}")
+        for name in seccomp.group_names():
+            print(f"{name:<20} {len(seccomp.expand(name))} syscalls")
+        return 0
+    if a.action == "import":
+        # OCI linux.seccomp / Docker profile JSON -> our spec's seccomp section.
+        if not a.spec:
+            raise SpecError("usage: sandbox seccomp import PROFILE.json [-o FILE]")
+        from . import seccomp_oci
+        from .spec import Seccomp, loads_strict
+        with open(a.spec, "rb") as f:
+            section, notes = seccomp_oci.import_profile(loads_strict(f.read()))
+        Seccomp.load(section, "seccomp")          # what we emit must load as a spec field
+        text = json.dumps({"seccomp": section}, indent=2) + "\n"
+        if a.output and a.output != "-":
+            with open(a.output, "w") as f:
+                f.write(text)
+        else:
+            sys.stdout.write(text)
+        for n in notes:
+            print(f"sandbox: not honoured: {n}", file=sys.stderr)
+        return 0
+    # compile: the filter exactly as wrapperd would load it for this spec's target.
+    if not a.spec or not a.output:
+        raise SpecError("usage: sandbox seccomp compile SPEC -o FILE.bpf")
+    from . import caps, creds, profile
+    from .spec import Spec, loads_strict
+    with open(a.spec, "rb") as f:
+        d = loads_strict(f.read())
+    if not isinstance(d, dict):
+        raise SpecError("the spec must be a JSON object")
+    spec = Spec.from_dict(profile.apply_profile(d))
+    if spec.seccomp is None:
+        raise SpecError("the spec has no seccomp filter", "seccomp")
+    cr = creds.prepare(spec.user, spec.securebits)
+    cp = caps.prepare(spec.capabilities, creds.target_is_root(cr),
+                      cr.securebits if cr else 0)
+    prepared = seccomp.prepare(spec.seccomp, cp)
+    if a.output == "-":
+        sys.stdout.buffer.write(prepared.program)
+    else:
+        with open(a.output, "wb") as f:
+            f.write(prepared.program)
+    for why in prepared.skipped:
+        print(f"sandbox: skipped {why}", file=sys.stderr)
+    print(f"sandbox: {prepared.instructions} BPF instructions, {prepared.syscalls} syscalls "
+          f"with rules, default {prepared.default_action}, ABIs "
+          f"{', '.join(prepared.architectures)}", file=sys.stderr)
+    return 0
+
+
 def _cmd_run(a) -> int:
     cmd = [sys.executable, "-m", "wrapperd", "--spec", a.spec, "--", *a.argv]
     os.execv(sys.executable, cmd)
@@ -84,14 +208,39 @@ def main(argv=None) -> int:
     s = sub.add_parser("inspect", help="show a process's real privilege state")
     s.add_argument("pid", type=int)
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--threshold", type=float, metavar="SCORE",
+                   help="exit 1 if the exposure score (0.0-10.0) is above SCORE")
     s.set_defaults(fn=_cmd_inspect)
+    s = sub.add_parser("exposure", help="score a spec's exposure offline (0.0-10.0)")
+    s.add_argument("spec", nargs="?", help="spec file ('-': stdin)")
+    s.add_argument("--profile", metavar="NAME", help="merge the spec over this profile "
+                   "(alone: score the profile)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--threshold", type=float, metavar="SCORE",
+                   help="exit 1 if the score is above SCORE")
+    s.set_defaults(fn=_cmd_exposure)
     s = sub.add_parser("profiles", help="list profiles, or show one fully resolved")
     s.add_argument("action", nargs="?", choices=("list", "show"), default="list")
     s.add_argument("name", nargs="?")
     s.set_defaults(fn=_cmd_profiles)
+    s = sub.add_parser("oci", help="import an OCI config.json as a spec (what cannot be "
+                       "honoured on stderr), or export a spec as an OCI config")
+    s.add_argument("action", choices=("import", "export"))
+    s.add_argument("file", help="config.json (import) or a spec (export)")
+    s.add_argument("--strict", action="store_true",
+                   help=f"exit {NOT_HONOURED_EXIT} if anything cannot be honoured")
+    s.set_defaults(fn=_cmd_oci)
     s = sub.add_parser("check", help="validate a spec without running anything")
     s.add_argument("spec")
     s.set_defaults(fn=_cmd_check)
+    s = sub.add_parser("seccomp", help="list seccomp profiles and groups, compile a "
+                       "spec's filter to raw BPF (for bwrap --seccomp FD), or import an "
+                       "OCI/Docker seccomp profile")
+    s.add_argument("action", choices=("compile", "import", "list"))
+    s.add_argument("spec", nargs="?")
+    s.add_argument("-o", "--output", metavar="FILE", help="where to write the BPF ('-': "
+                   "stdout)")
+    s.set_defaults(fn=_cmd_seccomp)
     s = sub.add_parser("run", help="run ARGV under SPEC (execs wrapperd)")
     s.add_argument("spec")
     s.add_argument("argv", nargs=argparse.REMAINDER)

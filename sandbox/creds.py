@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import os
 
-import attrs
-
 from . import _libc, caps
+from ._record import frozen
 from .errors import SetupError, SpecError
 
 __all__ = ["Prepared", "prepare", "apply", "resolve_uid", "resolve_gid"]
@@ -39,7 +38,7 @@ def resolve_gid(v, path: str) -> int:
         raise SpecError(f"unknown group {v!r}", path) from None
 
 
-@attrs.frozen
+@frozen
 class Prepared:
     uid: int
     gid: int

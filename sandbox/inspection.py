@@ -67,6 +67,7 @@ def inspect(pid) -> dict:
                 ("bounding", "Bnd"), ("ambient", "Amb"))}
     ns = _ns(pid)
     host = _ns(1)
+    mine = _ns("self")
     try:
         with open(f"/proc/{pid}/oom_score_adj") as f:
             oom = int(f.read())
@@ -97,16 +98,19 @@ def inspect(pid) -> dict:
     return {
         "pid": int(pid) if str(pid).isdigit() else os.getpid(),
         "name": st.get("Name"),
-        "uids": dict(zip(("real", "effective", "saved", "fs"), uids)),
-        "gids": dict(zip(("real", "effective", "saved", "fs"), gids)),
+        "uids": dict(zip(("real", "effective", "saved", "fs"), uids, strict=True)),
+        "gids": dict(zip(("real", "effective", "saved", "fs"), gids, strict=True)),
         "groups": [int(g) for g in st.get("Groups", "").split()],
         "capabilities": capsets,
         "no_new_privs": st.get("NoNewPrivs") == "1",
         "seccomp": SECCOMP_MODES.get(int(st.get("Seccomp", "0")), "unknown"),
         "seccomp_filters": int(st.get("Seccomp_filters", "0")),
         "umask": st.get("Umask"),
-        "namespaces": {n: {"id": v, "host": v == host.get(n)} for n, v in ns.items()
-                       if v is not None},
+        # "host": the same as pid 1's (None when pid 1's cannot be read, e.g. a
+        # non-dumpable pid 1); "caller": the same as the inspecting process's own.
+        "namespaces": {n: {"id": v, "host": None if host.get(n) is None else
+                           v == host[n], "caller": v == mine.get(n)}
+                       for n, v in ns.items() if v is not None},
         "cgroup": cgroup,
         "rlimits": read_limits(pid),
         "oom_score_adj": oom,

@@ -1,8 +1,29 @@
-"""The OCI bridge: an OCI runtime-spec config.json's `process`, `hostname`, `mounts` and
-`linux` sections to our spec, and back where the model allows.
+"""The OCI bridge: an OCI runtime-spec config.json's `process`, `root`, `hostname`,
+`mounts` and `linux` sections to our spec, and back where the model allows.
 
 Nothing is dropped silently: every part of the config that wrapperd cannot honour is
-returned as a line naming the field and why.
+returned as a line naming the OCI field and why (`import_config`), and
+`Spec.from_oci()` refuses a config with any such line.  What maps:
+
+  process.args/env/cwd              argv, env, cwd
+  process.user.uid/gid/additionalGids/umask    user.*
+  process.capabilities              bounding -> capabilities.keep, ambient -> ambient;
+                                    effective/permitted/inheritable must be what execve
+                                    gives the target under that (else listed)
+  process.rlimits, noNewPrivileges, oomScoreAdj     rlimits, no_new_privs, oom_score_adj
+  root.readonly                     readonly_root (root.path other than / is listed:
+                                    wrapperd keeps the host's root)
+  hostname                          hostname
+  mounts                            mounts: bind/rbind, tmpfs (size, mode), proc, mqueue,
+                                    devpts; a tmpfs on /dev is our `dev` (a minimal /dev,
+                                    what runc makes of it); sysfs, cgroup, ... are listed
+  linux.namespaces                  namespaces (a path joins); a new pid namespace makes
+                                    the target pid 1 (as_pid_1), as in any OCI runtime
+  linux.uidMappings/gidMappings     namespaces.user maps
+  linux.seccomp                     seccomp, through sandbox.seccomp_oci (Docker-complete)
+  linux.cgroupsPath + resources     cgroup: memory.limit/swap, pids.limit, cpu.quota/period,
+                                    cpu.shares, cpu.cpus/mems, blockIO.weight
+  linux.maskedPaths/readonlyPaths   masked_paths, readonly_paths
 """
 
 from __future__ import annotations
@@ -15,58 +36,15 @@ __all__ = ["import_config", "export_spec"]
 
 _NS = {"pid": "pid", "network": "net", "mount": "mount", "ipc": "ipc", "uts": "uts",
        "user": "user", "cgroup": "cgroup"}
-_ACTIONS = {"SCMP_ACT_ALLOW": "allow", "SCMP_ACT_KILL": "kill_thread",
-            "SCMP_ACT_KILL_THREAD": "kill_thread", "SCMP_ACT_KILL_PROCESS": "kill_process",
-            "SCMP_ACT_TRAP": "trap", "SCMP_ACT_LOG": "log"}
-_OPS = {"SCMP_CMP_EQ": "eq", "SCMP_CMP_NE": "ne", "SCMP_CMP_LT": "lt", "SCMP_CMP_LE": "le",
-        "SCMP_CMP_GT": "gt", "SCMP_CMP_GE": "ge", "SCMP_CMP_MASKED_EQ": "masked_eq"}
-_MOUNT_TYPES = ("bind", "tmpfs", "proc", "mqueue", "devpts")
-_MOUNT_OPTS = {"ro": "ro", "rw": "rw", "nosuid": "nosuid", "nodev": "nodev",
-               "noexec": "noexec", "rbind": "recursive", "noatime": "noatime"}
-
-
-def _keys():
-    from .spec import Spec
-    return Spec.KEYS
-
-
-def _action(name: str, errno_ret, where: str, lost: list) -> "str | None":
-    if name == "SCMP_ACT_ERRNO":
-        return f"errno:{errno_ret if errno_ret is not None else 1}"
-    if name in _ACTIONS:
-        return _ACTIONS[name]
-    lost.append(f"{where}: action {name} is not supported")
-    return None
-
-
-def _seccomp(sc: dict, lost: list) -> dict:
-    out: dict = {}
-    act = _action(sc.get("defaultAction", ""), sc.get("defaultErrnoRet"),
-                  "linux.seccomp.defaultAction", lost)
-    out["default_action"] = act or "kill_process"      # fail closed on what we cannot map
-    arches = [a[len("SCMP_ARCH_"):].lower() for a in sc.get("architectures") or []]
-    if arches:
-        out["architectures"] = arches
-    for k in ("flags", "listenerPath", "listenerMetadata"):
-        if sc.get(k):
-            lost.append(f"linux.seccomp.{k}: not supported")
-    rules = []
-    for i, r in enumerate(sc.get("syscalls") or []):
-        where = f"linux.seccomp.syscalls[{i}]"
-        a = _action(r.get("action", ""), r.get("errnoRet"), where, lost)
-        if a is None:
-            continue
-        args = []
-        for j, arg in enumerate(r.get("args") or []):
-            op = _OPS.get(arg.get("op"))
-            if op is None:
-                lost.append(f"{where}.args[{j}]: operator {arg.get('op')!r} is not supported")
-                continue
-            args.append({"index": arg.get("index"), "op": op, "value": arg.get("value", 0),
-                         "value_two": arg.get("valueTwo", 0)})
-        rules.append({"names": list(r.get("names") or []), "action": a, "args": args})
-    out["syscalls"] = rules
-    return out
+_FLAG_OPTS = {"ro": "ro", "rw": "rw", "nosuid": "nosuid", "nodev": "nodev",
+              "noexec": "noexec", "rbind": "recursive", "noatime": "noatime"}
+# Options that change nothing for us: our mounts are always private (nothing propagates
+# to the host), relatime is the kernel's default, suid/dev/exec are the defaults.
+_NOOP_OPTS = ("bind", "private", "rprivate", "relatime", "suid", "dev", "exec")
+# What our devpts (and the one in `dev`) is mounted with: runc's usual options say the same.
+_DEVPTS_SAME = ("newinstance", "ptmxmode=0666", "mode=0620", "mode=620", "gid=5")
+# Mounts our `dev` mount already makes under /dev.
+_DEV_CHILDREN = {"/dev/pts": "devpts", "/dev/shm": "tmpfs"}
 
 
 def import_config(config: Any) -> "tuple[Any, list[str]]":
@@ -74,10 +52,26 @@ def import_config(config: Any) -> "tuple[Any, list[str]]":
     from .spec import Spec
     if not isinstance(config, dict):
         raise SpecError("an OCI config must be a JSON object")
-    keys = _keys()
     lost: list = []
     d: dict = {}
-    proc = config.get("process") or {}
+    _process(config.get("process") or {}, d, lost)
+    root = config.get("root") or {}
+    if root.get("path") not in (None, "/"):
+        lost.append(f"root.path: {root.get('path')!r} -- wrapperd keeps the host's root "
+                    "(mounts apply on top of it)")
+    if root.get("readonly"):
+        d["readonly_root"] = True
+    if config.get("hostname"):
+        d["hostname"] = config["hostname"]
+    for k in ("domainname", "hooks"):
+        if config.get(k):
+            lost.append(f"{k}: not supported")
+    _mounts(config.get("mounts") or [], d, lost)
+    _linux(config.get("linux") or {}, d, lost)
+    return Spec.from_dict(d), lost
+
+
+def _process(proc: dict, d: dict, lost: list) -> None:
     if not proc.get("args"):
         raise SpecError("process.args is missing or empty")
     d["argv"] = proc["args"]
@@ -101,68 +95,82 @@ def import_config(config: Any) -> "tuple[Any, list[str]]":
         d["capabilities"] = {"keep": []}     # OCI: no capabilities section = none at all
     else:
         bnd = list(caps.get("bounding") or [])
-        d["capabilities"] = {"keep": bnd, "ambient": list(caps.get("ambient") or [])}
+        inh = set(caps.get("inheritable") or [])
+        amb = [c for c in caps.get("ambient") or [] if c in inh]
+        if len(amb) < len(caps.get("ambient") or []):
+            # The kernel raises an ambient cap only if it is inheritable (and permitted);
+            # runc ignores the refusal, so the target holds none of these: neither here.
+            lost.append("process.capabilities.ambient: "
+                        f"{sorted(set(caps['ambient']) - inh)} are not inheritable: the "
+                        "kernel refuses them (runc ignores that), so they are left out")
+        d["capabilities"] = {"keep": bnd, "ambient": amb}
         is_root = d["user"]["uid"] == 0
+        # What execve leaves a target holding: root gets its bounding set (file caps of
+        # root are all-ones), anyone else exactly its ambient set.
+        have = set(bnd) if is_root else set(amb)
         for s in ("effective", "permitted"):
             want = set(caps.get(s) or [])
-            have = set(bnd) if is_root else set(caps.get("ambient") or [])
             if want != have:
                 lost.append(f"process.capabilities.{s}: {sorted(want)} differs from what "
                             f"execve gives this target ({sorted(have)})")
-        if set(caps.get("inheritable") or []) != set(caps.get("ambient") or []):
+        if set(caps.get("inheritable") or []) != set(amb):
             lost.append("process.capabilities.inheritable: wrapperd sets inheritable = ambient")
     rl = {}
-    for i, r in enumerate(proc.get("rlimits") or []):
+    for r in proc.get("rlimits") or []:
         rl[str(r.get("type", ""))] = [r.get("soft"), r.get("hard")]
     if rl:
         d["rlimits"] = rl
     d["no_new_privs"] = bool(proc.get("noNewPrivileges", False))
     if proc.get("oomScoreAdj") is not None:
         d["oom_score_adj"] = proc["oomScoreAdj"]
-    for k in ("terminal", "apparmorProfile", "selinuxLabel", "consoleSize", "ioPriority",
+    for k in ("terminal", "consoleSize", "apparmorProfile", "selinuxLabel", "ioPriority",
               "scheduler", "execCPUAffinity"):
         if proc.get(k):
             lost.append(f"process.{k}: not supported")
-    root = config.get("root") or {}
-    if root.get("path") not in (None, "/"):
-        lost.append(f"root.path: {root.get('path')!r} -- wrapperd keeps the host's root "
-                    "(mounts apply on top of it)")
-    if root.get("readonly"):
-        if "readonly_root" in keys:
-            d["readonly_root"] = True
-        else:
-            lost.append("root.readonly: not supported")
-    if config.get("hostname"):
-        d["hostname"] = config["hostname"]
-    for k in ("domainname", "hooks", "annotations"):
-        if config.get(k):
-            lost.append(f"{k}: not supported")
-    mounts = []
-    for i, m in enumerate(config.get("mounts") or []):
-        t = m.get("type") or ("bind" if "bind" in (m.get("options") or []) or
-                              "rbind" in (m.get("options") or []) else None)
-        opts = m.get("options") or []
-        if t not in _MOUNT_TYPES:
-            lost.append(f"mounts[{i}]: {m.get('destination')} of type {t!r} is not supported")
+
+
+def _mounts(mounts: list, d: dict, lost: list) -> None:
+    out = []
+    dev = False
+    for i, m in enumerate(mounts):
+        where = f"mounts[{i}] ({m.get('destination')})"
+        opts = list(m.get("options") or [])
+        t = m.get("type") or ("bind" if {"bind", "rbind"} & set(opts) else None)
+        if "bind" in opts or "rbind" in opts:
+            t = "bind"                       # runc: a bind option makes it a bind mount
+        dest = m.get("destination")
+        if dev and _DEV_CHILDREN.get(dest) == t:
+            continue                         # our `dev` mount makes these itself
+        if t == "tmpfs" and dest == "/dev":
+            t, dev = "dev", True
+        if t not in ("bind", "tmpfs", "proc", "mqueue", "devpts", "dev"):
+            lost.append(f"{where}: type {t!r} is not supported")
             continue
-        mine = {"type": t, "destination": m.get("destination")}
+        mine = {"type": t, "destination": dest}
         if t == "bind":
             mine["source"] = m.get("source")
         kept = []
         for o in opts:
-            if o in _MOUNT_OPTS:
-                kept.append(_MOUNT_OPTS[o])
+            if o in _FLAG_OPTS:
+                kept.append(_FLAG_OPTS[o])
+            elif o in _NOOP_OPTS:
+                pass
             elif t == "tmpfs" and o.startswith("size="):
                 mine["size"] = _size(o[5:])
             elif t == "tmpfs" and o.startswith("mode="):
                 mine["mode"] = o[5:]
-            elif o not in ("bind", "private", "rprivate", "strictatime", "relatime"):
-                lost.append(f"mounts[{i}]: option {o!r} on {m.get('destination')} ignored")
+            elif t in ("devpts", "dev") and (o in _DEVPTS_SAME or (t == "dev" and (
+                    o == "strictatime" or o.startswith(("mode=", "size="))))):
+                pass                         # what our devpts / dev tmpfs is made with
+            else:
+                lost.append(f"{where}: option {o!r} is not supported")
         mine["options"] = sorted(set(kept))
-        mounts.append(mine)
-    if mounts:
-        d["mounts"] = mounts
-    linux = config.get("linux") or {}
+        out.append(mine)
+    if out:
+        d["mounts"] = out
+
+
+def _linux(linux: dict, d: dict, lost: list) -> None:
     ns: dict = {}
     for i, n in enumerate(linux.get("namespaces") or []):
         kind = _NS.get(n.get("type"))
@@ -170,57 +178,100 @@ def import_config(config: Any) -> "tuple[Any, list[str]]":
             lost.append(f"linux.namespaces[{i}]: type {n.get('type')!r} is not supported")
             continue
         ns[kind] = n.get("path") or True
+    if ns.get("pid") is True:
+        ns["as_pid_1"] = True        # an OCI process is pid 1 of its pid namespace
     if linux.get("uidMappings") or linux.get("gidMappings"):
-        conv = lambda ms: [{"inside": m["containerID"], "outside": m["hostID"],  # noqa: E731
-                            "count": m["size"]} for m in ms or []]
-        ns["user"] = {"uid_map": conv(linux.get("uidMappings")),
-                      "gid_map": conv(linux.get("gidMappings"))}
+        def conv(ms):
+            return [{"inside": m["containerID"], "outside": m["hostID"], "count": m["size"]}
+                    for m in ms or []]
+        if ns.get("user") is not True:
+            lost.append("linux.uidMappings: given without a new user namespace")
+        else:
+            ns["user"] = {"uid_map": conv(linux.get("uidMappings")),
+                          "gid_map": conv(linux.get("gidMappings"))}
     if ns:
         d["namespaces"] = ns
     if linux.get("seccomp"):
-        d["seccomp"] = _seccomp(linux["seccomp"], lost)
+        from . import seccomp_oci
+        section, notes = seccomp_oci.import_profile(linux["seccomp"])
+        d["seccomp"] = section
+        # "allows the ABIs ..." says what *is* done, as the profile asks: not a loss.
+        lost += [f"linux.seccomp: {n}" for n in notes if not n.startswith("allows the ABIs")]
+    cg: dict = {}
     if linux.get("cgroupsPath"):
         p = linux["cgroupsPath"]
         if ":" in p:
             lost.append(f"linux.cgroupsPath: systemd form {p!r} is not supported")
         else:
-            d["cgroup"] = {"path": p}
-    res = linux.get("resources") or {}
-    limits = {}
-    if (res.get("memory") or {}).get("limit") is not None:
-        limits["memory_max"] = res["memory"]["limit"]
-    if (res.get("pids") or {}).get("limit") is not None:
-        limits["pids_max"] = res["pids"]["limit"]
-    cpu = res.get("cpu") or {}
-    if cpu.get("quota") is not None and "cpu_max" in _cgroup_keys():
-        limits["cpu_max"] = [cpu["quota"], cpu.get("period") or 100000]
-    for k, v in res.items():
-        if k not in ("memory", "pids", "cpu") or (k == "cpu" and "cpu_max" not in limits):
-            if k == "devices" and all(not dv.get("allow") for dv in v or []):
-                continue   # deny-all device rules: the host's /dev is used; nothing to allow
-            if v:
-                lost.append(f"linux.resources.{k}: not supported")
+            cg["path"] = p
+    limits = _resources(linux.get("resources") or {}, lost)
     if limits:
-        if "cgroup" not in d:
+        if not cg:
             lost.append("linux.resources: limits without linux.cgroupsPath are not applied")
         else:
-            d["cgroup"].update(limits)
+            cg.update(limits)
+    if cg:
+        d["cgroup"] = cg
     for key, mine in (("maskedPaths", "masked_paths"), ("readonlyPaths", "readonly_paths")):
         if linux.get(key):
-            if mine in keys:
-                d[mine] = list(linux[key])
-            else:
-                lost.append(f"linux.{key}: not supported")
-    for k in ("sysctl", "devices", "intelRdt", "personality", "mountLabel", "rootfsPropagation",
-              "timeOffsets"):
+            d[mine] = list(linux[key])
+    if linux.get("rootfsPropagation") not in (None, "", "private", "rprivate"):
+        lost.append(f"linux.rootfsPropagation: {linux['rootfsPropagation']!r} -- wrapperd's "
+                    "mounts are always private")
+    for k in ("sysctl", "devices", "intelRdt", "personality", "mountLabel", "timeOffsets"):
         if linux.get(k):
             lost.append(f"linux.{k}: not supported")
-    return Spec.from_dict(d), lost
 
 
-def _cgroup_keys():
-    from .spec import Cgroup
-    return Cgroup.KEYS
+def _resources(res: dict, lost: list) -> dict:
+    limits: dict = {}
+    for k, v in res.items():
+        if not v:
+            continue
+        if k == "memory":
+            for mk, mv in v.items():
+                if mv is None:
+                    continue
+                if mk == "limit":
+                    limits["memory_max"] = mv
+                elif mk == "swap" and v.get("limit") is not None and mv >= v["limit"]:
+                    # OCI's swap is memory+swap (v1 memsw); ours is the swap alone.
+                    limits["memory_swap_max"] = mv - v["limit"]
+                else:
+                    lost.append(f"linux.resources.memory.{mk}: not supported")
+        elif k == "pids":
+            if v.get("limit") is not None and v["limit"] > 0:
+                limits["pids_max"] = v["limit"]
+        elif k == "cpu":
+            for ck, cv in v.items():
+                if cv is None:
+                    continue
+                if ck == "quota":
+                    limits["cpu_max"] = [cv, v.get("period") or 100000] if cv > 0 else \
+                        f"max {v.get('period') or 100000}"
+                elif ck == "period":
+                    if v.get("quota") is None:
+                        lost.append("linux.resources.cpu.period: without a quota")
+                elif ck == "shares":
+                    weight = round(cv * 100 / 1024)
+                    if weight * 1024 // 100 != cv or not 1 <= weight <= 10000:
+                        lost.append(f"linux.resources.cpu.shares: {cv} is no cpu weight "
+                                    "(weight * 1024 / 100)")
+                    else:
+                        limits["cpu_weight"] = weight
+                elif ck in ("cpus", "mems"):
+                    limits[f"cpuset_{ck}"] = cv
+                else:
+                    lost.append(f"linux.resources.cpu.{ck}: not supported")
+        elif k == "blockIO" and set(v) <= {"weight"} and v["weight"] % 5 == 0:
+            limits["io_weight"] = v["weight"] // 5
+        elif k == "devices":
+            # runc's device cgroup (deny all, allow a few) has no counterpart: mknod is
+            # bounded by CAP_MKNOD, but opening the host's device nodes is not restricted.
+            lost.append("linux.resources.devices: the device cgroup is not applied")
+        else:
+            lost.append(f"linux.resources.{k}: not supported")
+    return limits
 
 
 def _size(s: str) -> int:
@@ -230,9 +281,12 @@ def _size(s: str) -> int:
     return int(s)
 
 
-def export_spec(spec) -> dict:
-    """Our spec as an OCI config (process, hostname, mounts, linux), root '/'."""
+def export_spec(spec, notes: "list | None" = None) -> dict:
+    """Our spec as an OCI config (process, root '/', hostname, mounts, linux).  What OCI
+    cannot say (nice, pdeathsig, securebits, pass_fds, a reaper as pid 1, capability-
+    conditional seccomp rules) is appended to `notes` when given."""
     from . import caps as capmod
+    notes = [] if notes is None else notes
     d = spec.to_dict()
     proc: dict = {"args": d["argv"], "env": [f"{k}={v}" for k, v in d["env"].items()],
                   "cwd": d["cwd"], "noNewPrivileges": d["no_new_privs"]}
@@ -260,21 +314,121 @@ def export_spec(spec) -> dict:
                        for k, v in d["rlimits"].items()]
     if d.get("oom_score_adj") is not None:
         proc["oomScoreAdj"] = d["oom_score_adj"]
-    out: dict = {"ociVersion": "1.0.2", "process": proc, "root": {"path": "/"}, "linux": {}}
+    for k in ("nice", "pdeathsig"):
+        if d.get(k) is not None:
+            notes.append(f"{k}: OCI has no field for it")
+    for k in ("securebits", "pass_fds"):
+        if d.get(k):
+            notes.append(f"{k}: OCI has no field for it")
+    out: dict = {"ociVersion": "1.0.2", "process": proc,
+                 "root": {"path": "/", "readonly": bool(d.get("readonly_root"))},
+                 "linux": {}}
     if d.get("hostname"):
         out["hostname"] = d["hostname"]
+    if d.get("mounts"):
+        out["mounts"] = [_export_mount(m, notes) for m in d["mounts"]]
     ns = d.get("namespaces") or {}
     rev = {v: k for k, v in _NS.items()}
     out["linux"]["namespaces"] = [
         {"type": rev[k], **({"path": v} if isinstance(v, str) else {})}
         for k, v in ns.items() if k in rev and v not in (False, None)]
+    if ns.get("pid") is True and not ns.get("as_pid_1"):
+        notes.append("namespaces.pid: under OCI the target is pid 1 (no reaper)")
+    if isinstance(ns.get("user"), dict):
+        for ours, theirs in (("uid_map", "uidMappings"), ("gid_map", "gidMappings")):
+            out["linux"][theirs] = [{"containerID": m["inside"], "hostID": m["outside"],
+                                     "size": m["count"]} for m in ns["user"][ours]]
+    for ours, theirs in (("masked_paths", "maskedPaths"), ("readonly_paths", "readonlyPaths")):
+        if d.get(ours):
+            out["linux"][theirs] = list(d[ours])
+    if spec.seccomp is not None:
+        out["linux"]["seccomp"] = _export_seccomp(spec, notes)
     if d.get("cgroup"):
+        cg = d["cgroup"]
         out["linux"]["cgroupsPath"] = spec.cgroup.full_path
-        r = {}
-        if d["cgroup"].get("memory_max"):
-            r["memory"] = {"limit": d["cgroup"]["memory_max"]}
-        if d["cgroup"].get("pids_max"):
-            r["pids"] = {"limit": d["cgroup"]["pids_max"]}
+        r: dict = {}
+        if cg.get("memory_max"):
+            r["memory"] = {"limit": cg["memory_max"]}
+            if cg.get("memory_swap_max") is not None:
+                r["memory"]["swap"] = cg["memory_max"] + cg["memory_swap_max"]
+        if cg.get("pids_max"):
+            r["pids"] = {"limit": cg["pids_max"]}
+        cpu: dict = {}
+        if cg.get("cpu_max"):
+            q, p = cg["cpu_max"].split()
+            cpu.update(quota=-1 if q == "max" else int(q), period=int(p))
+        if cg.get("cpu_weight"):
+            cpu["shares"] = cg["cpu_weight"] * 1024 // 100
+        for k in ("cpus", "mems"):
+            if cg.get(f"cpuset_{k}"):
+                cpu[k] = cg[f"cpuset_{k}"]
+        if cpu:
+            r["cpu"] = cpu
+        if cg.get("io_weight"):
+            r["blockIO"] = {"weight": min(1000, max(10, cg["io_weight"] * 5))}
+        if cg.get("memory_high"):
+            notes.append("cgroup.memory_high: OCI has no field for it (v2 unified only)")
         if r:
             out["linux"]["resources"] = r
     return out
+
+
+def _export_mount(m: dict, notes: list) -> dict:
+    opts = [{"recursive": "rbind"}.get(o, o) for o in m.get("options") or []]
+    if m["type"] == "bind":
+        if "rbind" not in opts:
+            opts.insert(0, "bind")
+        return {"destination": m["destination"], "type": "bind", "source": m["source"],
+                "options": opts}
+    if m["type"] == "dev":
+        return {"destination": m["destination"], "type": "tmpfs", "source": "tmpfs",
+                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}
+    if m["type"] == "tmpfs":
+        if m.get("size"):
+            opts.append(f"size={m['size']}")
+        if m.get("mode"):
+            opts.append(f"mode={m['mode']}")
+    return {"destination": m["destination"], "type": m["type"], "source": m["type"],
+            "options": opts}
+
+
+def _export_seccomp(spec, notes: list) -> dict:
+    """The filter's rules in OCI form: a named profile is expanded (its @groups too)."""
+    from . import seccomp
+    sc = spec.seccomp
+    rules = []
+    default = sc.default_action
+    arches = sc.architectures
+    if sc.profile:
+        base = seccomp.load_profile(sc.profile)
+        rules += list(base.syscalls)
+        default = default or base.default_action
+        if tuple(arches) == ("native",):
+            arches = base.architectures
+    rules += list(sc.syscalls)
+    out_rules = []
+    for i, r in enumerate(rules):
+        if r.if_caps or r.unless_caps:
+            notes.append(f"seccomp rule {i} ({', '.join(r.names)}): applies only with/"
+                         "without some capabilities -- OCI has no such condition; kept "
+                         "unconditional")
+        names = sorted({n for name in r.names for n in seccomp.expand(name)})
+        rule = {"names": names, **_oci_action(r.action)}
+        if r.args:
+            rule["args"] = [{"index": a.index, "value": a.value, "valueTwo": a.value_two,
+                             "op": "SCMP_CMP_" + a.op.upper()} for a in r.args]
+        out_rules.append(rule)
+    arch = [("SCMP_ARCH_" + seccomp.resolve_arch(a).upper()) for a in arches]
+    return {**{("defaultAction" if k == "action" else "defaultErrnoRet"): v
+               for k, v in _oci_action(default).items() if k in ("action", "errnoRet")},
+            "architectures": arch, "syscalls": out_rules}
+
+
+def _oci_action(action: str) -> dict:
+    from .spec import parse_action
+    kind, arg = parse_action(action)
+    if kind == "errno":
+        return {"action": "SCMP_ACT_ERRNO", "errnoRet": arg}
+    return {"action": {"allow": "SCMP_ACT_ALLOW", "log": "SCMP_ACT_LOG",
+                       "trap": "SCMP_ACT_TRAP", "kill_thread": "SCMP_ACT_KILL_THREAD",
+                       "kill_process": "SCMP_ACT_KILL_PROCESS"}[kind]}

@@ -101,7 +101,7 @@ def _opt(d: dict, key: str, fn, path: str, *a, **kw):
 
 
 def _capname(v: Any, path: str) -> str:
-    from . import caps   # light: a table and a few helpers
+    from . import caps  # light: a table and a few helpers
     s = _str(v, path)
     try:
         return caps.normalize(s)
@@ -380,13 +380,13 @@ class Namespaces:
         return any(getattr(self, k) is not False for k in NAMESPACE_KINDS)
 
 
-MOUNT_TYPES = ("bind", "tmpfs", "proc", "mqueue", "devpts")
+MOUNT_TYPES = ("bind", "tmpfs", "proc", "mqueue", "devpts", "dev")
 MOUNT_OPTIONS = ("ro", "rw", "nosuid", "nodev", "noexec", "recursive", "noatime")
 
 
 @attrs.frozen
 class Mount:
-    type: str = _field("bind, tmpfs, proc, mqueue or devpts")
+    type: str = _field("bind, tmpfs, proc, mqueue, devpts or dev (a minimal /dev)")
     destination: str = _field("absolute path inside")
     source: Optional[str] = _field("host path (bind)", default=None)
     options: tuple = _field("ro rw nosuid nodev noexec recursive noatime", default=())
@@ -436,8 +436,26 @@ class Cgroup:
     memory_max: Optional[int] = _field("bytes: v2 memory.max / v1 memory.limit_in_bytes",
                                        default=None)
     pids_max: Optional[int] = _field("v2/v1 pids.max", default=None)
+    memory_high: Optional[int] = _field(
+        "bytes: v2 memory.high, reclaim/throttle above it (no v1 equivalent)", default=None)
+    memory_swap_max: Optional[int] = _field(
+        "bytes of swap: v2 memory.swap.max / v1 memory.memsw.limit_in_bytes (memory+swap, "
+        "so memory_max is required there)", default=None)
+    cpu_max: Optional[str] = _field(
+        "'QUOTA PERIOD' or 'max PERIOD' in us (or [quota, period]): v2 cpu.max / v1 "
+        "cpu.cfs_quota_us + cpu.cfs_period_us", default=None)
+    cpu_weight: Optional[int] = _field("1-10000: v2 cpu.weight / v1 cpu.shares (converted)",
+                                       default=None)
+    io_weight: Optional[int] = _field("1-10000: v2 io.weight / v1 blkio.weight (converted)",
+                                      default=None)
+    cpuset_cpus: Optional[str] = _field("CPU list, e.g. '0-1,3': cpuset.cpus", default=None)
+    cpuset_mems: Optional[str] = _field("NUMA node list, e.g. '0': cpuset.mems", default=None)
+    named: tuple = _field("v1 named hierarchies (mounted with name=X, e.g. 'systemd') to "
+                          "join as well, by plain file writes", default=())
 
-    KEYS = ("path", "version", "root", "create", "memory_max", "pids_max")
+    KEYS = ("path", "version", "root", "create", "memory_max", "pids_max", "memory_high",
+            "memory_swap_max", "cpu_max", "cpu_weight", "io_weight", "cpuset_cpus",
+            "cpuset_mems", "named")
 
     @classmethod
     def load(cls, v: Any, path: str) -> "Cgroup":
@@ -454,10 +472,19 @@ class Cgroup:
         return cls(path=p, version=version, root=root,
                    create=_bool(d.get("create", True), f"{path}.create"),
                    memory_max=_opt(d, "memory_max", _int, path, 1, 2**63 - 1),
-                   pids_max=_opt(d, "pids_max", _int, path, 1, 2**31 - 1))
+                   pids_max=_opt(d, "pids_max", _int, path, 1, 2**31 - 1),
+                   memory_high=_opt(d, "memory_high", _int, path, 1, 2**63 - 1),
+                   memory_swap_max=_opt(d, "memory_swap_max", _int, path, 0, 2**63 - 1),
+                   cpu_max=_opt(d, "cpu_max", _cpu_max, path),
+                   cpu_weight=_opt(d, "cpu_weight", _int, path, 1, 10000),
+                   io_weight=_opt(d, "io_weight", _int, path, 1, 10000),
+                   cpuset_cpus=_opt(d, "cpuset_cpus", _cpulist, path),
+                   cpuset_mems=_opt(d, "cpuset_mems", _cpulist, path),
+                   named=_named(d.get("named", []), f"{path}.named"))
 
     def dump(self) -> dict:
-        return {k: getattr(self, k) for k in self.KEYS}
+        return {k: list(v) if type(v) is tuple else v
+                for k, v in ((k, getattr(self, k)) for k in self.KEYS)}
 
     @property
     def full_path(self) -> str:
@@ -465,6 +492,51 @@ class Cgroup:
         if self.path.startswith("/"):
             return self.path
         return self.root.rstrip("/") + "/" + self.path
+
+
+def _cpu_max(v: Any, path: str) -> str:
+    """cpu.max's own format, 'QUOTA PERIOD' or 'max PERIOD' (microseconds), or a list."""
+    if type(v) is list:
+        if len(v) != 2:
+            raise SpecError("expected [quota, period]", path)
+        quota, period = v
+    else:
+        parts = _str(v, path).split()
+        if len(parts) != 2:
+            raise SpecError(f"expected 'QUOTA PERIOD' or 'max PERIOD', got {v!r}", path)
+        quota, period = parts
+        period = int(period) if period.isdigit() else period
+        quota = int(quota) if quota.isdigit() else quota
+    if quota != "max":
+        # the kernel refuses a quota under 1 ms and a period outside [1 ms, 1 s]
+        quota = _int(quota, f"{path}[0]", 1000, 2**63 - 1)
+    period = _int(period, f"{path}[1]", 1000, 1000000)
+    return f"{quota} {period}"
+
+
+def _named(v: Any, path: str) -> tuple:
+    if type(v) is not list:
+        raise SpecError(f"expected a list of names, got {_type_name(v)}", path)
+    out = []
+    for i, x in enumerate(v):
+        s = _str(x, f"{path}[{i}]", nonempty=True)
+        if s.startswith("name="):
+            s = s[5:]
+        if not s or not all(c.isalnum() or c in "_-." for c in s):
+            raise SpecError(f"{x!r} is not a hierarchy name", f"{path}[{i}]")
+        if s in out:
+            raise SpecError(f"{s!r} given twice", f"{path}[{i}]")
+        out.append(s)
+    return tuple(out)
+
+
+def _cpulist(v: Any, path: str) -> str:
+    s = _str(v, path, nonempty=True).strip()
+    for part in s.split(","):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()) or (hi and int(hi) < int(lo)):
+            raise SpecError(f"{s!r} is not a list like '0-3,5'", path)
+    return s
 
 
 def _cgpath(v: Any, path: str) -> str:
@@ -573,10 +645,22 @@ class Spec:
                                           default=None)
     nice: Optional[int] = _field("scheduling priority, -20..19", default=None)
     pass_fds: tuple = _field("fds, besides 0-2, that reach the target", default=())
+    masked_paths: tuple = _field("hidden in the new mount namespace: /dev/null over a "
+                                 "file, an empty read-only tmpfs over a directory",
+                                 default=())
+    readonly_paths: tuple = _field("made read-only (recursively) in the new mount "
+                                   "namespace", default=())
+    readonly_root: bool = _field("/ made read-only in the new mount namespace",
+                                 default=False)
+    # Not a field of the format: with a profile, the dict the spec was loaded from, so
+    # the profile can be merged under exactly the fields given (to_dict() fills in
+    # defaults, which would beat the profile).  See profile.spec_layer().
+    source: Optional[dict] = attrs.field(default=None, eq=False, repr=False)
 
     KEYS = ("version", "name", "profile", "argv", "env", "cwd", "user", "capabilities",
             "securebits", "no_new_privs", "pdeathsig", "seccomp", "namespaces",
-            "hostname", "mounts", "cgroup", "rlimits", "oom_score_adj", "nice", "pass_fds")
+            "hostname", "mounts", "cgroup", "rlimits", "oom_score_adj", "nice", "pass_fds",
+            "masked_paths", "readonly_paths", "readonly_root")
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -633,6 +717,11 @@ class Spec:
             oom_score_adj=_opt(d, "oom_score_adj", _int, "", -1000, 1000),
             nice=_opt(d, "nice", _int, "", -20, 19),
             pass_fds=pass_fds,
+            masked_paths=_opt(d, "masked_paths", _list, "", _abspath) or (),
+            readonly_paths=_opt(d, "readonly_paths", _list, "", _abspath) or (),
+            readonly_root=_bool(d["readonly_root"], "readonly_root")
+            if d.get("readonly_root") is not None else False,
+            source=json.loads(json.dumps(d)) if d.get("profile") else None,
         )
 
     @classmethod
@@ -647,6 +736,17 @@ class Spec:
         except OSError as e:
             raise SpecError(f"cannot read spec {path!r}: {e.strerror}") from None
         return cls.from_json(data)
+
+    @classmethod
+    def from_oci(cls, config: Any) -> "Spec":
+        """An OCI runtime-spec config (a dict, as json.load gives it) as our spec; a
+        SpecError listing every part of it wrapperd cannot honour (sandbox.oci), if any:
+        nothing is dropped silently.  sandbox.oci.import_config gives spec and list."""
+        from .oci import import_config
+        spec, lost = import_config(config)
+        if lost:
+            raise SpecError("cannot be honoured: " + "; ".join(lost), "oci")
+        return spec
 
     # ------------------------------------------------------------------ dumping
     def to_dict(self) -> dict:

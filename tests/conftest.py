@@ -29,6 +29,31 @@ def skip_or_fail(reason: str):
     pytest.skip(reason)
 
 
+def cgroup_test_path(prefix: str = "wrapperd-test") -> str:
+    """A fresh cgroup path of our own: "/<prefix>-<uuid>", or, in the rootless run, the
+    same under the v2 subtree tests/rootless/run delegated to the user."""
+    import uuid
+    name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    if ROOTLESS:
+        return os.environ["WRAPPERD_CGROUP_V2_ROOT"].rstrip("/") + "/" + name
+    return "/" + name
+
+
+@pytest.fixture
+def cgroup_root():
+    """A unique cgroup subtree of our own (cgroup_test_path), with every process in it
+    killed and every directory of it removed afterwards, in every hierarchy -- even when
+    the test fails."""
+    from sandbox import cgroups
+    path = cgroup_test_path()
+    yield path
+    g = cgroups.Group(path)
+    try:
+        assert g.kill(timeout=10), f"could not empty {path}: {g.procs()}"
+    finally:
+        g.remove()
+
+
 def needs_host_root(reason: str):
     """Skip in the rootless run (the only skip the must-run switch allows); else go on."""
     if ROOTLESS:
@@ -37,8 +62,11 @@ def needs_host_root(reason: str):
 
 @pytest.fixture(scope="session")
 def shared_dir():
-    """A directory every uid can read and traverse (the work tree may be under /root)."""
-    d = tempfile.mkdtemp(prefix="wrapperd-test-")
+    """A directory every uid can read and traverse (the work tree may be under /root).
+    Under /var/tmp, not /tmp: profiles with a private /tmp (service and up) would hide
+    the probe."""
+    d = tempfile.mkdtemp(prefix="wrapperd-test-",
+                         dir="/var/tmp" if os.path.isdir("/var/tmp") else None)
     os.chmod(d, 0o755)
     shutil.copy(os.path.join(HERE, "probe.py"), os.path.join(d, "probe.py"))
     os.chmod(os.path.join(d, "probe.py"), 0o644)

@@ -22,8 +22,9 @@ USAGE = """wrapperd [--spec PATH | --spec - | --spec-fd N] [--profile NAME] [--s
                 [--oom-score N] [--uid N] [--dry-run] [--] ARGV..."""
 
 DESCRIPTION = """\
-Apply a spawn spec to this process in a fixed order -- oom score, rlimits, cgroup, fds,
-identity, capabilities, no_new_privs -- then exec ARGV, so the target is born confined.
+Apply a spawn spec to this process in a fixed order -- oom score, nice, rlimits, cgroup,
+namespaces, mounts, fds, identity, capabilities, no_new_privs, seccomp -- then exec ARGV,
+so the target is born confined.
 If any step fails the target never runs: one line on stderr, a JSON record on the status
 fd, exit 125 (126: found but not executable, 127: not found).
 
@@ -156,6 +157,8 @@ def _report(err: SandboxError, status_fd: "int | None") -> int:
     line = f"wrapperd: {step}: {message}"
     if errno:
         line += f": {os.strerror(errno)}"
+    # One line, always: a newline or other control character from the input is escaped.
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
     try:
         os.write(2, line.encode("utf-8", "backslashreplace") + b"\n")
     except OSError:
@@ -179,6 +182,8 @@ def main(args: "list[str] | None" = None) -> int:
                 status_fd = None
                 raise SpecError(f"--status-fd {opts.status_fd}: {e.strerror}") from None
         spec = build_spec(opts, argv)
+        from sandbox import bpfcache
+        bpfcache.enabled = True      # a repeated start skips the seccomp compile
         from wrapperd import shim
         plan = shim.prepare(spec)
         if opts.dry_run:

@@ -4,22 +4,21 @@ the order; tests/unit/test_order.py pins it, so a reorder is a reviewed change.
 prepare() is step 1-2: validate, resolve names, read what must be read from the host's
 view -- no side effects.  prepare() also imports every module a step will use: after the
 identity step the shim may no longer be able to read the Python installation (it can
-live under /root), and a module already in sys.modules needs no file access.  run() then applies each step to this very process and
-execve()s the target.  Any failure raises SetupError naming the step, and the target is
-never executed.
+live under /root), and a module already in sys.modules needs no file access.  run() then
+applies each step to this very process and execve()s the target.  Any failure raises
+SetupError naming the step, and the target is never executed.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Callable, NoReturn
 
 from sandbox.errors import ExecError, SetupError, SpecError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # Fields of the spec model that no step applies yet.  Refused, never silently ignored.
-NOT_YET = ("seccomp", "namespaces", "hostname", "mounts")
+NOT_YET = ()
 
 
 class Plan:
@@ -50,10 +49,44 @@ def prepare(spec) -> Plan:
         plan.cgroup = cgroups.prepare(spec.cgroup)
     from sandbox import caps, creds
     plan.creds = creds.prepare(spec.user, spec.securebits)
+    from sandbox import mounts, namespaces
+    # Also refuses hostname/mount fields without the namespace they need.
+    plan.namespaces = namespaces.prepare(spec, plan.creds)
+    plan.mounts = mounts.prepare(spec)
     securebits = plan.creds.securebits if plan.creds else 0
-    plan.caps = caps.prepare(spec.capabilities, creds.target_is_root(plan.creds), securebits)
+    # In a new user namespace the target's uid is the one inside it.
+    is_root = plan.namespaces.target_is_root(plan.creds) if plan.namespaces \
+        else creds.target_is_root(plan.creds)
+    plan.caps = caps.prepare(spec.capabilities, is_root, securebits)
+    if spec.seccomp is not None:
+        # Loading a filter needs no_new_privs or CAP_SYS_ADMIN in the effective set;
+        # without no_new_privs the shim holds only the target's caps by then.
+        if not spec.no_new_privs and not plan.caps.permitted >> caps.cap_number(
+                "CAP_SYS_ADMIN") & 1:
+            raise SpecError("a seccomp filter needs no_new_privs: true (or a target that "
+                            "keeps CAP_SYS_ADMIN)", "seccomp")
+        from sandbox import seccomp
+        plan.seccomp = seccomp.prepare(spec.seccomp, plan.caps)   # compiled here, loaded last
     plan.executable = find_executable(spec.argv[0], spec.env.get("PATH", DEFAULT_PATH))
     return plan
+
+
+def import_step_modules(plan: Plan) -> None:
+    """Import what the steps of a plan made elsewhere (sandbox.plan.decode) will use,
+    as prepare() does along the way: see the module docstring."""
+    from sandbox import caps, fds, procattr  # noqa: F401
+    if plan.rlimits:
+        from sandbox import rlimits  # noqa: F401
+    if plan.cgroup is not None:
+        from sandbox import cgroups  # noqa: F401
+    if plan.namespaces is not None:
+        from sandbox import namespaces  # noqa: F401
+    if plan.mounts is not None:
+        from sandbox import mounts  # noqa: F401
+    if plan.creds is not None:
+        from sandbox import creds  # noqa: F401
+    if plan.seccomp is not None:
+        from sandbox import seccomp  # noqa: F401
 
 
 def find_executable(name: str, path: str) -> str:
@@ -104,7 +137,8 @@ def _cgroup(plan):
 def _namespaces(plan):
     if plan.namespaces is not None:
         from sandbox import namespaces
-        namespaces.apply(plan.namespaces)
+        namespaces.apply(plan.namespaces)    # may fork: returns in the future target
+        plan.ppid = os.getppid()             # for pdeathsig: the parent may have changed
 
 
 def _mounts(plan):
@@ -169,15 +203,22 @@ def _seccomp(plan):
         seccomp.apply(plan.seccomp)
 
 
-def _exec(plan) -> NoReturn:
+def _exec(plan):                  # never returns
     spec = plan.spec
+    # The interpreter ignores SIGPIPE and SIGXFSZ for itself, and an ignored signal
+    # stays ignored across execve: give the target the defaults (as subprocess's
+    # restore_signals does).  _signal, not signal: builtin, already loaded, no enum.
+    import _signal
+    for sig in (_signal.SIGPIPE, _signal.SIGXFSZ):
+        _signal.signal(sig, _signal.SIG_DFL)
     try:
         os.execve(plan.executable, list(spec.argv), dict(spec.env))
     except OSError as e:
         raise ExecError(e.errno, f"execve {plan.executable}") from None
 
 
-STEPS: "tuple[tuple[str, Callable], ...]" = (
+# (name, step) pairs.  No typing import: it costs the lean shim ~2 ms.
+STEPS = (
     ("dumpable", _dumpable),             # first: nobody but root may ptrace the shim
     ("oom_score_adj", _oom_score_adj),   # lowering it needs CAP_SYS_RESOURCE
     ("nice", _nice),                     # a negative nice needs CAP_SYS_NICE
@@ -213,7 +254,7 @@ def _fault(name: str, fault: str) -> None:
         os.kill(os.getpid(), 19)    # SIGSTOP; no import here: see the module docstring
 
 
-def run(plan: Plan) -> NoReturn:
+def run(plan: Plan):               # never returns
     fault = os.environ.get(FAULT_ENV)
     for name, step in STEPS:
         try:

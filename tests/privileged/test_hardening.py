@@ -10,8 +10,15 @@ import time
 
 import pytest
 
-from tests.conftest import (SYSTEM_PYTHON, needs_host_root, probe_spec, run_probe, run_wrapperd,
-                            skip_or_fail, wrapperd_cmd)
+from tests.conftest import (
+    SYSTEM_PYTHON,
+    needs_host_root,
+    probe_spec,
+    run_probe,
+    run_wrapperd,
+    skip_or_fail,
+    wrapperd_cmd,
+)
 from wrapperd import shim
 
 STEP_NAMES = [n for n, _ in shim.STEPS]

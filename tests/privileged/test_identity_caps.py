@@ -7,8 +7,17 @@ import subprocess
 import pytest
 
 from sandbox import caps
-from tests.conftest import (SYSTEM_PYTHON, capmask, ids, needs_host_root, probe_spec, run_probe,
-                            run_wrapperd, skip_or_fail, wrapperd_cmd)
+from tests.conftest import (
+    SYSTEM_PYTHON,
+    capmask,
+    ids,
+    needs_host_root,
+    probe_spec,
+    run_probe,
+    run_wrapperd,
+    skip_or_fail,
+    wrapperd_cmd,
+)
 
 ALL_HELD = caps.bounding_set()          # root here lacks CAP_SYS_RESOURCE: "all" = all held
 SYS_ADMIN = 1 << caps.cap_number("CAP_SYS_ADMIN")

@@ -1,13 +1,18 @@
 """oom_score_adj, rlimits, nice, cgroup placement, env and fds -- seen by the target."""
 
 import os
-import uuid
 
 import pytest
 
 from sandbox import cgroups
-from tests.conftest import (ROOTLESS, TARGET_ENV, needs_host_root, probe_spec, run_probe,
-                            run_wrapperd, skip_or_fail)
+from tests.conftest import (
+    TARGET_ENV,
+    needs_host_root,
+    probe_spec,
+    run_probe,
+    run_wrapperd,
+    skip_or_fail,
+)
 
 
 def limits(r):
@@ -73,23 +78,6 @@ def test_only_stdio_and_pass_fds_reach_the_target(probe):
 
 def test_cwd(probe):
     assert run_probe(probe_spec(probe, cwd="/tmp"))["cwd"] == "/tmp"
-
-
-@pytest.fixture
-def cgroup_root():
-    """A unique subtree of our own in every hierarchy, removed even when a test fails."""
-    name = f"wrapperd-test-{uuid.uuid4().hex[:8]}"
-    if ROOTLESS:
-        # the v2 subtree tests/rootless/run delegated to this user
-        name = os.environ["WRAPPERD_CGROUP_V2_ROOT"].strip("/") + "/" + name
-    yield "/" + name
-    for h in cgroups.hierarchies():
-        top = h.mountpoint + "/" + name
-        for dirpath, _dirs, _files in sorted(os.walk(top), key=lambda t: -len(t[0])):
-            try:
-                os.rmdir(dirpath)
-            except OSError:
-                pass
 
 
 @pytest.mark.parametrize("version", [1, 2])

@@ -1,0 +1,732 @@
+"""The fast spawn path: a fork server, so a spawn costs a fork, not an interpreter.
+
+Like multiprocessing's forkserver: the server is started once with a clean exec
+(`python -I -S`, never forked from the possibly multithreaded caller), imports every
+module a step can use, and then serves requests on a unix socket, single-threaded.
+Per request it forks; the child runs wrapperd.shim's STEPS -- the one order, the same
+code as the shim -- on the plan the caller prepared (sandbox.plan), and execs.
+
+A request is one SOCK_SEQPACKET message: a short header and, by SCM_RIGHTS, a socket
+for the reply, a memfd holding the plan, the status pipe's write end, the target's
+stdio and its pass_fds (the caller's own fds: the target gets the caller's, not the
+server's, stdio).  The server forks, opens a pidfd for the child while it is still its
+unreaped child, sends the pid and that pidfd back, and closes its copies before the
+next request (so no child ever holds another request's fds).  When the child exits
+(its pidfd polls readable) the server reaps it and sends the wait status.  The caller
+reads the status pipe to EOF exactly as spawn() does: EOF with nothing written means
+the target was exec'd; otherwise one JSON record names the failed step.
+
+What differs from the plain path: the shim's parent is the server, not the caller --
+which matters to `pdeathsig` (it fires when the server exits; the server exits as soon
+as the caller closes the socket or dies) and to the cgroup and other process state a
+target inherits when the spec does not set it (the server's, inherited from the caller
+when the server started).  A spec that needs the caller's *current* such state should
+use the plain path.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .errors import ExecError, SandboxError, SetupError, SpecError
+
+__all__ = ["ForkServer", "default", "shutdown_default"]
+
+MAX_FDS = 250                  # SCM_MAX_FD is 253
+_SHIM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# The server's interpreter runs this (`python -I -S -c SERVER_BOOT PATHS FD`; PATHS as
+# for wrapperd.planned.LEAN_BOOT).
+SERVER_BOOT = """\
+import sys
+sys.path += sys.argv[1].split(":")
+from sandbox.forkserver import serve
+serve(int(sys.argv[2]))
+"""
+
+
+# =========================================================================== server
+
+def _preload() -> None:
+    """Everything a child may import, imported once here: a forked child then needs no
+    file access for code (see wrapperd/shim.py) and pays nothing for imports."""
+    for name in ("_json", "_signal", "fcntl", "resource", "sandbox._libc", "sandbox.caps",
+                 "sandbox.cgroups", "sandbox.creds", "sandbox.fds", "sandbox.mounts",
+                 "sandbox.namespaces", "sandbox.plan", "sandbox.procattr", "sandbox.rlimits",
+                 "sandbox.seccomp", "wrapperd.planned", "wrapperd.shim"):
+        __import__(name)
+    # ctypes resolves (dlsym) and caches a libc function on first use: once here, not
+    # in every child.
+    import sys
+    libc = sys.modules["sandbox._libc"]._libc
+    for fn in ("capget", "capset", "unshare", "setns", "syscall", "mount", "umount2"):
+        getattr(libc, fn, None)
+
+
+def serve(ctl_fd: int) -> None:
+    import select
+    import socket
+    _preload()
+    # Every object now in memory stays out of the collector's reach (gc.freeze), and no
+    # collection runs in the server or its children: a collection walks every object,
+    # and in a forked child each page it writes to is copied (copy-on-write).
+    import gc
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    ctl = socket.socket(fileno=ctl_fd)
+    ctl.setblocking(True)
+    ctl.send(b"ready")
+    children: dict = {}                # pidfd -> (pid, reply socket)
+    poller = select.poll()
+    poller.register(ctl_fd, select.POLLIN)
+    while True:
+        for fd, _ev in poller.poll():
+            if fd == ctl_fd:
+                if not _serve_one(ctl, children, poller):
+                    return             # the caller closed the socket (or died): stop
+            else:
+                pid, reply = children.pop(fd)
+                poller.unregister(fd)
+                os.close(fd)
+                _, status = os.waitpid(pid, 0)
+                try:
+                    reply.send(b"exit %d" % status)
+                except OSError:
+                    pass               # the caller is gone
+                reply.close()
+
+
+def _serve_one(ctl, children: dict, poller) -> bool:
+    import select
+    import socket
+    try:
+        msg, anc, flags, _ = ctl.recvmsg(4096, socket.CMSG_SPACE(4 * MAX_FDS),
+                                         socket.MSG_CMSG_CLOEXEC)
+    except ConnectionError:
+        return False
+    fds = []
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            n = len(data) - len(data) % 4
+            fds += list(memoryview(data)[:n].cast("i"))
+    if not msg:
+        for fd in fds:
+            os.close(fd)
+        return False
+    try:
+        layout = _parse_request(msg, len(fds))
+        if flags & socket.MSG_CTRUNC:
+            raise ValueError("fds truncated")
+    except ValueError:
+        for fd in fds:
+            os.close(fd)               # the caller sees EOF on its reply socket
+        return True
+    reply = socket.socket(fileno=fds[0])
+    try:
+        pid, pidfd = _start(msg, fds, layout)
+    except OSError:                    # fork failed (EAGAIN, ENOMEM): refuse this one;
+        reply.close()                  # the caller sees no pid and raises
+        return True
+    finally:
+        for fd in fds[1:]:
+            os.close(fd)
+    try:
+        reply.sendmsg([b"pid %d" % pid],
+                      [(socket.SOL_SOCKET, socket.SCM_RIGHTS, memoryview(
+                          bytearray(pidfd.to_bytes(4, "little", signed=True))))])
+    except OSError:
+        pass                           # the caller is gone; the child still gets reaped
+    children[pidfd] = (pid, reply)
+    poller.register(pidfd, select.POLLIN)
+    try:
+        _SPARE.append(_prefork())      # for the next request, now that this one runs
+    except OSError:
+        pass                           # the next request forks for itself
+    return True
+
+
+# One child forked ahead of time, idle until a request is handed to it: the fork (and
+# the copy-on-write faults right after it) then happens while the previous target
+# runs, not while a caller waits.  It holds nothing but its end of a socketpair.
+_SPARE: list = []
+
+
+def _prefork() -> "tuple[int, int, object]":
+    import socket
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        _spare(theirs.fileno())        # never returns
+    theirs.close()
+    return pid, os.pidfd_open(pid), ours
+
+
+def _spare(chan: int) -> None:
+    code = 125
+    try:
+        import socket
+        # Drop every fd of the server's (its socket, other requests' reply sockets and
+        # pidfds): only the channel stays.
+        os.closerange(0, chan)
+        os.closerange(chan + 1, 1 << 20)
+        sock = socket.socket(fileno=chan)
+        msg, anc, flags, _ = sock.recvmsg(4096, socket.CMSG_SPACE(4 * MAX_FDS),
+                                          socket.MSG_CMSG_CLOEXEC)
+        fds = [fd for level, kind, data in anc
+               if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+               for fd in memoryview(data)[:len(data) - len(data) % 4].cast("i")]
+        if not msg or flags & socket.MSG_CTRUNC:
+            code = 0                   # the server closed: nothing to do
+        else:
+            os.close(chan)
+            _child(fds, _parse_request(msg, len(fds)))     # never returns
+    except BaseException:              # noqa: B036 -- the child must never return
+        pass
+    finally:
+        os._exit(code)
+
+
+def _start(msg: bytes, fds: list, layout) -> "tuple[int, int]":
+    """Hand the request to the spare child (or fork one now); (pid, pidfd)."""
+    import socket
+    while _SPARE:
+        pid, pidfd, chan = _SPARE.pop()
+        try:
+            chan.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _fd_array(fds))])
+            return pid, pidfd
+        except OSError:                # it died: reap it, fork instead
+            try:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+            os.close(pidfd)
+        finally:
+            chan.close()
+    pid = os.fork()
+    if pid == 0:
+        _child(fds, layout)            # never returns
+    return pid, os.pidfd_open(pid)     # still our unreaped child: it is this process
+
+
+def _parse_request(msg: bytes, nfds: int) -> "tuple[tuple, tuple]":
+    """b"spawn IOMASK FD,FD,..." -> ((stdio targets given), (pass_fds targets))."""
+    parts = msg.split(b" ")
+    if len(parts) != 3 or parts[0] != b"spawn":
+        raise ValueError("bad request")
+    mask = int(parts[1])
+    stdio = tuple(i for i in range(3) if mask >> i & 1)
+    passed = tuple(int(x) for x in parts[2].split(b",") if x)
+    if nfds != 3 + len(stdio) + len(passed) or any(n < 3 for n in passed) or \
+            len(set(passed)) != len(passed):
+        raise ValueError("bad request")
+    return stdio, passed
+
+
+def _child(fds: list, layout) -> None:
+    """In the forked child: put the fds in place, decode the plan, run the steps."""
+    status = None
+    code = 125
+    try:
+        from wrapperd import shim
+
+        from . import plan as plan_mod
+        stdio, passed = layout
+        _reply, plan_fd, status_src = fds[:3]
+        sources = fds[3:]
+        targets = dict(zip(stdio + passed, sources, strict=True))
+        # Move everything above any fd number in play, then into place: a source may
+        # sit on another's target number.  The status fd first, so that whatever fails
+        # from here on is reported on it (EOF without a record would read "exec'd").
+        high = max([*fds, *targets, 2]) + 1
+        import fcntl
+        status = fcntl.fcntl(status_src, fcntl.F_DUPFD_CLOEXEC, high)
+        size = os.fstat(plan_fd).st_size
+        data = os.pread(plan_fd, min(size, plan_mod.MAX_PLAN_BYTES + 1), 0)
+        moved = {t: fcntl.fcntl(s, fcntl.F_DUPFD_CLOEXEC, high) for t, s in targets.items()}
+        for t, s in moved.items():
+            os.dup2(s, t)              # inheritable
+        final = max([*targets, 2]) + 1
+        if final != status:
+            os.dup2(status, final, inheritable=False)
+            status = final
+        keep = sorted({*targets, status})
+        lo = 0
+        for fd in keep:                # everything else goes now: the server's socket,
+            if fd > lo:                # the plan memfd, every high copy
+                os.closerange(lo, fd)
+            lo = fd + 1
+        os.closerange(lo, 1 << 20)
+        # The server's own stdio is not the caller's: a slot the caller did not give
+        # (its own fd was closed) stays closed, as it would through the plain shim.
+        plan = plan_mod.decode(data)
+        plan.status_fd = status
+        shim.run(plan)                 # execs; raises on failure
+    except BaseException as e:         # noqa: B036 -- the child must never return
+        try:
+            from wrapperd import planned
+            code = planned.report(e, status)
+        except BaseException:          # noqa: B036
+            code = 125
+    finally:
+        os._exit(code)
+
+
+# =========================================================================== client
+
+class _Child:
+    """What sandbox.Process needs of its handle (subprocess.Popen's shape), for a
+    target forked by the server: the wait status comes from the server."""
+
+    def __init__(self, pid: int, reply, args: list, stdin, stdout, stderr, pidfd):
+        import threading
+        self.pid = pid
+        self.args = args
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self.returncode = None
+        self._reply = reply
+        self._pidfd = os.dup(pidfd)    # our own: Process closes its pidfd on close()
+        self._lost = False             # the server exited before reporting
+        self._lock = threading.Lock()
+
+    def _read_status(self, timeout: "float | None", block: bool = True) -> bool:
+        """Read the server's exit record if it arrives within timeout (None: wait)."""
+        import select
+        ms = None if timeout is None else max(0.0, timeout) * 1000
+        if not self._lock.acquire(block, -1 if timeout is None or not block
+                                  else max(0.0, timeout)):
+            return self.returncode is not None     # another thread is reading it
+        try:
+            if self.returncode is not None:
+                return True
+            if not self._lost:
+                p = select.poll()
+                p.register(self._reply.fileno(), select.POLLIN)
+                if not p.poll(ms):
+                    return False
+                msg = self._reply.recv(64)
+                self._reply.close()
+                if msg.startswith(b"exit "):
+                    self.returncode = os.waitstatus_to_exitcode(int(msg[5:]))
+                    self._close_pidfd()
+                    return True
+                self._lost = True
+            # EOF: the server exited before the target did, and took its exit status
+            # with it.  Wait until the target is gone all the same (its pidfd polls
+            # readable), so wait() keeps its meaning, then say so.
+            p = select.poll()
+            p.register(self._pidfd, select.POLLIN)
+            if not p.poll(ms):
+                return False
+            raise SetupError("spawn", 0, f"the fork server exited before pid {self.pid}: "
+                             "its exit status is lost")
+        finally:
+            self._lock.release()
+
+    def _close_pidfd(self) -> None:
+        fd, self._pidfd = self._pidfd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self):
+        try:
+            self._close_pidfd()
+        except (AttributeError, OSError):
+            pass
+
+    def poll(self) -> "int | None":
+        self._read_status(0, block=False)
+        return self.returncode
+
+    def wait(self, timeout: "float | None" = None) -> int:
+        import subprocess
+        if not self._read_status(timeout):
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        import signal
+        if self.returncode is None and self._pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        import signal
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(self, input: "bytes | None" = None, timeout: "float | None" = None):
+        """subprocess.Popen.communicate for the PIPE ends: feed input, read to EOF."""
+        import select
+        import subprocess
+        import time
+        deadline = None if timeout is None else time.monotonic() + timeout
+        out = {}
+        fds = {}
+        if self.stdin is not None:
+            if input:
+                fds[self.stdin.fileno()] = ("in", memoryview(input))
+                os.set_blocking(self.stdin.fileno(), False)
+            else:
+                self.stdin.close()
+        for name in ("stdout", "stderr"):
+            f = getattr(self, name)
+            if f is not None:
+                fds[f.fileno()] = (name, None)
+                out[name] = []
+        p = select.poll()
+        for fd, (name, _) in fds.items():
+            p.register(fd, select.POLLOUT if name == "in" else select.POLLIN)
+        while fds:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            for fd, _ev in p.poll(None if left is None else left * 1000):
+                name, buf = fds[fd]
+                if name == "in":
+                    try:
+                        n = os.write(fd, buf[:65536])
+                    except BrokenPipeError:
+                        n = len(buf)
+                    except BlockingIOError:
+                        continue
+                    buf = buf[n:]
+                    if buf:
+                        fds[fd] = (name, buf)
+                        continue
+                    p.unregister(fd)
+                    del fds[fd]
+                    self.stdin.close()
+                else:
+                    b = os.read(fd, 65536)
+                    if b:
+                        out[name].append(b)
+                        continue
+                    p.unregister(fd)
+                    del fds[fd]
+        results = []
+        for name in ("stdout", "stderr"):
+            f = getattr(self, name)
+            if f is None:
+                results.append(None)
+            else:
+                f.close()
+                results.append(b"".join(out[name]))
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        self.wait(left)
+        return tuple(results)
+
+
+class ForkServer:
+    """A fork server for sandbox.spawn(): `with ForkServer() as fs: fs.spawn(...)`.
+
+    start() (implicit on the first spawn) costs one interpreter start and the imports;
+    each spawn after that is a fork in the server.  close() stops the server (also at
+    interpreter exit for the default one).  Thread-safe: any number of threads may
+    spawn at once; each request has its own reply socket and status pipe."""
+
+    def __init__(self, setup_timeout: float = 60.0):
+        # threading only here, in the caller: imported in the server, it would add
+        # its after-fork hooks to every fork the server makes.
+        import threading
+        self._lock = threading.Lock()
+        self._proc = None
+        self._sock = None
+        self.args: list = []
+        self.setup_timeout = setup_timeout
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> "ForkServer":
+        import socket
+        import subprocess
+        import sys
+
+        from .spawning import lean_path, package_root
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                return self
+            if self._sock is not None:          # a server that died: start another
+                self._sock.close()
+                self._proc = self._sock = None
+            root = package_root() and lean_path()
+            if root is None:
+                raise SetupError("spawn", 0, "the fork server needs the sandbox and "
+                                 "wrapperd packages in one directory")
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                self.args = [sys.executable, "-I", "-S", "-c", SERVER_BOOT, root,
+                             str(theirs.fileno())]
+                # Popen forks and execs at once (no Python code in between): safe from a
+                # multithreaded caller.  The server's stdout is not the caller's.
+                proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
+                                        stdout=subprocess.DEVNULL,
+                                        pass_fds=(theirs.fileno(),), close_fds=True,
+                                        env={"PATH": _SHIM_PATH})
+            except BaseException:
+                ours.close()
+                raise
+            finally:
+                theirs.close()
+            ours.settimeout(self.setup_timeout)
+            try:
+                ready = ours.recv(16)
+            except OSError:
+                ready = b""
+            if ready != b"ready":
+                ours.close()
+                proc.kill()
+                proc.wait()
+                raise SetupError("spawn", 0, "the fork server did not start "
+                                 f"(exit status {proc.returncode})")
+            ours.settimeout(None)
+            self._proc, self._sock = proc, ours
+        return self
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the server.  Targets still running keep running (as after a plain
+        spawn when the caller exits), but their exit status can no longer be collected;
+        those with `pdeathsig` get it.  Idempotent."""
+        import subprocess
+        with self._lock:
+            proc, sock = self._proc, self._sock
+            self._proc = self._sock = None
+        if sock is not None:
+            sock.close()
+        if proc is not None:
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    @property
+    def pid(self) -> "int | None":
+        return self._proc.pid if self._proc is not None else None
+
+    def __enter__(self) -> "ForkServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ spawn
+    def spawn(self, target=None, *, stdin=None, stdout=None, stderr=None,
+              setup_timeout: "float | None" = None, **fields):
+        """As sandbox.spawn(), through the server: a Process once the target was
+        exec'd; SpecError, SetupError (with .step) or ExecError otherwise."""
+        import errno as _errno
+        import socket
+        import time
+
+        from wrapperd import shim
+
+        from . import plan as plan_mod
+        from .process import Process
+        from .spawning import _cgroup_dirs, _error_from_record, _read_status, build_spec
+        spec = build_spec(target, **fields)
+        spec.check_runnable()
+        try:
+            payload = plan_mod.encode(shim.prepare(spec))
+        except SandboxError as e:
+            # Refused before anything ran; the exit status the shim would have given.
+            e.exit_status = (127 if e.errno == _errno.ENOENT else 126) \
+                if isinstance(e, ExecError) else 125
+            e.pid = None
+            raise
+        if len(spec.pass_fds) > MAX_FDS - 6:
+            raise SpecError(f"at most {MAX_FDS - 6} pass_fds through the fork server",
+                            "pass_fds")
+        self.start()
+        sock = self._sock
+        if sock is None:
+            raise SetupError("spawn", _errno.ESHUTDOWN, "the fork server is closed")
+        setup_timeout = self.setup_timeout if setup_timeout is None else setup_timeout
+        cg_dirs = [d for d in _cgroup_dirs(spec) if not os.path.isdir(d)]
+
+        mine: list = []                # fds to close here once sent
+        parent_ends = [None, None, None]
+        reply = None
+        status_r = -1
+        try:
+            memfd = os.memfd_create("wrapperd-plan", os.MFD_CLOEXEC)
+            mine.append(memfd)
+            os.write(memfd, payload)
+            reply, req = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            mine.append(req.detach())
+            status_r, status_w = os.pipe()
+            mine.append(status_w)
+            slots: dict = {}
+            for i, v in enumerate((stdin, stdout, stderr)):
+                fd = _stdio_fd(v, i, mine, parent_ends, slots)
+                if fd is not None:
+                    slots[i] = fd
+            mask = sum(1 << i for i in slots)
+            stdio_fds = [slots[i] for i in sorted(slots)]
+            for fd in spec.pass_fds:
+                os.fstat(fd)           # not open: refused here, as Popen does
+            header = b"spawn %d %s" % (mask, b",".join(b"%d" % fd for fd in spec.pass_fds))
+            send = [mine[1], memfd, status_w, *stdio_fds, *spec.pass_fds]
+            try:
+                sock.sendmsg([header], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                         _fd_array(send))])
+            except OSError as e:
+                raise SetupError("spawn", e.errno or 0, "the fork server is gone") from None
+        except BaseException as e:
+            for f in parent_ends:
+                if f is not None:
+                    f.close()
+            if reply is not None:
+                reply.close()
+            if status_r >= 0:
+                os.close(status_r)
+            if isinstance(e, OSError) and not isinstance(e, SandboxError):
+                raise SetupError("spawn", e.errno or 0,
+                                 f"prepare the request: {e.strerror}") from None
+            raise
+        finally:
+            for fd in mine:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        # Only the server (and then the child) hold the status pipe's write end now.
+        # Its EOF comes first (exec'd, or a record), then the pid reply, which has long
+        # arrived by then: one wait instead of two.  A request the server refused shows
+        # as EOF on the status pipe *and* no pid: an error, never "exec'd".
+        deadline = None if setup_timeout is None else time.monotonic() + setup_timeout
+        interrupted = None
+        try:
+            raw = _read_status(status_r, deadline)
+        except TimeoutError:
+            raw = None
+        except BaseException as e:     # e.g. KeyboardInterrupt: no half-started target
+            raw, interrupted = None, e
+        finally:
+            os.close(status_r)
+        try:
+            pid, pidfd = _recv_pid(reply, time.monotonic() + 5.0 if raw is None
+                                   else deadline)
+        except BaseException:
+            reply.close()
+            for f in parent_ends:
+                if f is not None:
+                    f.close()
+            if interrupted is not None:
+                raise interrupted from None
+            raise
+        child = _Child(pid, reply, list(self.args), *parent_ends, pidfd)
+        proc = Process(child, spec, created_cgroups=cg_dirs, pidfd=pidfd)
+        if raw is None:
+            proc._abandon()
+            if interrupted is not None:
+                raise interrupted
+            raise SetupError("spawn", _errno.ETIMEDOUT,
+                             f"the target was not exec'd within {setup_timeout}s")
+        if raw:
+            status = child.wait()
+            proc._cleanup_failed_setup()
+            raise _error_from_record(raw, status, pid)
+        return proc
+
+
+def _stdio_fd(v, i: int, mine: list, parent_ends: list, given: dict):
+    """The fd to send for stdio slot i (None: none -- the target's slot stays closed)."""
+    import subprocess
+    if v is None:                      # inherit: the caller's own fd, if open
+        try:
+            os.fstat(i)
+        except OSError:
+            return None
+        return i
+    if v == subprocess.PIPE:
+        r, w = os.pipe()
+        if i == 0:
+            parent_ends[0] = open(w, "wb", buffering=0)
+            mine.append(r)
+            return r
+        parent_ends[i] = open(r, "rb", buffering=0)
+        mine.append(w)
+        return w
+    if v == subprocess.DEVNULL:
+        fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        mine.append(fd)
+        return fd
+    if v == subprocess.STDOUT:
+        if i != 2:
+            raise ValueError("STDOUT is only for stderr")
+        return given.get(1)            # the target's stdout, whatever it is
+    if isinstance(v, int) or hasattr(v, "fileno"):
+        fd = v if isinstance(v, int) else v.fileno()
+        os.fstat(fd)                   # not open: refused here (EBADF), as Popen does
+        return fd
+    if isinstance(v, (str, bytes, os.PathLike)):
+        if i == 0:
+            fd = os.open(v, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        else:
+            fd = os.open(v, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC |
+                         os.O_NOCTTY, 0o640)
+        mine.append(fd)
+        return fd
+    raise TypeError(f"{('stdin', 'stdout', 'stderr')[i]}: expected None, PIPE, DEVNULL, "
+                    "an fd, a file or a path")
+
+
+def _fd_array(fds) -> bytes:
+    import array
+    return array.array("i", fds).tobytes()
+
+
+def _recv_pid(reply, deadline) -> "tuple[int, int]":
+    import errno
+    import select
+    import socket
+    import time
+    p = select.poll()
+    p.register(reply.fileno(), select.POLLIN)
+    left = None if deadline is None else max(0.0, deadline - time.monotonic())
+    if not p.poll(None if left is None else left * 1000):
+        raise SetupError("spawn", errno.ETIMEDOUT, "no answer from the fork server")
+    msg, anc, _flags, _ = reply.recvmsg(64, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC)
+    fds = [int.from_bytes(data[i:i + 4], "little", signed=True)
+           for level, kind, data in anc
+           if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+           for i in range(0, len(data) - len(data) % 4, 4)]
+    if not msg.startswith(b"pid ") or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise SetupError("spawn", 0, "the fork server refused the request")
+    return int(msg[4:]), fds[0]
+
+
+# =========================================================================== default
+
+_default = None
+_default_lock = None            # a threading.Lock, made on first use (see default())
+
+
+def default() -> ForkServer:
+    """The process-wide server spawn(fast=True) uses, started on first use and stopped
+    at interpreter exit."""
+    global _default, _default_lock
+    if _default_lock is None:
+        import threading
+        _default_lock = threading.Lock()       # not at import: see ForkServer.__init__
+    with _default_lock:
+        if _default is None:
+            import atexit
+            _default = ForkServer()
+            atexit.register(shutdown_default)
+        return _default
+
+
+def shutdown_default() -> None:
+    global _default
+    if _default_lock is None:
+        return
+    with _default_lock:
+        server, _default = _default, None
+    if server is not None:
+        server.close()
+

@@ -1,0 +1,524 @@
+"""Namespaces: user first (id maps), then mount, net, ipc, uts, cgroup, and pid last.
+
+prepare() checks the request against the spec and the machine without side effects;
+apply() joins (setns) and creates (unshare) the namespaces in this order:
+
+  * joined by path: with a path for `user`, that namespace is joined first (the others
+    must then be owned by it); otherwise every path is joined with wrapperd's own
+    privileges *before* a new user namespace is made, which would leave no privilege
+    over namespaces the host owns;
+  * user: the id maps of a process can only be written from outside its new namespace
+    (the kernel checks the writer's capabilities in the *parent* user namespace), so a
+    helper forked beforehand writes them -- directly as root, through newuidmap and
+    newgidmap as an unprivileged user with more than one id to map;
+  * mount, net (loopback up), ipc, uts (hostname), cgroup: unshare, one at a time so an
+    error names the namespace;
+  * pid: unshare(CLONE_NEWPID) only moves the *children* into the new namespace, so the
+    shim forks.  By default a small reaper is pid 1 (forwards signals, reaps orphans,
+    exits with the target's status) and the target is pid 2; with `as_pid_1` the target
+    is pid 1.  The original shim process stays outside: the caller's one child, it
+    forwards signals and exits with the target's status (128+N when killed by signal N).
+
+apply() returns only in the process that goes on to become the target.
+"""
+
+from __future__ import annotations
+
+# _signal: the C module under `signal`, whose enum wrappers cost the lean shim an
+# `enum` import (~2 ms).  The same functions; handlers and masks are plain ints.
+import _signal as signal
+import os
+
+from . import _libc
+from ._record import frozen
+from .errors import SetupError, SpecError
+
+__all__ = ["Prepared", "prepare", "apply", "FORWARDED_SIGNALS", "CLONE_FLAGS", "PROC_NAMES"]
+
+STEP = "namespaces"
+
+# <linux/sched.h>
+CLONE_FLAGS = {
+    "user": 0x10000000,     # CLONE_NEWUSER
+    "mount": 0x00020000,    # CLONE_NEWNS
+    "pid": 0x20000000,      # CLONE_NEWPID
+    "net": 0x40000000,      # CLONE_NEWNET
+    "ipc": 0x08000000,      # CLONE_NEWIPC
+    "uts": 0x04000000,      # CLONE_NEWUTS
+    "cgroup": 0x02000000,   # CLONE_NEWCGROUP
+}
+# The names under /proc/PID/ns/.
+PROC_NAMES = {"user": "user", "mount": "mnt", "pid": "pid", "net": "net", "ipc": "ipc",
+              "uts": "uts", "cgroup": "cgroup"}
+# After user: the order they are created in; pid is last because it forks.
+ORDER = ("mount", "net", "ipc", "uts", "cgroup", "pid")
+
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
+                     signal.SIGUSR2)
+
+# <linux/sockios.h>, <net/if.h>
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+
+MAX_USER_NS = "/proc/sys/user/max_user_namespaces"
+# Debian kernels before 6.x had this switch; it is gone upstream.
+USERNS_CLONE = "/proc/sys/kernel/unprivileged_userns_clone"
+MAX_MAP_LINES = 340      # the kernel's limit on lines in uid_map/gid_map (4.15+)
+
+
+@frozen
+class Prepared:
+    join: tuple                  # ((kind, path), ...) in the order to setns
+    new: tuple                   # kinds to unshare, user first, pid last
+    uid_map: tuple = ()          # ((inside, outside, count), ...) for a new user ns
+    gid_map: tuple = ()
+    map_via: str = "write"       # "write": the helper writes the maps; "newidmap"
+    deny_setgroups: bool = False
+    newuidmap: str = ""
+    newgidmap: str = ""
+    hostname: "str | None" = None
+    as_pid_1: bool = False
+    caller_uid_inside: "int | None" = None   # what the shim's uid becomes in a new user ns
+
+    @property
+    def forks(self) -> bool:
+        return "pid" in self.new or any(k == "pid" for k, _ in self.join)
+
+    def target_is_root(self, creds_prepared) -> bool:
+        """Will the target be root (in its own user namespace) at execve?"""
+        from . import caps, creds
+        if "user" not in self.new:
+            # A joined user namespace: its maps are not ours to know; judge as the host.
+            return creds.target_is_root(creds_prepared)
+        if creds_prepared is not None:
+            return creds_prepared.uid == 0 and \
+                not creds_prepared.securebits & caps.SECBIT_NOROOT
+        return self.caller_uid_inside == 0
+
+
+# --------------------------------------------------------------------------- prepare
+
+def _read_int(path: str) -> "int | None":
+    try:
+        with open(path, "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _inside(ranges, i: int) -> bool:
+    return any(inside <= i < inside + count for inside, _o, count in ranges)
+
+
+def _to_inside(ranges, outside_id: int) -> "int | None":
+    for inside, outside, count in ranges:
+        if outside <= outside_id < outside + count:
+            return inside + outside_id - outside
+    return None
+
+
+def _check_ranges(ranges, path: str) -> None:
+    if not ranges:
+        raise SpecError("must map at least one range", path)
+    if len(ranges) > MAX_MAP_LINES:
+        raise SpecError(f"more than {MAX_MAP_LINES} ranges", path)
+    for which, idx in (("inside", 0), ("outside", 1)):
+        spans = sorted((r[idx], r[2]) for r in ranges)
+        for (a, n), (b, _m) in zip(spans, spans[1:], strict=False):
+            if a + n > b:
+                raise SpecError(f"{which} ranges overlap at {b}", path)
+    for i, (inside, outside, count) in enumerate(ranges):
+        if inside + count > 2**32 - 1 or outside + count > 2**32 - 1:
+            raise SpecError("range runs past 4294967294", f"{path}[{i}]")
+
+
+def _find_tool(name: str) -> str:
+    for d in ("/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin"):
+        p = os.path.join(d, name)
+        if os.access(p, os.X_OK):
+            return p
+    return ""
+
+
+def prepare(spec, creds_prepared=None) -> "Prepared | None":
+    """Check namespaces, hostname and the mount fields' need for namespaces.  None when
+    the spec asks for no namespace at all."""
+    ns = spec.namespaces
+    wants_mount_ns = bool(spec.mounts or getattr(spec, "masked_paths", ()) or
+                          getattr(spec, "readonly_paths", ()) or
+                          getattr(spec, "readonly_root", False))
+    if ns is None or not ns.any():
+        if spec.hostname is not None:
+            raise SpecError("needs a new uts namespace (namespaces.uts: true)", "hostname")
+        if wants_mount_ns:
+            raise SpecError("mounts need a new mount namespace (namespaces.mount: true)",
+                            "namespaces.mount")
+        if ns is not None and ns.as_pid_1:
+            raise SpecError("needs a new pid namespace (namespaces.pid: true)",
+                            "namespaces.as_pid_1")
+        return None
+    if spec.hostname is not None and ns.uts is not True:
+        raise SpecError("needs a new uts namespace (namespaces.uts: true)", "hostname")
+    if wants_mount_ns and ns.mount is not True:
+        raise SpecError("mounts, masked_paths, readonly_paths and readonly_root need a new "
+                        "mount namespace (true, not a path: the host's would change)",
+                        "namespaces.mount")
+    if ns.as_pid_1 and ns.pid is not True:
+        raise SpecError("needs a new pid namespace (namespaces.pid: true)",
+                        "namespaces.as_pid_1")
+
+    join, new = [], []
+    user = ns.user
+    for kind in ("user",) + ORDER:
+        v = getattr(ns, kind)
+        if isinstance(v, str):
+            try:
+                os.stat(v)
+            except OSError as e:
+                raise SpecError(f"cannot join {v}: {e.strerror}", f"namespaces.{kind}") \
+                    from None
+            join.append((kind, v))
+        elif v is True or (kind == "user" and isinstance(v, dict)):
+            new.append(kind)
+    # With a new user namespace, paths are joined before it (see the module comment);
+    # with a joined one, it comes first -- both fall out of this order.
+    kw = {}
+    if "user" in new:
+        kw = _prepare_user(user, spec)
+        _check_creds(creds_prepared, kw["uid_map"], kw["gid_map"], kw["deny_setgroups"])
+    return Prepared(join=tuple(join), new=tuple(new), hostname=spec.hostname,
+                    as_pid_1=ns.as_pid_1, **kw)
+
+
+def _prepare_user(user, spec) -> dict:
+    path = "namespaces.user"
+    max_ns = _read_int(MAX_USER_NS)
+    if max_ns == 0:
+        raise SetupError(STEP, 0, f"user: {MAX_USER_NS} is 0: user namespaces are disabled")
+    euid, egid = os.geteuid(), os.getegid()
+    if os.geteuid() != 0 and _read_int(USERNS_CLONE) == 0:
+        raise SetupError(STEP, 0, f"user: {USERNS_CLONE} is 0: unprivileged user "
+                         "namespaces are disabled")
+    if user is True:
+        uid_map, gid_map = ((0, euid, 1),), ((0, egid, 1),)
+    else:
+        uid_map = tuple((m.inside, m.outside, m.count) for m in user["uid_map"])
+        gid_map = tuple((m.inside, m.outside, m.count) for m in user["gid_map"])
+        _check_ranges(uid_map, f"{path}.uid_map")
+        _check_ranges(gid_map, f"{path}.gid_map")
+    kw = {"uid_map": uid_map, "gid_map": gid_map, "caller_uid_inside": _to_inside(uid_map, euid)}
+    if euid == 0:
+        return dict(kw, map_via="write", deny_setgroups=False)
+    # Unprivileged: the kernel lets a process map only its own uid and gid, one id each,
+    # and the gid only once setgroups(2) is denied (else a dropped group could be shed).
+    if uid_map == ((uid_map[0][0], euid, 1),) and gid_map == ((gid_map[0][0], egid, 1),):
+        return dict(kw, map_via="write", deny_setgroups=True)
+    tools = {t: _find_tool(t) for t in ("newuidmap", "newgidmap")}
+    for t, p in tools.items():
+        if not p:
+            raise SetupError(STEP, 0, f"user: {t} is missing (Debian package uidmap): it "
+                             "is needed to map more than the caller's own id unprivileged")
+    # newgidmap denies setgroups itself unless the range comes from /etc/subgid.
+    return dict(kw, map_via="newidmap", deny_setgroups=False, **tools)
+
+
+def _check_creds(cp, uid_map, gid_map, deny_setgroups) -> None:
+    if cp is None:
+        return
+    if not _inside(uid_map, cp.uid):
+        raise SpecError(f"{cp.uid} is not mapped in the new user namespace "
+                        "(namespaces.user.uid_map)", "user.uid")
+    if not _inside(gid_map, cp.gid):
+        raise SpecError(f"{cp.gid} is not mapped in the new user namespace "
+                        "(namespaces.user.gid_map)", "user.gid")
+    for i, g in enumerate(cp.groups):
+        if not _inside(gid_map, g):
+            raise SpecError(f"{g} is not mapped in the new user namespace", f"user.groups[{i}]")
+    if deny_setgroups:
+        raise SpecError("an unprivileged user namespace mapping only the caller's own ids "
+                        "denies setgroups(2), which the identity step needs: leave 'user' "
+                        "out (the target runs as the mapped caller)", "user")
+
+
+# --------------------------------------------------------------------------- apply
+
+def _fail(what: str, e: OSError, kind: str = "") -> SetupError:
+    prefix = f"{kind}: " if kind else ""
+    return SetupError(STEP, e.errno or 0, f"{prefix}{what}")
+
+
+def apply(p: Prepared) -> None:
+    # Open every path first: joining a mount namespace changes what a path names.
+    fds = {}
+    try:
+        for kind, path in p.join:
+            try:
+                fds[kind] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as e:
+                raise _fail(f"open {path}", e, kind) from None
+        if "user" in fds:
+            _setns("user", fds.pop("user"), p)
+        for kind in ORDER:
+            if kind in fds:
+                _setns(kind, fds.pop(kind), p)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    if "user" in p.new:
+        _new_user_ns(p)
+    for kind in ORDER:
+        if kind in p.new:
+            try:
+                _libc.unshare(CLONE_FLAGS[kind])
+            except OSError as e:
+                raise _fail(f"unshare(CLONE_NEW{kind.upper() if kind != 'mount' else 'NS'})",
+                            e, kind) from None
+            if kind == "net":
+                _loopback_up()
+        if kind == "uts" and p.hostname is not None:
+            import socket
+            try:
+                socket.sethostname(p.hostname)
+            except OSError as e:
+                raise _fail(f"sethostname {p.hostname!r}", e, "uts") from None
+    if p.forks:
+        _fork(reaper="pid" in p.new and not p.as_pid_1)
+
+
+def _setns(kind: str, fd: int, p: Prepared) -> None:
+    path = dict(p.join)[kind]
+    try:
+        # nstype makes the kernel refuse a file of another kind of namespace.
+        _libc.setns(fd, CLONE_FLAGS[kind])
+    except OSError as e:
+        raise _fail(f"setns {path}", e, kind) from None
+    finally:
+        os.close(fd)
+
+
+def _loopback_up() -> None:
+    import fcntl
+    import socket
+    import struct
+    fmt = "16sH22x"      # struct ifreq: the name, then ifr_flags in the union
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            got = fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, struct.pack(fmt, b"lo", 0))
+            flags = struct.unpack(fmt, got)[1]
+            fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack(fmt, b"lo", flags | IFF_UP))
+    except OSError as e:
+        raise _fail("bring loopback up (SIOCSIFFLAGS)", e, "net") from None
+
+
+# ------------------------------------------------------------------ user namespace
+
+def _diagnose_user_ns(e: OSError) -> str:
+    why = "unshare(CLONE_NEWUSER)"
+    if _read_int(MAX_USER_NS) == 0:
+        why += f" ({MAX_USER_NS} is 0)"
+    elif e.errno == 28:   # ENOSPC
+        why += f" (the limit in {MAX_USER_NS} or the nesting depth of 32 is reached)"
+    elif _read_int(USERNS_CLONE) == 0:
+        why += f" ({USERNS_CLONE} is 0)"
+    elif e.errno == 1 and os.stat("/proc/self/root").st_ino != os.stat("/").st_ino:
+        why += " (a chrooted process cannot create one)"
+    return why
+
+
+def _new_user_ns(p: Prepared) -> None:
+    """unshare(CLONE_NEWUSER), with a helper outside writing our id maps."""
+    from . import procattr
+    unprivileged = os.geteuid() != 0
+    if unprivileged:
+        # The dumpable step made /proc/self/* root-owned; the unprivileged helper (and
+        # newuidmap, which checks who owns /proc/PID) must open our map files.  Nothing is
+        # exposed: the caller's own uid already controls an unprivileged shim.
+        procattr.set_dumpable(True)
+    go_r, go_w = os.pipe()
+    err_r, err_w = os.pipe()
+    me = os.getpid()
+    try:
+        helper = os.fork()
+    except OSError as e:
+        for fd in (go_r, go_w, err_r, err_w):
+            os.close(fd)
+        raise _fail("fork the id map helper", e, "user") from None
+    if helper == 0:                     # the helper: never returns
+        code = 1
+        try:
+            os.close(go_w)
+            os.close(err_r)
+            if os.read(go_r, 1) == b"1":
+                _write_maps(me, p)
+                code = 0
+        except OSError as e:
+            try:
+                os.write(err_w, f"{e.errno or 0} {e.strerror or e}".encode()[:512])
+            except OSError:
+                pass
+        except BaseException:
+            pass
+        finally:
+            os._exit(code)
+    os.close(go_r)
+    os.close(err_w)
+    try:
+        try:
+            _libc.unshare(CLONE_FLAGS["user"])
+        except OSError as e:
+            raise SetupError(STEP, e.errno or 0, f"user: {_diagnose_user_ns(e)}") from None
+        os.write(go_w, b"1")
+        os.close(go_w)
+        go_w = -1
+        msg = b""
+        while True:
+            chunk = os.read(err_r, 4096)
+            if not chunk:
+                break
+            msg += chunk
+    finally:
+        if go_w != -1:
+            os.close(go_w)      # the helper reads EOF and exits without writing
+        os.close(err_r)
+        _, status = os.waitpid(helper, 0)
+    if msg or status != 0:
+        errno_s, _, text = msg.decode("utf-8", "replace").partition(" ")
+        raise SetupError(STEP, int(errno_s) if errno_s.isdigit() else 0,
+                         f"user: write the id maps: {text or 'helper failed'}")
+    if unprivileged:
+        procattr.set_dumpable(False)
+
+
+def _write_file(path: str, data: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, data.encode())
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise OSError(e.errno, f"write {path}") from None    # strerror is added later
+
+
+def _map_text(ranges) -> str:
+    return "".join(f"{i} {o} {n}\n" for i, o, n in ranges)
+
+
+def _write_maps(pid: int, p: Prepared) -> None:
+    """Run in the helper, still in the parent user namespace."""
+    if p.map_via == "newidmap":
+        for tool, ranges in ((p.newuidmap, p.uid_map), (p.newgidmap, p.gid_map)):
+            args = [tool, str(pid)] + [str(x) for r in ranges for x in r]
+            _run_quiet(args)
+        return
+    if p.deny_setgroups:
+        _write_file(f"/proc/{pid}/setgroups", "deny")
+    _write_file(f"/proc/{pid}/uid_map", _map_text(p.uid_map))
+    _write_file(f"/proc/{pid}/gid_map", _map_text(p.gid_map))
+
+
+def _run_quiet(args) -> None:
+    """Run newuidmap/newgidmap with its stderr captured: wrapperd writes one line only."""
+    r, w = os.pipe()
+    try:
+        pid = os.posix_spawn(args[0], args, {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+                             file_actions=[(os.POSIX_SPAWN_DUP2, w, 2),
+                                           (os.POSIX_SPAWN_DUP2, w, 1)])
+    finally:
+        os.close(w)
+    out = b""
+    while True:
+        chunk = os.read(r, 4096)
+        if not chunk:
+            break
+        out += chunk
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        lines = out.decode("utf-8", "replace").strip().splitlines()
+        raise OSError(0, f"{os.path.basename(args[0])} failed: "
+                         f"{lines[-1] if lines else os.waitstatus_to_exitcode(status)}")
+
+
+# ------------------------------------------------------------------ pid namespace
+
+def exit_code(status: int) -> int:
+    """A wait status as a shell would report it: the code, or 128+N when killed."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def _fork(reaper: bool) -> None:
+    """Fork into the pid namespace.  Returns only in the process that becomes the target.
+
+    Forwarded signals are blocked across each fork so none is lost (a blocked signal is
+    queued even for a namespace's pid 1) and each parent installs its forwarding
+    handlers before unblocking them; each child restores the caller's dispositions and
+    mask, since both survive execve.
+    """
+    saved = {s: signal.getsignal(s) for s in FORWARDED_SIGNALS}
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
+    # The outside shim's pidfd: the reaper arms PDEATHSIG and then checks that the shim
+    # did not already die (its getppid() is 0: the parent is outside its namespace).
+    watch = os.pidfd_open(os.getpid()) if reaper else -1
+    try:
+        child = os.fork()
+    except OSError as e:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        if watch != -1:
+            os.close(watch)
+        raise _fail("fork into the pid namespace", e, "pid") from None
+    if child:
+        _supervise(child, old_mask, pid_1=False)          # never returns
+    if reaper:
+        try:
+            _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+            import select
+            poll = select.poll()
+            poll.register(watch, select.POLLIN)
+            if poll.poll(0):
+                os._exit(125)       # the shim outside is gone: nobody to report to
+        finally:
+            os.close(watch)
+        try:
+            target = os.fork()
+        except OSError as e:
+            raise _fail("fork the target inside the pid namespace", e, "pid") from None
+        if target:
+            _supervise(target, old_mask, pid_1=True)      # never returns
+    for s, h in saved.items():
+        signal.signal(s, h if h is not None else signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+
+
+def _supervise(child: int, old_mask, pid_1: bool) -> "None":
+    """Wait for child, forward signals to it, exit with its status.  As pid 1 of the
+    namespace, also reap every orphan reparented to us."""
+    code = 125
+    try:
+        # Hold nothing the target should not have: an open pipe end here would keep the
+        # caller from seeing EOF (on the status fd, on the target's stdout).
+        os.closerange(0, 1 << 20)
+
+        def forward(sig, _frame):
+            try:
+                os.kill(child, sig)
+            except OSError:
+                pass
+
+        for s in FORWARDED_SIGNALS:
+            signal.signal(s, forward)
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        while True:
+            try:
+                pid, status = os.waitpid(-1 if pid_1 else child, 0)
+            except ChildProcessError:
+                break
+            if pid == child:
+                code = exit_code(status)
+                break
+    except BaseException:
+        pass
+    finally:
+        os._exit(code)

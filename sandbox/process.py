@@ -1,0 +1,366 @@
+"""Process: the handle spawn() returns for a running target.
+
+The target is our direct child (the shim exec'd it, so it kept the shim's pid), which
+means its pid cannot be reused before we reap it.  Signals still go through a pidfd
+where the kernel has one (Linux 5.3+): a signal sent through a pidfd can never reach
+another process that got the same pid after a reap done elsewhere in the program.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+import signal
+import subprocess
+import time
+
+from .errors import SandboxError
+
+__all__ = ["Process"]
+
+
+class Process:
+    """A confined target started by sandbox.spawn().
+
+    `pid`, `pidfd` (None where the kernel has no pidfds), `spec` (the resolved spec it
+    runs under), `stdin`/`stdout`/`stderr` (file objects for PIPE, else None),
+    `returncode` (None while it runs; -N for a signal, as subprocess).  As a context
+    manager it stops the target (terminate with `exit_grace`) and cleans up on exit.
+    """
+
+    exit_grace = 10.0
+
+    def __init__(self, popen: subprocess.Popen, spec, created_cgroups=(), pidfd=None):
+        self._popen = popen
+        self.spec = spec
+        self.pid = popen.pid
+        self.stdin, self.stdout, self.stderr = popen.stdin, popen.stdout, popen.stderr
+        self._created_cgroups = list(created_cgroups)
+        self._closed = False
+        self._target_pid = None
+        # A pidfd may come with the handle: the fork server (sandbox.forkserver) opens
+        # it while the process is still its unreaped child and passes it on.
+        self.pidfd = pidfd
+        pidfd_open = getattr(os, "pidfd_open", None)
+        if pidfd is None and pidfd_open is not None:
+            try:
+                # Safe: our unreaped child, so this pid is still the shim/target.
+                self.pidfd = pidfd_open(self.pid)
+            except OSError:
+                self.pidfd = None     # ENOSYS on old kernels: fall back to the pid
+
+    def __repr__(self) -> str:
+        state = "running" if self.returncode is None else f"returncode={self.returncode}"
+        return f"<sandbox.Process pid={self.pid} {self.spec.name or self.spec.argv[0]!r} " \
+               f"{state}>"
+
+    # ------------------------------------------------------------------ state
+    @property
+    def returncode(self) -> "int | None":
+        return self._popen.poll()
+
+    @property
+    def target_pid(self) -> int:
+        """The target's pid as seen from here.  `pid` itself, except when the shim
+        forked into a new pid namespace: then `pid` is the shim staying outside as a
+        supervisor (it forwards signals and exits with the target's status) and the
+        target is its descendant (behind the namespace's reaper, unless as_pid_1)."""
+        if self._target_pid is not None:
+            return self._target_pid
+        ns = self.spec.namespaces
+        if ns is None or ns.pid is False:
+            self._target_pid = self.pid
+            return self.pid
+        shim = b"\0".join(os.fsencode(a) for a in self._popen.args) + b"\0"
+        cur, found = self.pid, None
+        for _ in range(3):                  # supervisor -> reaper -> target, at most
+            try:
+                with open(f"/proc/{cur}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                break
+            if cmdline != shim:
+                found = cur                 # exec'd: this is the target
+                break
+            kids = _children(cur)
+            if len(kids) != 1:
+                break
+            cur = kids[0]
+        if found is None:
+            return self.pid                 # gone or not settled: do not cache
+        self._target_pid = found
+        return found
+
+    @property
+    def args(self) -> list:
+        return list(self.spec.argv)
+
+    def poll(self) -> "int | None":
+        return self._popen.poll()
+
+    def wait(self, timeout: "float | None" = None) -> int:
+        """Wait for the target to exit and reap it; return its returncode.  Raises
+        subprocess.TimeoutExpired after `timeout` seconds (the target keeps running)."""
+        rc = self._popen.returncode
+        if rc is not None:
+            return rc
+        if timeout is not None and self.pidfd is not None:
+            # A pidfd polls readable once the process exits: no sleep loop.
+            import select
+            p = select.poll()
+            p.register(self.pidfd, select.POLLIN)
+            if not p.poll(max(0.0, timeout) * 1000):
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            return self._popen.wait()
+        return self._popen.wait(timeout)
+
+    def communicate(self, input: "bytes | None" = None, timeout: "float | None" = None):
+        """As subprocess.Popen.communicate: (stdout, stderr) of the pipes asked for."""
+        return self._popen.communicate(input, timeout)
+
+    # ------------------------------------------------------------------ signals
+    def send_signal(self, sig: int) -> None:
+        if self._popen.returncode is not None:
+            return                    # reaped: the pid may already be someone else's
+        if self.pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self.pidfd, sig)
+            except ProcessLookupError:
+                pass                  # exited, not yet reaped
+            return
+        self._popen.send_signal(sig)
+
+    def terminate(self, grace: float = 10.0) -> int:
+        """SIGTERM, then SIGKILL (of the whole cgroup, when the spec has one) if the
+        target is still alive after `grace` seconds.  Returns the returncode."""
+        if self.returncode is not None:
+            return self._popen.returncode
+        self.send_signal(signal.SIGTERM)
+        try:
+            return self.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the target and, when the spec has a cgroup, every process in it
+        (whatever the target forked or daemonized).  Does not wait."""
+        if self.spec.cgroup is not None:
+            self._kill_cgroup()
+        target = self.target_pid
+        if target != self.pid:
+            # In a new pid namespace: SIGKILL of the namespace's own processes (its
+            # pid 1 takes the whole namespace down) -- the supervisor outside cannot
+            # forward a SIGKILL it receives.
+            for pid in _chain(self.pid, target)[1:]:
+                _kill_by_pidfd(pid)
+        self.send_signal(signal.SIGKILL)
+
+    def _group(self):
+        """The spec's cgroup as a sandbox.cgroups.Group, or None."""
+        if self.spec.cgroup is None:
+            return None
+        from . import cgroups
+        try:
+            return cgroups.Group.from_spec(self.spec.cgroup)
+        except (AttributeError, OSError, SandboxError):
+            return None
+
+    def _kill_cgroup(self) -> None:
+        group = self._group()
+        if group is None:
+            return
+        try:
+            # cgroup.kill (v2) or freeze-kill-thaw (v1): whatever the target forked or
+            # daemonized dies too, and nothing can fork its way out meanwhile.
+            group.kill(timeout=5.0)
+        except OSError:
+            for pid in self._cgroup_pids():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+
+    def _cgroup_pids(self) -> "list[int]":
+        group = self._group()
+        if group is None:
+            return []
+        try:
+            return sorted(group.procs())
+        except OSError:
+            return []
+
+    # ------------------------------------------------------------------ stats
+    def stats(self) -> dict:
+        """cpu seconds, memory and number of processes (psutil): of every process in
+        the cgroup when the spec has one, else of the target and its descendants.
+        With a cgroup, `cgroup` holds the kernel's own counters (Group.stats())."""
+        import psutil
+        try:
+            main = psutil.Process(self.pid)
+            procs = [main]
+            if self.spec.cgroup is not None:
+                members = [p for p in self._cgroup_pids() if p != self.pid]
+                procs += [psutil.Process(p) for p in members if psutil.pid_exists(p)]
+            else:
+                procs += main.children(recursive=True)
+        except psutil.NoSuchProcess:
+            return {"pid": self.pid, "running": False, "returncode": self.returncode,
+                    "cpu_user": 0.0, "cpu_system": 0.0, "rss": 0, "vms": 0, "threads": 0,
+                    "pids": 0}
+        out = {"pid": self.pid, "running": True, "cpu_user": 0.0, "cpu_system": 0.0,
+               "rss": 0, "vms": 0, "threads": 0, "pids": 0}
+        for p in procs:
+            try:
+                with p.oneshot():
+                    if p.status() == psutil.STATUS_ZOMBIE:
+                        continue
+                    ct, mem = p.cpu_times(), p.memory_info()
+                    out["threads"] += p.num_threads()
+            except psutil.NoSuchProcess:
+                continue
+            out["cpu_user"] += ct.user
+            out["cpu_system"] += ct.system
+            out["rss"] += mem.rss
+            out["vms"] += mem.vms
+            out["pids"] += 1
+        out["running"] = out["pids"] > 0
+        group = self._group()
+        if group is not None:
+            try:
+                out["cgroup"] = group.stats()
+            except OSError:
+                pass
+        return out
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self, grace: "float | None" = None) -> None:
+        """Stop the target (terminate with `grace`, default `exit_grace`), kill what is
+        left in its cgroup, remove the cgroup directories spawn() created, close pipes
+        and the pidfd.  Idempotent."""
+        if self._closed:
+            return
+        try:
+            if self.returncode is None:
+                self.terminate(self.exit_grace if grace is None else grace)
+            if self.spec.cgroup is not None and self._cgroup_pids():
+                self._kill_cgroup()
+            self._remove_cgroups()
+        finally:
+            self._closed = True
+            for f in (self.stdin, self.stdout, self.stderr):
+                if f is not None:
+                    try:
+                        f.close()
+                    except OSError:
+                        pass
+            self._close_pidfd()
+
+    def __enter__(self) -> "Process":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        self._close_pidfd()
+
+    def _close_pidfd(self) -> None:
+        fd, self.pidfd = getattr(self, "pidfd", None), None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _remove_cgroups(self, timeout: float = 2.0) -> None:
+        """rmdir the leaf cgroups spawn() saw created.  Members leave a cgroup as they
+        exit, so a just-killed cgroup may stay busy for a moment: retry briefly."""
+        deadline = time.monotonic() + timeout
+        for d in self._created_cgroups:
+            while True:
+                try:
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as e:
+                    if e.errno != _errno.EBUSY or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.01)
+        self._created_cgroups = []
+
+    def _abandon(self) -> None:
+        """The handshake failed or timed out: kill the shim, reap it, clean up."""
+        try:
+            self._popen.kill()
+        except OSError:
+            pass
+        self._popen.wait()
+        self._cleanup_failed_setup()
+
+    def _cleanup_failed_setup(self) -> None:
+        """After a setup failure (the shim is reaped): the cgroup the shim may have
+        created before failing, pipes and the pidfd go."""
+        self._remove_cgroups()
+        self._closed = True
+        for f in (self.stdin, self.stdout, self.stderr):
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
+        self._close_pidfd()
+
+
+def _children(pid: int) -> "list[int]":
+    """Direct children of pid: /proc/<pid>/task/*/children, else a scan of /proc."""
+    try:
+        out = []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(x) for x in f.read().split()]
+        return out
+    except OSError:
+        pass
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(d))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def _chain(top: int, target: int) -> "list[int]":
+    """Pids from top down to target (its ancestors below top), via /proc ppid links."""
+    out = [target]
+    cur = target
+    for _ in range(8):
+        if cur == top:
+            return out[::-1]
+        try:
+            with open(f"/proc/{cur}/stat") as f:
+                cur = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            break
+        out.append(cur)
+    return [top, target]
+
+
+def _kill_by_pidfd(pid: int) -> None:
+    # Through a pidfd, so the only window for pid reuse is between reading /proc and
+    # pidfd_open, not also up to the kill.
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,537 @@
+"""Seccomp: compile the spec's filter to classic BPF in prepare(), load it in apply().
+
+prepare() resolves profiles and @groups, picks the rules that apply to the target's
+capabilities, and has libseccomp (through pyseccomp, imported only there: its import
+runs ldconfig) build and export the raw program.  apply() is a single
+seccomp(SECCOMP_SET_MODE_FILTER) on those bytes, so the process that loads the filter
+never needs libseccomp, and the program can be exported for bwrap --seccomp FD.
+
+Rule semantics, per syscall, in the order rules are given (a spec's own rules come after
+its profile's, and replace the profile's rules for the syscalls they name):
+  * a rule without `args` sets the syscall's action and replaces every earlier rule for
+    that syscall;
+  * a rule with `args` (all must hold) applies where it matches, on top of that action;
+  * a syscall no rule names gets `default_action`.
+libseccomp itself drops conditional rules when an unconditional rule exists for the same
+syscall, so "allow ioctl, except TIOCSTI" is compiled here into conditional rules that
+cover every *other* value (see _complement).
+
+Architecture safety: only the ABIs in `architectures` pass ("native" by default).  A
+syscall made through another ABI -- i386 `int 0x80` on x86_64, or an x32 number (bit
+0x40000000) -- kills the process: libseccomp checks seccomp_data.arch, and for x86_64
+rejects nr >= 0x40000000 unless x32 was named.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+from . import _libc
+from ._record import field, frozen
+from .errors import SetupError, SpecError
+
+__all__ = ["ARCHES", "Prepared", "prepare", "apply", "profile_names", "load_profile",
+           "load_groups", "group_names", "expand", "action_value", "action_name",
+           "evaluate", "resolve_arch", "native_arch", "BPF_MAXINSNS"]
+
+BPF_MAXINSNS = 4096          # the kernel refuses longer classic-BPF programs
+
+# AUDIT_ARCH_* (<linux/audit.h>), which are also libseccomp's SCMP_ARCH_* values.
+_LE, _64 = 0x40000000, 0x80000000
+ARCHES = {
+    "x86_64": 62 | _64 | _LE, "x86": 3 | _LE, "x32": 62 | _LE,
+    "aarch64": 183 | _64 | _LE, "arm": 40 | _LE, "riscv64": 243 | _64 | _LE,
+    "ppc64le": 21 | _64 | _LE, "ppc64": 21 | _64, "s390x": 22 | _64, "s390": 22,
+}
+_ARCH_ALIASES = {"i386": "x86", "i686": "x86", "x86-64": "x86_64", "amd64": "x86_64",
+                 "arm64": "aarch64", "armv7l": "arm"}
+
+# seccomp return values (<linux/seccomp.h>)
+_RET = {"kill_process": 0x80000000, "kill_thread": 0x00000000, "trap": 0x00030000,
+        "errno": 0x00050000, "log": 0x7FFC0000, "allow": 0x7FFF0000}
+# libseccomp's scmp_compare: our op names -> SCMP_CMP_*
+_OPS = {"ne": 1, "lt": 2, "le": 3, "eq": 4, "ge": 5, "gt": 6, "masked_eq": 7}
+_ALL64 = 2**64 - 1
+
+
+# --------------------------------------------------------------------------- names
+
+def resolve_arch(name: str, path: str = "seccomp.architectures") -> str:
+    """'native', 'x86_64', 'SCMP_ARCH_X86_64', 'amd64' ... -> our canonical name."""
+    n = name.strip()
+    if n.upper().startswith("SCMP_ARCH_"):
+        n = n[len("SCMP_ARCH_"):]
+    n = n.lower()
+    if n == "native":
+        return native_arch()
+    n = _ARCH_ALIASES.get(n, n)
+    if n not in ARCHES:
+        raise SpecError(f"unknown architecture {name!r} (expected native or one of: "
+                        f"{', '.join(ARCHES)})", path)
+    return n
+
+
+def native_arch() -> str:
+    m = os.uname().machine
+    return _ARCH_ALIASES.get(m, m)
+
+
+def action_value(action: str) -> int:
+    from .spec import parse_action
+    kind, arg = parse_action(action)
+    return _RET[kind] | (arg & 0xFFFF if kind == "errno" else 0)
+
+
+def action_name(value: int) -> str:
+    """The inverse of action_value, for messages and tests."""
+    data, kind = value & 0xFFFF, value & 0xFFFF0000
+    if value & 0x80000000 and kind == 0x80000000:
+        return "kill_process"
+    for k, v in _RET.items():
+        if kind == v and k != "kill_process":
+            return f"errno:{data}" if k == "errno" else k
+    return hex(value)
+
+
+# --------------------------------------------------------------------------- data files
+
+def _dirs() -> "list[str]":
+    from . import profile
+    return profile.search_path()
+
+
+_GROUPS: dict = {}       # load_groups()'s memo (not functools.cache: the shim imports
+                         # this module, and functools costs it an import)
+
+
+def load_groups() -> "dict[str, tuple[str, ...]]":
+    """profiles/syscalls.toml: {'@mount': ('mount', ...), ...}; members may be @groups."""
+    if not _GROUPS:
+        _GROUPS.update(_load_groups())
+    return _GROUPS
+
+
+def _load_groups() -> "dict[str, tuple[str, ...]]":
+    import tomllib
+    for d in _dirs():
+        p = os.path.join(d, "syscalls.toml")
+        if os.path.isfile(p):
+            try:
+                with open(p, "rb") as f:
+                    data = tomllib.load(f)
+            except (OSError, tomllib.TOMLDecodeError) as e:
+                raise SpecError(f"syscall groups {p} are unreadable: {e}") from None
+            out = {}
+            for name, g in data.items():
+                if not isinstance(g, dict) or not isinstance(g.get("syscalls"), list):
+                    raise SpecError(f"syscall group {name!r} in {p} has no 'syscalls' list")
+                out["@" + name] = tuple(g["syscalls"])
+            return out
+    raise SpecError("syscall groups (syscalls.toml) not found in "
+                    f"{', '.join(_dirs())}")
+
+
+def group_names() -> "list[str]":
+    return sorted(load_groups())
+
+
+def expand(name: str, path: str = "", _seen: "tuple[str, ...]" = ()) -> "list[str]":
+    """A syscall name, or an @group expanded (recursively) to its syscall names."""
+    if not name.startswith("@"):
+        return [name]
+    groups = load_groups()
+    if name not in groups:
+        raise SpecError(f"unknown syscall group {name!r} (known: {', '.join(sorted(groups))})",
+                        path)
+    if name in _seen:
+        raise SpecError(f"syscall group {name!r} includes itself", path)
+    out: "list[str]" = []
+    for member in groups[name]:
+        for s in expand(member, path, _seen + (name,)):
+            if s not in out:
+                out.append(s)
+    return out
+
+
+def _profile_path(name: str) -> str:
+    if not name or "/" in name or name.startswith("."):
+        raise SpecError(f"bad seccomp profile name {name!r}", "seccomp.profile")
+    for d in _dirs():
+        p = os.path.join(d, "seccomp", name + ".toml")
+        if os.path.isfile(p):
+            return p
+    raise SpecError(f"unknown seccomp profile {name!r} (known: {', '.join(profile_names())})",
+                    "seccomp.profile")
+
+
+def profile_names() -> "list[str]":
+    out = set()
+    for d in _dirs():
+        sd = os.path.join(d, "seccomp")
+        if os.path.isdir(sd):
+            out.update(f[:-5] for f in os.listdir(sd) if f.endswith(".toml"))
+    return sorted(out)
+
+
+def load_profile(name: str):
+    """A named profile (profiles/seccomp/NAME.toml) as a validated spec.Seccomp."""
+    import tomllib
+
+    from .spec import Seccomp
+    p = _profile_path(name)
+    try:
+        with open(p, "rb") as f:
+            data = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise SpecError(f"seccomp profile {name!r} ({p}) is unreadable: {e}",
+                        "seccomp.profile") from None
+    data.pop("description", None)
+    if "profile" in data:
+        raise SpecError(f"seccomp profile {name!r}: a profile cannot name another profile",
+                        "seccomp.profile")
+    return Seccomp.load(data, f"seccomp profile {name!r}")
+
+
+def profile_description(name: str) -> str:
+    import tomllib
+    with open(_profile_path(name), "rb") as f:
+        return str(tomllib.load(f).get("description", ""))
+
+
+# --------------------------------------------------------------------------- compile
+
+@frozen
+class Prepared:
+    program: bytes = field(repr=lambda b: f"<{len(b) // 8} BPF instructions>")
+    default_action: str
+    architectures: tuple           # canonical names, native first
+    syscalls: int                  # syscalls with at least one rule
+    skipped: tuple                 # "where: why" for rules not applied (capabilities)
+
+    @property
+    def instructions(self) -> int:
+        return len(self.program) // 8
+
+
+@frozen
+class _Entry:
+    name: str
+    action: str
+    args: tuple
+    where: str
+
+
+def _rules(sc, kept: int, origin: str, skipped: list) -> "list[_Entry]":
+    from . import caps
+    out = []
+    for i, r in enumerate(sc.syscalls):
+        where = f"{origin}syscalls[{i}]"
+        if r.if_caps and caps.mask(r.if_caps) & ~kept:
+            skipped.append(f"{where}: the target does not keep {', '.join(r.if_caps)}")
+            continue
+        if r.unless_caps and caps.mask(r.unless_caps) & kept:
+            skipped.append(f"{where}: the target keeps one of {', '.join(r.unless_caps)}")
+            continue
+        for j, n in enumerate(r.names):
+            for s in expand(n, f"{where}.names[{j}]"):
+                out.append(_Entry(s, r.action, r.args, f"{where}.names[{j}]"))
+    return out
+
+
+def _mask(arg) -> int | None:
+    """The bits an eq/masked_eq condition compares (eq: all 64), else None."""
+    if arg.op == "eq":
+        return _ALL64
+    if arg.op == "masked_eq" and arg.value:
+        return arg.value
+    return None
+
+
+def _point(arg) -> int:
+    return arg.value if arg.op == "eq" else arg.value_two & arg.value
+
+
+def _complement(points: "set[int]", mask: int) -> "list[tuple[int, int]]":
+    """(mask, value) pairs -- masked_eq prefix blocks over the set bits of `mask`, high
+    to low -- that together match every value v with v & mask not in `points`.  At most
+    len(points) * popcount(mask) blocks."""
+    bits = [1 << i for i in range(63, -1, -1) if mask >> i & 1]
+    out = []
+
+    def walk(prefix: int, depth: int, pts: "list[int]") -> None:
+        if not pts:
+            out.append((sum(bits[:depth]), prefix))
+            return
+        if depth == len(bits):
+            return                      # exactly one of the points: excluded
+        bit = bits[depth]
+        walk(prefix, depth + 1, [p for p in pts if not p & bit])
+        walk(prefix | bit, depth + 1, [p for p in pts if p & bit])
+
+    walk(0, 0, sorted(points))
+    return out
+
+
+def _plan_syscall(entries: "list[_Entry]", default: str):
+    """One syscall's entries -> [(action, args)] to hand to libseccomp."""
+    base, base_entry, conds = default, None, []
+    for e in entries:
+        if not e.args:
+            base, base_entry, conds = e.action, e, []   # replaces every earlier rule
+        else:
+            conds.append(e)
+    conds = [e for e in conds if action_value(e.action) != action_value(base)
+             and not any(a.op == "masked_eq" and a.value_two & ~a.value for a in e.args)]
+    if action_value(base) == action_value(default):
+        return [(e.action, e.args, e.where) for e in conds]
+    if not conds:
+        return [(base, (), base_entry.where)]
+    # A base action other than the default, with exceptions: libseccomp would let the
+    # unconditional rule swallow the conditional ones, so the base action is given to
+    # the complement of the exceptions instead.  Supported when every exception is one
+    # eq or masked_eq with the same mask on the same argument -- the shape of "ioctl
+    # except TIOCSTI", "clone without CLONE_NEWUSER", "personality only these values".
+    shapes = {(e.args[0].index, _mask(e.args[0])) for e in conds if len(e.args) == 1}
+    if len(shapes) != 1 or any(len(e.args) != 1 for e in conds) or \
+            next(iter(shapes))[1] is None:
+        raise SpecError(f"syscall {entries[0].name!r}: exceptions to a rule without args "
+                        "must each be one 'eq' or 'masked_eq' condition, with the same mask "
+                        "on the same argument", conds[0].where)
+    (index, mask), = shapes
+    from .spec import SeccompArg
+    out = [(e.action, e.args, e.where) for e in conds
+           if action_value(e.action) != action_value(default)]
+    for bmask, value in _complement({_point(e.args[0]) for e in conds}, mask):
+        if bmask == 0:                  # cannot happen with points; never "match all"
+            continue
+        out.append((base, (SeccompArg(index, "masked_eq", bmask, value),), base_entry.where))
+    return out
+
+
+def _kept_caps(caps_prepared) -> int:
+    if caps_prepared is not None:
+        return caps_prepared.permitted
+    return _libc.capget()[1]
+
+
+def prepare(sc, caps_prepared=None) -> Prepared:
+    """Compile spec.Seccomp `sc` for a target holding caps_prepared.permitted (None: the
+    caller's own permitted set).  No side effects beyond a memfd to export into -- and,
+    in wrapperd's CLI only (sandbox.bpfcache.enabled), an entry in its root-only cache."""
+    kept = _kept_caps(caps_prepared)
+    # The same spec again in this process (a library spawning a service repeatedly):
+    # keyed on the spec's seccomp field, the caps the target keeps and the profile
+    # files' identity, so an edited profile is read again.
+    try:
+        early = (sc, kept, _profile_signature(sc.profile))
+        done = _SPEC_MEMO.get(early)
+    except TypeError:                   # an unhashable field: no shortcut
+        early = done = None
+    if done is not None:
+        return done
+    done = _prepare(sc, kept)
+    if early is not None:
+        if len(_SPEC_MEMO) >= 64:
+            _SPEC_MEMO.clear()
+        _SPEC_MEMO[early] = done
+    return done
+
+
+_SPEC_MEMO: dict = {}
+
+
+def _profile_signature(name) -> tuple:
+    if name is None:
+        return ()
+    out = []
+    for d in _dirs():
+        try:
+            st = os.stat(os.path.join(d, "seccomp", f"{name}.toml"))
+            out.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
+        except (OSError, ValueError):
+            out.append(None)
+    return tuple(out)
+
+
+def _prepare(sc, kept: int) -> Prepared:
+    skipped: "list[str]" = []
+    entries: "list[_Entry]" = []
+    default = sc.default_action
+    if sc.profile is not None:
+        prof = load_profile(sc.profile)
+        entries = _rules(prof, kept, f"seccomp profile {sc.profile!r}: ", skipped)
+        default = default or prof.default_action
+    own = _rules(sc, kept, "seccomp.", skipped)
+    named = {e.name for e in own}
+    entries = [e for e in entries if e.name not in named] + own
+    arches = []
+    for i, a in enumerate(sc.architectures):
+        c = resolve_arch(a, f"seccomp.architectures[{i}]")
+        if c not in arches:
+            arches.append(c)
+    if native_arch() not in arches:
+        raise SpecError(f"must include the native ABI ({native_arch()}): the target's every "
+                        "syscall would kill it", "seccomp.architectures")
+    arches.sort(key=lambda a: a != native_arch())         # native first
+
+    # Compiled before with the same rules?  In this process (a library spawning the
+    # same spec again), or in the root-only on-disk cache (a repeated wrapperd start).
+    from . import bpfcache
+    k = bpfcache.key(default, arches, entries)
+    hit = _MEMO.get(k)
+    dirfd = None
+    if bpfcache.enabled and bpfcache.cache_dir():
+        dirfd = bpfcache.open_dir(bpfcache.cache_dir())
+    try:
+        if hit is None and dirfd is not None:
+            hit = bpfcache.load(dirfd, k, BPF_MAXINSNS)
+        if hit is None:
+            hit = _compile(default, arches, entries)
+            if dirfd is not None:
+                bpfcache.store(dirfd, k, *hit)
+    finally:
+        if dirfd is not None:
+            os.close(dirfd)
+    if len(_MEMO) >= 64:
+        _MEMO.clear()
+    _MEMO[k] = hit
+    program, count = hit
+    return Prepared(program=program, default_action=default, architectures=tuple(arches),
+                    syscalls=count, skipped=tuple(skipped))
+
+
+_MEMO: dict = {}        # cache key -> (program, syscalls): see sandbox.bpfcache
+
+
+def _compile(default: str, arches, entries) -> "tuple[bytes, int]":
+    """Have libseccomp build the filter; (raw BPF program, syscalls with rules)."""
+    import pyseccomp  # heavy: runs ldconfig; only when a filter is asked
+    native = pyseccomp.system_arch()
+    by_name: "dict[str, list[_Entry]]" = {}
+    for e in entries:
+        nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, e.name)
+        if nr == -1:                      # __NR_SCMP_ERROR: no ABI knows this name
+            raise SpecError(f"unknown syscall {e.name!r}", e.where)
+        by_name.setdefault(e.name, []).append(e)
+
+    try:
+        flt = pyseccomp.SyscallFilter(action_value(default))
+        flt.set_attr(pyseccomp.Attr.ACT_BADARCH, _RET["kill_process"])
+        try:
+            flt.set_attr(pyseccomp.Attr.CTL_OPTIMIZE, 2)    # binary tree: O(log n) lookup
+        except OSError:
+            pass                          # older libseccomp: a linear list still works
+        for a in arches:
+            if ARCHES[a] != native:
+                flt.add_arch(ARCHES[a])
+    except OSError as e:
+        raise SpecError(f"libseccomp refused the filter setup: {e.strerror}",
+                        "seccomp.architectures") from None
+
+    count = 0
+    for name, ents in by_name.items():
+        plan = _plan_syscall(ents, default)
+        count += bool(plan)
+        for action, args, where in plan:
+            cmp = [pyseccomp.Arg(a.index, _OPS[a.op],
+                                 a.value, a.value_two if a.op == "masked_eq" else 0)
+                   for a in args]
+            try:
+                flt.add_rule(action_value(action), name, *cmp)
+            except OSError as e:
+                raise SpecError(f"libseccomp refused the rule for {name!r} ({action}): "
+                                f"{e.strerror}", where) from None
+    program = _export(flt)
+    if len(program) // 8 > BPF_MAXINSNS:
+        raise SpecError(f"the filter compiles to {len(program) // 8} BPF instructions; the "
+                        f"kernel accepts at most {BPF_MAXINSNS}", "seccomp")
+    return program, count
+
+
+def _export(flt) -> bytes:
+    fd = os.memfd_create("wrapperd-seccomp", os.MFD_CLOEXEC)
+    try:
+        class _Fd:
+            def fileno(self):
+                return fd
+        flt.export_bpf(_Fd())
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks = []
+        while True:
+            b = os.read(fd, 65536)
+            if not b:
+                break
+            chunks.append(b)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def apply(p: Prepared) -> None:
+    """Load the program.  Needs no_new_privs (or CAP_SYS_ADMIN): the shim sets it first."""
+    try:
+        _libc.seccomp_load_bpf(p.program)
+    except OSError as e:
+        raise SetupError("seccomp", e.errno or 0,
+                         f"load the filter ({p.instructions} instructions)") from None
+
+
+# --------------------------------------------------------------------------- inspect
+
+def evaluate(program: bytes, nr: int, arch: "int | str", args=(), ip: int = 0) -> int:
+    """Run a seccomp classic-BPF program on one syscall, as the kernel would, and return
+    the SECCOMP_RET_* value.  For tests and `explain`: no filter needs to be loaded."""
+    if isinstance(arch, str):
+        arch = ARCHES[resolve_arch(arch)]
+    a6 = list(args) + [0] * (6 - len(args))
+    data = struct.pack("<iIQ6Q", nr, arch, ip, *[x & _ALL64 for x in a6])
+    insns = [struct.unpack_from("<HBBI", program, i) for i in range(0, len(program), 8)]
+    acc = x = 0
+    mem = [0] * 16
+    pc = 0
+    while pc < len(insns):
+        code, jt, jf, k = insns[pc]
+        pc += 1
+        cls = code & 0x07
+        if code == 0x20:                      # ld [k]
+            acc = struct.unpack_from("<I", data, k)[0]
+        elif code == 0x00:                    # ld #k
+            acc = k
+        elif code == 0x60:                    # ld M[k]
+            acc = mem[k]
+        elif code == 0x61:                    # ldx M[k]
+            x = mem[k]
+        elif code == 0x02:                    # st M[k]
+            mem[k] = acc
+        elif code == 0x03:                    # stx M[k]
+            mem[k] = x
+        elif code == 0x07:                    # tax
+            x = acc
+        elif code == 0x87:                    # txa
+            acc = x
+        elif code == 0x54:                    # and #k
+            acc &= k
+        elif code == 0x05:                    # ja
+            pc += k
+        elif cls == 0x05:                     # conditional jumps, #k or x
+            operand = x if code & 0x08 else k
+            op = code & 0xF0
+            if op == 0x10:
+                cond = acc == operand
+            elif op == 0x20:
+                cond = acc > operand
+            elif op == 0x30:
+                cond = acc >= operand
+            elif op == 0x40:
+                cond = bool(acc & operand)
+            else:
+                raise ValueError(f"unsupported BPF jump {code:#x} at {pc - 1}")
+            pc += jt if cond else jf
+        elif code == 0x06:                    # ret #k
+            return k
+        elif code == 0x16:                    # ret a
+            return acc
+        else:
+            raise ValueError(f"unsupported BPF instruction {code:#x} at {pc - 1}")
+    raise ValueError("BPF program fell off its end")

@@ -1,0 +1,449 @@
+"""spawn() and run(): launch a target through the wrapperd shim from Python code.
+
+Named spawning.py, not spawn.py, so the module never shadows the function
+`sandbox.spawn` (importing a submodule rebinds the package attribute of its name).
+
+The shim is started as a fresh process (`python -I -m wrapperd`) with subprocess.Popen
+and no preexec_fn: preexec_fn runs Python code between fork and exec, which can
+deadlock in a multithreaded caller (another thread may hold the import lock or a
+malloc lock at fork time).  Every privileged step happens inside the shim instead.
+
+The handshake, as CPython's subprocess does with its errpipe and bubblewrap with
+--json-status-fd:
+  * the spec travels on an inherited pipe (--spec-fd), never argv or the environment
+    (argv and environ are readable in /proc by anyone who may ptrace-read the process);
+  * the shim marks the status pipe close-on-exec; the parent reads it until EOF.
+    EOF with nothing written means the target was exec'd; otherwise the shim wrote one
+    JSON record {"step", "errno", "message"} and exits 125/126/127.  spawn() then
+    reaps the shim (no zombie) and raises SpecError, SetupError or ExecError.
+Both pipe ends the parent keeps are created close-on-exec, so a shim spawned by
+another thread at the same moment never holds them (which would delay the EOF).
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from .errors import ExecError, SandboxError, SetupError, SpecError
+
+__all__ = ["spawn", "run", "Completed", "build_spec", "resolve", "PIPE", "DEVNULL",
+           "STDOUT", "DEFAULT_SETUP_TIMEOUT"]
+
+PIPE = subprocess.PIPE
+DEVNULL = subprocess.DEVNULL
+STDOUT = subprocess.STDOUT
+DEFAULT_SETUP_TIMEOUT = 60.0
+_SHIM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+# --------------------------------------------------------------------------- the spec
+
+def resolve(spec):
+    """The spec with its profile merged underneath, as the shim will run it.
+
+    A Spec loaded from JSON keeps `profile` as a name only; wrapperd merges the profile
+    when it reads the spec.  Resolving here, in the parent, lets spawn() validate the
+    whole thing before anything runs and lets verify() and the exposure score see what
+    the shim sees.  Fields the spec sets win over the profile's.  The result has no
+    `profile` left (it is self-contained), so resolving it again changes nothing and
+    the shim does not merge the profile a second time."""
+    from .spec import Spec
+    if not isinstance(spec, Spec):
+        raise TypeError(f"expected a sandbox.Spec, got {type(spec).__name__}")
+    if not spec.profile:
+        return spec
+    from . import profile
+    # spec_layer: only the fields the spec was given beat the profile, not its defaults.
+    return _merged(profile.spec_layer(spec))
+
+
+def _merged(d: dict):
+    from . import profile
+    from .spec import Spec
+    d = profile.apply_profile(d)
+    d.pop("profile", None)
+    return Spec.from_dict(d)
+
+
+def _user_field(v):
+    if isinstance(v, (int, str)) and not isinstance(v, bool):
+        return {"uid": v}
+    return v
+
+
+def _cgroup_field(v):
+    return {"path": v} if isinstance(v, str) else v
+
+
+def _caps_field(v):
+    # capabilities=["CAP_NET_BIND_SERVICE"] reads as "keep exactly these".
+    return {"keep": list(v)} if isinstance(v, (list, tuple)) else v
+
+
+_FIELD_SUGAR = {"user": _user_field, "cgroup": _cgroup_field, "capabilities": _caps_field}
+
+
+def build_spec(target=None, **fields):
+    """A resolved Spec from spawn()'s arguments: a Spec, a spec dict, or an argv list
+    plus spec fields as keywords (`user="svc"`, `cgroup="/wrapperd/svc"`,
+    `capabilities=["CAP_NET_BIND_SERVICE"]` are shorthands)."""
+    from .spec import Spec
+    if isinstance(target, Spec):
+        if fields:
+            from . import profile
+            d = profile.spec_layer(target)
+            d.update(_sugar(fields))
+            target = d
+        else:
+            return resolve(target)
+    if isinstance(target, dict):
+        d = dict(target)
+        d.update(_sugar(fields))
+    elif isinstance(target, (list, tuple)):
+        d = {"argv": [os.fspath(a) for a in target]}
+        d.update(_sugar(fields))
+    elif isinstance(target, (str, bytes, os.PathLike)):
+        raise TypeError("give argv as a list (['/usr/bin/svc', ...]), not a string")
+    elif target is None:
+        d = _sugar(fields)
+    else:
+        raise TypeError(f"cannot spawn a {type(target).__name__}")
+    return _merged(d)
+
+
+def _sugar(fields: dict) -> dict:
+    out = {}
+    for k, v in fields.items():
+        if v is None:
+            continue
+        out[k] = _FIELD_SUGAR[k](v) if k in _FIELD_SUGAR else v
+    return out
+
+
+# --------------------------------------------------------------------------- stdio
+
+def _open_stdio(v, which: str, opened: list):
+    """None: inherit; PIPE/DEVNULL/STDOUT/an fd/a file object: as subprocess; a path:
+    opened here, in the parent (stdin read-only, the others appended, created 0640)."""
+    if v is None or isinstance(v, int) or hasattr(v, "fileno"):
+        return v
+    if isinstance(v, (str, bytes, os.PathLike)):
+        if which == "stdin":
+            fd = os.open(v, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+        else:
+            fd = os.open(v, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC |
+                         os.O_NOCTTY, 0o640)
+        opened.append(fd)
+        return fd
+    raise TypeError(f"{which}: expected None, PIPE, DEVNULL, an fd, a file or a path")
+
+
+# --------------------------------------------------------------------------- spawn
+
+_shim_ok: dict = {}
+_shim_lock = threading.Lock()
+
+
+def _check_shim(python: str) -> None:
+    """Fail closed if `python -I` cannot import wrapperd (say, the library is used from
+    a source tree that only the caller's sys.path has).  Such a shim would exit 1
+    without writing a status record, and EOF without a record means "exec'd": the
+    caller would get a Process for a target that never ran.  Checked once per python."""
+    with _shim_lock:
+        if _shim_ok.get(python):
+            return
+        try:
+            r = subprocess.run([python, "-I", "-c", "import wrapperd.cli"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, env={"PATH": _SHIM_PATH},
+                               timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise SetupError("spawn", getattr(e, "errno", 0) or 0,
+                             f"cannot run {python}") from None
+        if r.returncode != 0:
+            last = (r.stderr.decode("utf-8", "replace").strip().splitlines() or [""])[-1]
+            raise SetupError("spawn", 0, f"{python} -I cannot import wrapperd ({last}); "
+                             "install the package where that python finds it")
+        _shim_ok[python] = True
+
+
+def package_root() -> "str | None":
+    """The sys.path entry holding both the sandbox and wrapperd packages this process
+    uses, or None if they live apart."""
+    import wrapperd
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.dirname(os.path.dirname(os.path.abspath(wrapperd.__file__))) != root:
+        return None
+    return root
+
+
+def lean_path() -> str:
+    """sys.path entries for the lean shim (after its standard library): the package
+    root, then this process's site-packages (only for what a step imports lazily, such
+    as cgroupspy for v1 limits).  Entries with ':' in them are left out."""
+    root = package_root()
+    out = [root] if root else []
+    out += [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")
+            and p not in out]
+    return ":".join(p for p in out if ":" not in p)
+
+
+def lean_command(root: str, plan_fd: int, status_fd: int) -> "list[str]":
+    """The lean shim: `python -I -S` (no site, no editable finder) running a plan.
+    `root`: package_root(), or lean_path()."""
+    from wrapperd.planned import LEAN_BOOT
+    return [sys.executable, "-I", "-S", "-c", LEAN_BOOT, root, "--plan-fd", str(plan_fd),
+            "--status-fd", str(status_fd)]
+
+
+def _prepared(spec, python) -> "tuple[bytes | None, str | None]":
+    """(plan bytes, package root) to start the lean shim with, or (None, None): then the
+    shim gets the spec itself.  The prepared form is only a shortcut, never a different
+    outcome: a spec this process cannot prepare (a bad uid name, a target not found ...)
+    goes to the shim as a spec, which reports the error as it always has (its exit
+    status and pid on the exception).  Another `python` than ours gets the spec too:
+    our package root may not suit it."""
+    if python is not None and os.path.realpath(python) != os.path.realpath(sys.executable):
+        return None, None
+    root = package_root()
+    if root is None:
+        return None, None
+    from wrapperd import shim
+
+    from . import plan as _plan
+    try:
+        return _plan.encode(shim.prepare(spec)), lean_path()
+    except SandboxError:
+        return None, None
+
+
+def _cgroup_dirs(spec) -> "list[str]":
+    """The spec's cgroup directory in every hierarchy it would join."""
+    if spec.cgroup is None:
+        return []
+    from . import cgroups
+    try:
+        p = cgroups.prepare(spec.cgroup)
+    except SandboxError:
+        return []      # the shim will report it
+    return [t.hierarchy.mountpoint + p.path for t in p.targets]
+
+
+def _wait_fd(fd: int, events: int, deadline: "float | None") -> None:
+    import select
+    if deadline is None:
+        return
+    left = deadline - time.monotonic()
+    p = select.poll()
+    p.register(fd, events)
+    if left <= 0 or not p.poll(left * 1000):
+        raise TimeoutError
+
+
+def _write_all(fd: int, data: bytes, deadline: "float | None") -> None:
+    """Write the spec; a shim that never reads it cannot block us past the deadline."""
+    import select
+    os.set_blocking(fd, deadline is None)
+    view = memoryview(data)
+    while view:
+        _wait_fd(fd, select.POLLOUT, deadline)
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            continue
+
+
+def _read_status(fd: int, deadline: "float | None") -> bytes:
+    import select
+    chunks, size = [], 0
+    while True:
+        _wait_fd(fd, select.POLLIN, deadline)
+        b = os.read(fd, 65536)
+        if not b:
+            return b"".join(chunks)
+        chunks.append(b)
+        size += len(b)
+        if size > 1 << 20:              # a shim never writes this much: stop reading
+            return b"".join(chunks)
+
+
+def _error_from_record(raw: bytes, status: "int | None", pid: int) -> SandboxError:
+    rec = None
+    for line in raw.decode("utf-8", "replace").splitlines():
+        try:
+            cand = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(cand, dict) and "step" in cand:
+            rec = cand            # unknown keys are ignored; the last record wins
+    if rec is None:
+        err = SetupError("spawn", 0, f"wrapperd wrote an unreadable status record "
+                                     f"{raw[:200]!r} (exit status {status})")
+    else:
+        step = str(rec.get("step") or "internal")
+        num = rec.get("errno") if isinstance(rec.get("errno"), int) else 0
+        msg = str(rec.get("message") or "")
+        if step == "spec":
+            err = SpecError(msg)
+        elif step == "exec":
+            err = ExecError(num, msg)
+        else:
+            err = SetupError(step, num, msg)
+    err.exit_status = status     # the shim's: 125 setup, 126/127 exec
+    err.pid = pid                 # the shim's pid, already reaped
+    return err
+
+
+def spawn(target=None, *, stdin=None, stdout=None, stderr=None,
+          setup_timeout: "float | None" = DEFAULT_SETUP_TIMEOUT, python: "str | None" = None,
+          fast: bool = False, **fields):
+    """Start a confined target; return its Process once the target has been exec'd.
+
+    `target`: a sandbox.Spec, a spec dict, or an argv list with spec fields as keywords
+    (`spawn(["/usr/bin/svc"], profile="service", user="svc", cgroup="/wrapperd/svc")`).
+    stdin/stdout/stderr: None (inherit), PIPE, DEVNULL, STDOUT (stderr), an fd, a file
+    object or a path.  Raises SpecError (bad spec; nothing ran), SetupError (a step
+    failed; `.step`, `.errno`, `.message`; the target never ran) or ExecError.
+
+    The spec is prepared here (sandbox.plan) and run by the lean shim.  `fast=True`
+    forks it from the process-wide fork server instead (sandbox.forkserver: no
+    interpreter start per spawn; started on first use, stopped at exit).
+    """
+    from .process import Process
+    if fast:
+        if python is not None:
+            raise TypeError("spawn(fast=True) runs in the fork server: no 'python'")
+        from . import forkserver
+        return forkserver.default().spawn(target, stdin=stdin, stdout=stdout,
+                                          stderr=stderr, setup_timeout=setup_timeout,
+                                          **fields)
+    spec = build_spec(target, **fields)
+    spec.check_runnable()
+    payload, lean_root = _prepared(spec, python)
+    if payload is None:
+        python = python or sys.executable
+        _check_shim(python)
+        payload = spec.to_json(indent=None).encode()
+    cg_dirs = [d for d in _cgroup_dirs(spec) if not os.path.isdir(d)]
+
+    opened: list = []
+    spec_r = spec_w = status_r = status_w = -1
+    popen = None
+    try:
+        in_, out, err = (_open_stdio(stdin, "stdin", opened),
+                         _open_stdio(stdout, "stdout", opened),
+                         _open_stdio(stderr, "stderr", opened))
+        spec_r, spec_w = os.pipe()        # both close-on-exec (PEP 446)
+        status_r, status_w = os.pipe()
+        if lean_root is not None:
+            cmd = lean_command(lean_root, spec_r, status_w)
+        else:
+            cmd = [python, "-I", "-m", "wrapperd", "--spec-fd", str(spec_r),
+                   "--status-fd", str(status_w)]
+        # The shim's own environment: the target gets exactly spec.env, never this.
+        popen = subprocess.Popen(cmd, stdin=in_, stdout=out, stderr=err,
+                                 pass_fds=(spec_r, status_w, *spec.pass_fds),
+                                 close_fds=True, env={"PATH": _SHIM_PATH})
+    except BaseException as e:
+        for fd in (spec_r, spec_w, status_r, status_w):
+            if fd >= 0:
+                os.close(fd)
+        if isinstance(e, OSError) and not isinstance(e, SandboxError):
+            # e.g. a pass_fds entry that is not open, a stdio path that cannot be opened
+            what = f"open {os.fsdecode(e.filename)}" if e.filename else "start wrapperd"
+            raise SetupError("spawn", e.errno or 0, what) from None
+        raise
+    finally:
+        for fd in opened:               # the child has its copies
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    # Only the child may hold these now: EOF on status_r then means "exec'd or failed".
+    os.close(spec_r)
+    os.close(status_w)
+    proc = Process(popen, spec, created_cgroups=cg_dirs)
+    deadline = None if setup_timeout is None else time.monotonic() + setup_timeout
+    try:
+        try:
+            _write_all(spec_w, payload, deadline)
+        except BrokenPipeError:
+            pass                        # the shim died early; its status says why
+        finally:
+            os.close(spec_w)
+        raw = _read_status(status_r, deadline)
+    except TimeoutError:
+        proc._abandon()
+        raise SetupError("spawn", _errno.ETIMEDOUT,
+                         f"wrapperd did not exec the target within {setup_timeout}s") \
+            from None
+    except BaseException:
+        proc._abandon()                 # e.g. KeyboardInterrupt: no half-started target
+        raise
+    finally:
+        os.close(status_r)
+    if raw:
+        status = popen.wait()           # the shim exits right after writing: reap it
+        proc._cleanup_failed_setup()
+        raise _error_from_record(raw, status, popen.pid)
+    return proc
+
+
+# --------------------------------------------------------------------------- run
+
+class Completed:
+    """What run() returns, like subprocess.CompletedProcess."""
+
+    def __init__(self, args, returncode, stdout=None, stderr=None, pid=None, spec=None):
+        self.args = args
+        self.returncode = returncode
+        self.stdout = stdout
+        self.stderr = stderr
+        self.pid = pid
+        self.spec = spec
+
+    def __repr__(self) -> str:
+        return (f"Completed(args={self.args!r}, returncode={self.returncode!r}, "
+                f"pid={self.pid})")
+
+    def check_returncode(self) -> None:
+        if self.returncode:
+            raise subprocess.CalledProcessError(self.returncode, self.args, self.stdout,
+                                                self.stderr)
+
+
+def run(target=None, *, input: "bytes | None" = None, capture_output: bool = False,
+        timeout: "float | None" = None, check: bool = False, stdin=None, stdout=None,
+        stderr=None, **kw) -> Completed:
+    """Like subprocess.run, through the shim: spawn, feed `input`, collect output, wait.
+
+    On timeout the target (and its whole cgroup, if the spec has one) is killed and
+    subprocess.TimeoutExpired is raised.  With check, a non-zero exit raises
+    subprocess.CalledProcessError.  Setup failures raise as spawn() does."""
+    if capture_output:
+        if stdout is not None or stderr is not None:
+            raise ValueError("stdout and stderr may not be used with capture_output")
+        stdout = stderr = PIPE
+    if input is not None:
+        if stdin is not None:
+            raise ValueError("stdin and input may not both be used")
+        stdin = PIPE
+    proc = spawn(target, stdin=stdin, stdout=stdout, stderr=stderr, **kw)
+    with proc:
+        try:
+            out, err = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired as e:
+            proc.kill()
+            out, err = proc.communicate()
+            raise subprocess.TimeoutExpired(list(proc.spec.argv), timeout, out, err) from e
+        done = Completed(list(proc.spec.argv), proc.returncode, out, err, proc.pid,
+                         proc.spec)
+    if check:
+        done.check_returncode()
+    return done

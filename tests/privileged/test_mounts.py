@@ -1,0 +1,226 @@
+"""Mounts in the target's own mount namespace: what the target can read and write, and
+that the host's mount table never shows them."""
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.conftest import SYSTEM_PYTHON, TARGET_ENV, run_wrapperd, wrapperd_cmd
+
+MNT = {"mount": True}
+PID_MNT = {"mount": True, "pid": True}
+
+TRY = """
+import errno, json, os, sys
+out = {}
+for a in sys.argv[1:]:
+    verb, _, path = a.partition(':')
+    try:
+        if verb == 'read':
+            out[a] = open(path).read()
+        elif verb == 'write':
+            with open(path, 'w') as f:
+                f.write('x')
+            out[a] = 'ok'
+        elif verb == 'list':
+            out[a] = sorted(os.listdir(path))
+        elif verb == 'flags':
+            out[a] = os.statvfs(path).f_flag
+        elif verb == 'size':
+            st = os.statvfs(path)
+            out[a] = st.f_blocks * st.f_frsize
+        elif verb == 'exec':
+            out[a] = os.access(path, os.X_OK)
+    except OSError as e:
+        out[a] = errno.errorcode[e.errno]
+print(json.dumps(out))
+"""
+
+
+def try_spec(*actions, **fields):
+    spec = {"argv": [SYSTEM_PYTHON, "-I", "-c", TRY, *actions], "env": dict(TARGET_ENV)}
+    spec.update(fields)
+    return spec
+
+
+def run_try(*actions, **fields):
+    p = run_wrapperd(try_spec(*actions, **fields))
+    assert p.returncode == 0, p.stderr.decode()
+    return json.loads(p.stdout)
+
+
+@pytest.fixture
+def tree(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "file").write_text("content")
+    (tmp_path / "dst").mkdir()
+    (tmp_path / "secret").write_text("secret")
+    (tmp_path / "secretdir").mkdir()
+    (tmp_path / "secretdir" / "key").write_text("key")
+    return tmp_path
+
+
+@pytest.mark.parametrize("opts,want", [(["ro"], "EROFS"), ([], "ok"),
+                                       (["ro", "recursive"], "EROFS")])
+def test_bind_read_only_cannot_be_written(tree, opts, want):
+    r = run_try(f"write:{tree}/dst/file", f"read:{tree}/dst/file", namespaces=MNT,
+                mounts=[{"type": "bind", "source": str(tree / "src"),
+                         "destination": str(tree / "dst"), "options": opts}])
+    assert r[f"write:{tree}/dst/file"] == want        # ([] is the control: rw writes)
+    if want == "EROFS":
+        assert (tree / "src" / "file").read_text() == "content"
+
+
+@pytest.mark.parametrize("opts,want", [(["ro", "recursive"], "EROFS"),
+                                       (["recursive"], "ok")])      # the control
+def test_recursive_read_only_bind_covers_submounts(tree, opts, want):
+    # A tmpfs under the source, then the source bound recursively (and read-only).
+    (tree / "src" / "sub").mkdir()
+    r = run_try(f"write:{tree}/dst/sub/x", namespaces=MNT, mounts=[
+        {"type": "tmpfs", "destination": str(tree / "src" / "sub")},
+        {"type": "bind", "source": str(tree / "src"), "destination": str(tree / "dst"),
+         "options": opts}])
+    assert r[f"write:{tree}/dst/sub/x"] == want
+
+
+def test_bind_flags_nosuid_nodev_noexec(tree):
+    r = run_try(f"flags:{tree}/dst", namespaces=MNT, mounts=[
+        {"type": "bind", "source": str(tree / "src"), "destination": str(tree / "dst"),
+         "options": ["nosuid", "nodev", "noexec"]}])
+    flags = r[f"flags:{tree}/dst"]
+    assert flags & os.ST_NOSUID and flags & os.ST_NODEV and flags & os.ST_NOEXEC
+    assert not flags & os.ST_RDONLY
+
+
+def test_masked_paths_read_empty(tree):
+    r = run_try(f"read:{tree}/secret", f"list:{tree}/secretdir", f"write:{tree}/secretdir/n",
+                "read:/proc/timer_list", namespaces=PID_MNT,
+                masked_paths=[str(tree / "secret"), str(tree / "secretdir"),
+                              "/proc/timer_list", str(tree / "does-not-exist")])
+    assert r[f"read:{tree}/secret"] == ""
+    assert r[f"list:{tree}/secretdir"] == []
+    assert r[f"write:{tree}/secretdir/n"] == "EROFS"
+    assert r["read:/proc/timer_list"] == ""
+
+
+def test_control_unmasked_paths_read_their_content(tree):
+    r = run_try(f"read:{tree}/secret", f"list:{tree}/secretdir", "read:/proc/timer_list",
+                namespaces=PID_MNT)
+    assert r[f"read:{tree}/secret"] == "secret"
+    assert r[f"list:{tree}/secretdir"] == ["key"]
+    assert r["read:/proc/timer_list"] != ""
+
+
+def test_readonly_paths_and_root(tree):
+    r = run_try(f"write:{tree}/src/new", f"write:{tree}/dst/new", f"write:{tree}/secretdir/x",
+                namespaces=MNT, readonly_paths=[str(tree / "src")], readonly_root=True,
+                mounts=[{"type": "tmpfs", "destination": str(tree / "secretdir")}])
+    assert r[f"write:{tree}/src/new"] == "EROFS"
+    assert r[f"write:{tree}/secretdir/x"] == "ok"      # a mount on top keeps its own flags
+    # tmp_path is on / here only if /tmp is not its own mount
+    if os.statvfs(str(tree)).f_fsid == os.statvfs("/").f_fsid:
+        assert r[f"write:{tree}/dst/new"] == "EROFS"
+    assert not (tree / "src" / "new").exists()
+
+
+def test_tmpfs_size_mode_and_created_destination(tree):
+    t = tree / "dst"
+    r = run_try(f"flags:{t}", f"size:{t}", f"list:{t}/a/b", f"write:{t}/a/b/f",
+                namespaces=MNT,
+                mounts=[{"type": "tmpfs", "destination": str(t), "size": 1 << 20,
+                         "mode": "0700", "options": ["noexec"]},
+                        {"type": "tmpfs", "destination": f"{t}/a/b"}])
+    assert r[f"flags:{t}"] & os.ST_NOEXEC and r[f"size:{t}"] == 1 << 20
+    assert r[f"list:{t}/a/b"] == [] and r[f"write:{t}/a/b/f"] == "ok"
+    assert not (t / "a").exists()                   # made inside the tmpfs, not on the host
+
+
+def test_minimal_dev():
+    r = run_try("list:/dev", "write:/dev/null", "read:/dev/null", namespaces=PID_MNT,
+                mounts=[{"type": "dev", "destination": "/dev"}])
+    assert r["list:/dev"] == sorted(["full", "null", "random", "tty", "urandom", "zero",
+                                     "shm", "pts", "fd", "stdin", "stdout", "stderr",
+                                     "ptmx"])
+    assert r["write:/dev/null"] == "ok" and r["read:/dev/null"] == ""
+
+
+def test_nothing_mounted_inside_shows_on_the_host(tree):
+    spec = try_spec(namespaces={"mount": True, "pid": True}, mounts=[
+        {"type": "bind", "source": str(tree / "src"), "destination": str(tree / "dst")},
+        {"type": "tmpfs", "destination": str(tree / "secretdir")}])
+    spec["argv"] = [SYSTEM_PYTHON, "-I", "-c", "import time; print('up', flush=True); "
+                    "time.sleep(20)"]
+    p = subprocess.Popen(wrapperd_cmd("--spec", "-"), stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE)
+    p.stdin.write(json.dumps(spec).encode())
+    p.stdin.close()
+    try:
+        assert p.stdout.readline() == b"up\n"
+        with open("/proc/self/mountinfo") as f:
+            host = f.read()
+        assert str(tree) not in host
+        # Control: the namespace's own table does show them (the shim outside shares it).
+        with open(f"/proc/{p.pid}/mountinfo") as f:
+            inside = f.read()
+        assert f"{tree}/dst" in inside and f"{tree}/secretdir" in inside
+    finally:
+        p.terminate()
+        p.wait(10)
+    with open("/proc/self/mountinfo") as f:
+        assert str(tree) not in f.read()
+
+
+def test_a_mount_failure_in_the_forked_target_fails_closed(tree):
+    # Binding a directory onto a file fails only in mount(2), after the pid-namespace
+    # forks: the exit code, the one stderr line and the status record must still come.
+    (tree / "afile").write_text("")
+    marker = tree / "ran"
+    r, w = os.pipe()
+    try:
+        spec = try_spec(namespaces=PID_MNT, mounts=[
+            {"type": "bind", "source": str(tree / "src"), "destination": str(tree / "afile")}])
+        spec["argv"] = ["/usr/bin/touch", str(marker)]
+        p = subprocess.run(wrapperd_cmd("--spec", "-", "--status-fd", str(w)),
+                           input=json.dumps(spec).encode(), capture_output=True,
+                           pass_fds=(w,), timeout=30)
+        os.close(w)
+        w = -1
+        record = os.read(r, 4096)
+    finally:
+        os.close(r)
+        if w != -1:
+            os.close(w)
+    assert p.returncode == 125
+    assert p.stderr.decode() == (f"wrapperd: mounts: bind {tree}/src on {tree}/afile: "
+                                 "Not a directory\n")
+    assert json.loads(record) == {"step": "mounts", "errno": 20,
+                                  "message": f"bind {tree}/src on {tree}/afile"}
+    assert not marker.exists()
+
+
+def test_mounts_without_a_mount_namespace_are_refused(tree):
+    p = run_wrapperd(try_spec(mounts=[{"type": "tmpfs", "destination": "/tmp"}]))
+    assert p.returncode == 125 and b"namespaces.mount" in p.stderr
+
+
+def test_proc_is_fresh_only_with_a_new_pid_namespace():
+    r = run_try("list:/proc", namespaces=PID_MNT)
+    pids = [p for p in r["list:/proc"] if p.isdigit()]
+    assert sorted(pids) == ["1", "2"]
+    # Control: without a pid namespace the host's pids are there.
+    r = run_try("list:/proc", namespaces=MNT)
+    assert str(os.getpid()) in r["list:/proc"]
+
+
+def test_mqueue_and_devpts_mounts(tree):
+    (tree / "mq").mkdir()
+    (tree / "pts").mkdir()
+    r = run_try(f"list:{tree}/pts", f"flags:{tree}/mq", namespaces={"mount": True, "ipc": True},
+                mounts=[{"type": "mqueue", "destination": str(tree / "mq")},
+                        {"type": "devpts", "destination": str(tree / "pts")}])
+    assert r[f"list:{tree}/pts"] == ["ptmx"]                # a new, empty devpts instance
+    assert r[f"flags:{tree}/mq"] & os.ST_NOSUID and r[f"flags:{tree}/mq"] & os.ST_NOEXEC
+    with open("/proc/self/mountinfo") as f:
+        assert str(tree) not in f.read()

@@ -1,0 +1,170 @@
+"""Every shipped profile, run for real: the probe runs under it, sandbox.verify() finds no
+difference between /proc and what the resolved spec implies, and what the profile
+promises is checked on what the kernel shows (with a control where it could fail)."""
+
+import json
+import os
+import signal
+import uuid
+
+import pytest
+
+import sandbox
+from sandbox import caps, cgroups, profile
+from sandbox.spawning import PIPE
+from tests.conftest import SYSTEM_PYTHON, TARGET_ENV, needs_host_root
+
+SHIPPED = ("talos", "default", "service", "network-service", "strict", "untrusted")
+
+
+@pytest.fixture
+def cg_root():
+    """A cgroup root of our own; profiles' cgroups land at cg_root/NAME.  Removed after."""
+    needs_host_root("creates cgroups and runs targets as other uids")
+    root = f"/wrapperd-test-prof-{uuid.uuid4().hex[:8]}"
+    yield root
+    for h in cgroups.hierarchies():
+        top = h.mountpoint + root
+        for dirpath, _d, _f in sorted(os.walk(top), key=lambda t: -len(t[0])):
+            try:
+                with open(os.path.join(dirpath, "cgroup.procs")) as f:
+                    for pid in f.read().split():
+                        os.kill(int(pid), signal.SIGKILL)
+            except OSError:
+                pass
+            for _ in range(100):
+                try:
+                    os.rmdir(dirpath)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    import time
+                    time.sleep(0.01)
+
+
+def test_every_shipped_profile_is_there_and_documented():
+    assert set(SHIPPED) <= set(profile.names())
+    for name in SHIPPED:
+        path = profile._find(name)
+        with open(path) as f:
+            head = f.read().split("\ndescription")[0]
+        assert head.startswith(f"# {name}:") and "# For:" in head, name
+
+
+def run_under(name, probe, cg_root, *actions, **fields):
+    """Spawn the probe under profile `name`; (report, verify() differences)."""
+    spec = {"name": "probe", "argv": [SYSTEM_PYTHON, "-I", probe, *actions, "sleep:20"],
+            "env": dict(TARGET_ENV), "profile": name, "cgroup": {"root": cg_root}, **fields}
+    with sandbox.spawn(spec, stdout=PIPE) as p:
+        report = json.loads(p.stdout.readline())
+        diffs = sandbox.verify(p, seccomp=True, namespaces=True)
+        host = sandbox.inspect(p.target_pid)
+        cg = cgroups.cgroup_of(p.target_pid)
+        cg["limits"] = {}
+        for f in ("pids/pids.max", "memory/memory.limit_in_bytes"):
+            try:
+                with open(f"/sys/fs/cgroup/{f.replace('/', cg_root + '/probe/')}") as fh:
+                    cg["limits"][f] = fh.read().strip()
+            except OSError:
+                pass
+    return report, diffs, host, cg, p.spec
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_profile_runs_the_probe_and_verify_finds_no_difference(name, probe, cg_root):
+    report, diffs, host, cg, spec = run_under(name, probe, cg_root)
+    assert diffs == [], "\n".join(map(str, diffs))
+    # The target ran in cg_root/probe in every hierarchy joined (the name is the path).
+    assert spec.cgroup.full_path == f"{cg_root}/probe"
+    assert f"{cg_root}/probe" in cg.values()
+    bnd = caps.names(int(report["status"]["CapBnd"], 16))
+    if name == "talos":
+        # Exactly Talos: two caps gone from the bounding set, nothing else changed.
+        assert "CAP_SYS_BOOT" not in bnd and "CAP_SYS_MODULE" not in bnd
+        held = caps.names(caps.bounding_set())
+        assert set(held) - {"CAP_SYS_BOOT", "CAP_SYS_MODULE"} == set(bnd)
+        assert host["uids"]["real"] == 0 and report["status"]["Seccomp"] == "0"
+        assert all(v["caller"] for v in host["namespaces"].values())
+    if name == "default":
+        assert host["uids"]["real"] == 0 and host["no_new_privs"]
+        assert "CAP_SYS_MODULE" not in bnd and "CAP_SYS_ADMIN" in bnd
+    if name in ("service", "network-service", "strict", "untrusted"):
+        assert host["uids"]["real"] == 65534 and host["no_new_privs"]
+        assert report["status"]["Seccomp"] == "2"
+        assert not host["namespaces"]["mnt"]["caller"]        # the private /tmp
+    if name in ("service", "strict", "untrusted"):
+        assert report["status"]["CapEff"] == report["status"]["CapBnd"] == "0" * 16
+    if name == "network-service":
+        assert caps.names(int(report["status"]["CapAmb"], 16)) == ["CAP_NET_BIND_SERVICE"]
+    if name in ("strict", "untrusted"):
+        assert report["hostname"] == "sandbox"
+        for ns in ("pid", "net", "ipc", "uts", "mnt", "cgroup"):
+            assert not host["namespaces"][ns]["caller"], ns
+        assert report["pid"] == 2                               # a reaper is pid 1
+    if name == "untrusted":
+        assert not host["namespaces"]["user"]["caller"]
+        assert report["status"]["Uid"].split() == ["0"] * 4     # root inside...
+        if cgroups.mode() != "unified":
+            assert cg["limits"] == {"pids/pids.max": "64",
+                                    "memory/memory.limit_in_bytes": str(256 << 20)}
+    elif cgroups.mode() != "unified":
+        # Control: no limits unless the profile sets them.
+        assert cg["limits"]["pids/pids.max"] == "max"
+
+
+def test_private_tmp_and_control(probe, cg_root, tmp_path):
+    # A file the target makes in /tmp is not in the host's /tmp; without the profile
+    # (control) it is.
+    marker = f"/tmp/wrapperd-test-{uuid.uuid4().hex[:8]}"
+    try:
+        report, *_ = run_under("service", probe, cg_root, f"touch:{marker}")
+        assert report["actions"][f"touch:{marker}"] == "ok" and not os.path.exists(marker)
+        report, *_ = run_under("default", probe, cg_root, f"touch:{marker}")
+        assert report["actions"][f"touch:{marker}"] == "ok" and os.path.exists(marker)
+    finally:
+        if os.path.exists(marker):
+            os.unlink(marker)
+
+
+def test_low_ports_only_with_network_service(probe, cg_root):
+    assert run_under("network-service", probe, cg_root, "bind:80")[0]["bind"] == "ok"
+    assert run_under("service", probe, cg_root, "bind:80")[0]["bind"] == "EACCES"
+
+
+def test_strict_root_is_read_only_and_has_no_network(probe, cg_root, shared_dir):
+    path = os.path.join(shared_dir, f"w-{uuid.uuid4().hex[:8]}")
+    os.chmod(shared_dir, 0o1777)
+    try:
+        report, _d, host, *_ = run_under("strict", probe, cg_root, f"touch:{path}",
+                                         "touch:/tmp/x", "run:/bin/cat,/proc/net/dev")
+        assert report["actions"][f"touch:{path}"] == "EROFS"
+        assert report["actions"]["touch:/tmp/x"] == "ok"              # private /tmp
+        ifaces = [ln.split(":")[0].strip() for ln in report["run"]["stdout"].splitlines()[2:]]
+        assert ifaces == ["lo"]                                       # no network
+        # Control: under `service` the same path is writable (no read-only root).
+        report, *_ = run_under("service", probe, cg_root, f"touch:{path}",
+                               "run:/bin/cat,/proc/net/dev")
+        assert report["actions"][f"touch:{path}"] == "ok"
+        assert "lo:" in report["run"]["stdout"]       # the same reader works on the host's
+        assert len(report["run"]["stdout"].splitlines()[2:]) == len(os.listdir(
+            "/sys/class/net"))
+    finally:
+        os.chmod(shared_dir, 0o755)
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+def test_untrusted_is_nobody_seen_from_the_host(probe, cg_root):
+    _r, diffs, host, *_ = run_under("untrusted", probe, cg_root)
+    assert diffs == []
+    assert host["uids"] == {k: 65534 for k in ("real", "effective", "saved", "fs")}
+    assert host["gids"]["real"] == 65534
+
+
+def test_spec_fields_beat_the_profile_for_real(probe, cg_root):
+    # A spec on `service` that binds port 80 itself: keep + its own uid.
+    report, diffs, host, *_ = run_under(
+        "service", probe, cg_root, "bind:80", user={"uid": 4242},
+        capabilities={"keep": ["CAP_NET_BIND_SERVICE"]})
+    assert diffs == [] and report["bind"] == "ok" and host["uids"]["real"] == 4242

@@ -1,0 +1,125 @@
+"""sandbox.verify(): what the kernel shows equals what the spec implies.
+
+For every shipped profile a real target runs under it; verify() reads its /proc state
+and must find nothing to report.  The controls tamper with the expectation (one field
+at a time) and must be reported, naming the field.
+"""
+
+import json
+
+import attrs
+import pytest
+
+import sandbox
+from sandbox import profile
+from sandbox.spawning import DEVNULL, PIPE, build_spec
+from sandbox.spec import Capabilities, IdMap, Rlimit
+from sandbox.verification import expected
+from tests.conftest import TARGET_ENV, capmask, needs_host_root, probe_spec
+
+
+def shipped_profiles() -> list:
+    # Profiles carry a description; other TOML data in profiles/ (syscall groups) not.
+    return [n for n in profile.names() if "description" in profile.load(n)]
+
+
+EXTRAS = dict(oom_score_adj=300, nice=4, rlimits={"NOFILE": [512, 1024], "CORE": [0, 0]},
+              env={**TARGET_ENV, "SERVICE": "x"})
+
+
+@pytest.mark.parametrize("name", shipped_profiles())
+def test_verify_is_empty_for_each_shipped_profile(name, cgroup_root):
+    fields = dict(EXTRAS, cgroup={"path": f"{cgroup_root}/{name}", "pids_max": 16})
+    with sandbox.spawn(["/bin/sleep", "30"], profile=name, stdout=DEVNULL,
+                       **fields) as p:
+        diffs = sandbox.verify(p, seccomp=True, namespaces=True)
+        assert diffs == [], "\n".join(map(str, diffs))
+        # Controls: each tampered expectation is reported, by field.
+        spec = p.spec
+        tampered = {
+            "oom_score_adj": attrs.evolve(spec, oom_score_adj=301),
+            "nice": attrs.evolve(spec, nice=5),
+            "rlimits.NOFILE": attrs.evolve(spec, rlimits={**spec.rlimits,
+                                                          "NOFILE": Rlimit(512, 1023)}),
+            "env_keys": attrs.evolve(spec, env={**spec.env, "OTHER": "1"}),
+            "no_new_privs": attrs.evolve(spec, no_new_privs=not spec.no_new_privs),
+            "uids.real": build_spec(spec, user={"uid": 4242, "gid": 4242})
+            if not isinstance(getattr(spec.namespaces, "user", None), dict) else
+            # in its own user namespace (untrusted) only the map can move the host's uid
+            attrs.evolve(spec, namespaces=attrs.evolve(spec.namespaces, user={
+                **spec.namespaces.user, "uid_map": (IdMap(0, 4242, 1),)})),
+            "capabilities.bounding": attrs.evolve(spec, capabilities=Capabilities(
+                drop=("CAP_SYS_BOOT", "CAP_SYS_MODULE", "CAP_CHOWN"))),
+            "cgroup": build_spec(spec, cgroup={"path": f"{cgroup_root}/elsewhere",
+                                               "create": False}),
+            "seccomp": build_spec(spec, seccomp={"default_action": "errno:EPERM"})
+            if spec.seccomp is None else attrs.evolve(spec, seccomp=None),
+        }
+        for field, t in tampered.items():
+            if field == "no_new_privs" and not spec.no_new_privs and _own_nnp():
+                continue
+            found = [str(d) for d in sandbox.verify(p, t, seccomp=True)]
+            assert any(d.startswith(field) for d in found), (field, found)
+
+
+def _own_nnp() -> bool:
+    from sandbox.inspection import read_status
+    return read_status("self")["NoNewPrivs"] == "1"
+
+
+@pytest.mark.parametrize("name", shipped_profiles())
+def test_expected_capability_sets_match_what_the_probe_reports(probe, name,
+                                                              cgroup_root):
+    # The probe reads its own /proc/self/status: an independent reader of the same sets.
+    extra = {}
+    if "cgroup" in profile.resolve(name):
+        needs_host_root("the profile's cgroup limits need the host's cgroup tree")
+        extra["cgroup"] = {"root": cgroup_root}      # at cgroup_root/probe, removed after
+    spec = build_spec(probe_spec(probe, profile=name, name="probe", **extra))
+    want = expected(spec)["capabilities"]
+    with sandbox.spawn(spec, stdout=PIPE) as p:
+        report = json.loads(p.stdout.read())
+        assert p.wait(10) == 0
+    from sandbox import caps
+    for key, s in (("CapBnd", "bounding"), ("CapInh", "inheritable"), ("CapAmb", "ambient"),
+                   ("CapPrm", "permitted"), ("CapEff", "effective")):
+        assert caps.names(capmask(report, key)) == want[s], s
+
+
+def test_verify_a_pid_needs_a_spec_and_sees_a_changed_process(probe):
+    with sandbox.spawn(probe_spec(probe, "sleep:30", oom_score_adj=100),
+                       stdout=PIPE) as p:
+        json.loads(p.stdout.readline())
+        with pytest.raises(TypeError):
+            sandbox.verify(p.pid)
+        assert sandbox.verify(p.pid, p.spec) == []
+        # Control: change the live process behind verify's back.
+        with open(f"/proc/{p.pid}/oom_score_adj", "w") as f:
+            f.write("17")
+        diffs = sandbox.verify(p)
+        assert [d.field for d in diffs] == ["oom_score_adj"]
+        assert diffs[0].actual == 17
+
+
+MAPS = {"uid_map": [{"inside": 0, "outside": 100000, "count": 65536}],
+        "gid_map": [{"inside": 0, "outside": 100000, "count": 65536}]}
+
+
+@pytest.mark.parametrize("ns", [{"user": MAPS}, {"user": MAPS, "pid": True, "mount": True},
+                                {"pid": True, "net": True, "ipc": True, "uts": True}])
+def test_verify_in_new_namespaces(ns):
+    try:
+        p = sandbox.spawn(["/bin/sleep", "30"], profile="service", namespaces=ns,
+                          stdout=DEVNULL)
+    except sandbox.SandboxError as e:
+        pytest.skip(f"namespaces {ns} cannot run here: {e}")
+    with p:
+        diffs = sandbox.verify(p, namespaces=True, seccomp=True)
+        assert diffs == [], "\n".join(map(str, diffs))
+        uids = sandbox.inspect(p.target_pid)["uids"]
+        if "user" in ns:
+            assert uids["real"] == 165534            # nobody inside, seen from the host
+        # Control: the same spec without the namespaces is told apart.
+        plain = attrs.evolve(p.spec, namespaces=None)
+        found = [d.field for d in sandbox.verify(p, plain, namespaces=True)]
+        assert found and all(f.startswith(("namespaces.", "uids.", "gids.")) for f in found)

@@ -1,0 +1,142 @@
+"""The exposure score: bounds, bands, each check explained, monotonic in what it measures."""
+
+import json
+
+import pytest
+
+from sandbox import Spec, cli, exposure, profile
+from sandbox.spawning import build_spec
+
+
+def spec(**fields) -> Spec:
+    return build_spec({"argv": ["/usr/bin/svc"], **fields})
+
+
+CONFINED = dict(
+    user={"uid": 65534, "gid": 65534}, capabilities={"keep": []}, no_new_privs=True,
+    seccomp={"default_action": "errno:EPERM", "architectures": ["native"]},
+    namespaces={k: True for k in ("user", "mount", "pid", "net", "ipc", "uts", "cgroup")},
+    cgroup={"path": "/svc", "memory_max": 1 << 28, "pids_max": 64},
+)
+
+
+def test_an_unconfined_root_spec_is_near_10_and_a_confined_one_0():
+    worst = exposure.score(spec(no_new_privs=False))
+    assert worst.score == 10.0 and worst.band == "DANGEROUS"
+    best = exposure.score(spec(**CONFINED))
+    assert best.score == 0.0 and best.band == "PERFECT"
+    assert all(c.exposure == 0 for c in best.checks)
+
+
+@pytest.mark.parametrize("change", [
+    dict(no_new_privs=False),
+    dict(user={"uid": 0}),
+    dict(capabilities={"keep": ["CAP_SYS_ADMIN"]}),
+    dict(capabilities={"keep": ["CAP_NET_RAW"]}),
+    dict(seccomp=None),
+    dict(seccomp={"default_action": "errno:EPERM", "architectures": ["x86_64", "x86"]}),
+    dict(namespaces={"net": True}),
+    dict(cgroup={"path": "/svc", "memory_max": 1 << 28}),
+    dict(cgroup=None),
+    dict(user={"uid": 65534, "gid": 0}),
+])
+def test_each_loosening_raises_the_score(change):
+    base = exposure.score(spec(**CONFINED)).score
+    loose = {**CONFINED, **change}
+    loose = {k: v for k, v in loose.items() if v is not None}
+    assert exposure.score(spec(**loose)).score > base, change
+
+
+def test_benign_caps_do_not_count():
+    r = exposure.score(spec(**{**CONFINED, "capabilities": {"keep": ["CAP_NET_BIND_SERVICE"]}}))
+    assert r.score == 0.0
+
+
+def test_every_check_explains_itself_in_one_line():
+    for s in (spec(), spec(**CONFINED), spec(profile="service")):
+        r = exposure.score(s)
+        names = [c.name for c in r.checks]
+        assert len(names) == len(set(names))
+        for c in r.checks:
+            assert c.weight > 0 and 0.0 <= c.exposure <= 1.0
+            assert c.explanation and "\n" not in c.explanation
+        text = r.format()
+        assert text.splitlines()[-1].endswith(f"{r.score:.1f} {r.band}")
+        assert json.loads(json.dumps(r.to_dict()))["score"] == r.score
+
+
+def test_shipped_profiles_are_ordered_by_confinement():
+    # a name: profiles with cgroup limits take the cgroup path from it
+    score = {n: exposure.score(spec(profile=n, name="svc")).score for n in profile.names()
+             if "description" in profile.load(n)}
+    assert score["talos"] > score["default"] > score["service"]
+    assert score["service"] <= 5.0
+
+
+def test_bands():
+    assert [exposure.band(x) for x in (0.0, 0.05, 0.5, 3.0, 6.0, 8.0, 9.5, 10.0)] == \
+        ["PERFECT", "PERFECT", "SAFE", "OK", "MEDIUM", "EXPOSED", "UNSAFE", "DANGEROUS"]
+
+
+def _info(uid=65534, caps=(), nnp=True, seccomp="filter", filters=1, host_ns=False):
+    ns = {n: {"id": f"{n}:[1]", "host": host_ns, "caller": host_ns}
+          for n in ("cgroup", "ipc", "mnt", "net", "pid", "user", "uts")}
+    return {"pid": 42, "name": "svc",
+            "uids": dict.fromkeys(("real", "effective", "saved", "fs"), uid),
+            "gids": dict.fromkeys(("real", "effective", "saved", "fs"), uid),
+            "groups": [], "no_new_privs": nnp, "seccomp": seccomp,
+            "seccomp_filters": filters, "namespaces": ns, "cgroup": [],
+            "capabilities": {k: list(caps) for k in ("inheritable", "permitted",
+                                                     "effective", "bounding", "ambient")}}
+
+
+def test_live_process_facts():
+    confined = exposure.score(_info())
+    exposed = exposure.score(_info(uid=0, caps=["CAP_SYS_ADMIN"], nnp=False,
+                                   seccomp="disabled", filters=0, host_ns=True))
+    assert confined.score < 2.0 < 6.0 < exposed.score
+    by = {c.name: c for c in confined.checks}
+    # /proc cannot show the filter's architecture lock: half exposed, and it says so.
+    assert by["seccomp_arch"].exposure == 0.5 and "/proc" in by["seccomp_arch"].explanation
+    # pid 1 unreadable: "host" is None and the caller's namespaces decide.
+    info = _info()
+    for v in info["namespaces"].values():
+        v["host"], v["caller"] = None, True
+    assert {c.name: c.exposure for c in exposure.score(info).checks}["ns_net"] == 1.0
+
+
+def test_cli_threshold_gates(tmp_path, capsys):
+    assert cli.main(["exposure", "--profile", "talos", "--threshold", "5"]) == 1
+    assert "above the threshold" in capsys.readouterr().err
+    assert cli.main(["exposure", "--profile", "service", "--threshold", "5"]) == 0
+    capsys.readouterr()
+    f = tmp_path / "spec.json"
+    f.write_text(json.dumps({"argv": ["/bin/x"], **CONFINED}))
+    assert cli.main(["exposure", str(f), "--json", "--threshold", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["score"] == 0.0 and out["band"] == "PERFECT"
+    assert cli.main(["exposure"]) == 125
+
+
+def test_cli_inspect_shows_the_score_and_gates(capsys):
+    import os
+    assert cli.main(["inspect", str(os.getpid()), "--threshold", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "exposure:" in out and "overall exposure of pid" in out
+    assert cli.main(["inspect", str(os.getpid()), "--json", "--threshold", "-1"]) == 1
+    info = json.loads(capsys.readouterr().out)
+    assert 0.0 <= info["exposure"]["score"] <= 10.0
+    assert info["exposure"]["band"] == exposure.band(info["exposure"]["score"])
+
+
+def test_a_user_namespace_scopes_caps_and_root_is_judged_outside():
+    maps = {"uid_map": [{"inside": 0, "outside": 100000, "count": 65536}],
+            "gid_map": [{"inside": 0, "outside": 100000, "count": 65536}]}
+    host = exposure.score(spec())
+    own = exposure.score(spec(namespaces={"user": True}))
+    mapped = exposure.score(spec(namespaces={"user": maps}))
+    assert host.score > own.score > mapped.score
+    by = {c.name: c for c in mapped.checks}
+    assert by["root"].exposure == 0.0 and "100000 outside" in by["root"].explanation
+    assert 0 < by["cap_sys_admin"].exposure < 1
+    assert "own user namespace" in by["cap_sys_admin"].explanation

@@ -1,0 +1,150 @@
+"""The prepared form (sandbox.plan) and the lean entry point (wrapperd --plan-fd):
+round trips, and every kind of malformed plan refused with exit 125, one line, no
+traceback, the target never run.  No privileges needed: a bad plan is refused before
+any step."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from sandbox import SpecError, plan
+from sandbox.spawning import lean_command, package_root
+from sandbox.spec import Spec
+from wrapperd import shim
+
+SPEC = {"argv": ["/bin/true"], "env": {"PATH": "/usr/bin:/bin"},
+        "capabilities": {"drop": ["CAP_SYS_ADMIN"]}, "no_new_privs": True,
+        "seccomp": {"profile": "default"}, "namespaces": {"pid": True, "ipc": True},
+        "rlimits": {"CORE": [0, 0]}, "user": {"uid": os.getuid(), "umask": "0027"},
+        "oom_score_adj": 100}
+
+
+def encoded(spec=SPEC) -> bytes:
+    return plan.encode(shim.prepare(Spec.from_dict(spec)))
+
+
+def test_round_trip_gives_the_same_records():
+    p = shim.prepare(Spec.from_dict(SPEC))
+    q = plan.decode(plan.encode(p))
+    for name in plan.PLAN_FIELDS:
+        assert getattr(q, name) == getattr(p, name), name
+    assert q.executable == p.executable
+    assert q.spec.argv == p.spec.argv and q.spec.env == p.spec.env
+    assert q.spec.user.umask == "0027" and q.spec.no_new_privs is True
+    assert q.seccomp.program == p.seccomp.program and q.seccomp.instructions > 100
+
+
+def test_decoding_needs_no_attrs_json_or_libseccomp():
+    # The lean shim's promise, checked in a fresh `python -I -S`.
+    code = ("import sys; sys.path.append(sys.argv[1]); from sandbox import plan; "
+            "plan.decode(sys.stdin.buffer.read()); "
+            "print(sorted(m for m in ('attrs', 'attr', 'json', 're', 'pyseccomp', "
+            "'psutil', 'cgroupspy', 'argparse', 'typing', 'enum', 'sandbox.spec') "
+            "if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-I", "-S", "-c", code, package_root()],
+                       input=encoded(), capture_output=True, check=True)
+    assert r.stdout.decode().strip() == "[]"
+
+
+def test_steps_read_only_the_spec_fields_a_plan_carries():
+    # A step that starts reading another plan.spec field must be added to the plan.
+    import inspect
+    used = set(re.findall(r"plan\.spec\.(\w+)", inspect.getsource(shim)))
+    used |= set(re.findall(r"\bspec\.(\w+)", inspect.getsource(shim._exec)))
+    carried = set(plan.SPEC_FIELDS) | {"user"}
+    assert used <= carried, used - carried
+
+
+def _mutations(spec=SPEC):
+    def drop(key):
+        return lambda d: d.pop(key)
+    raw = encoded(spec)
+    yield "not json", b"{nope"
+    yield "not utf-8", b"\xff\xfe"
+    yield "a list", b"[]"
+    yield "trailing data", raw + b" {}"
+    yield "truncated", raw[:-40]
+    yield "nan", raw.replace(b'"no_new_privs":true', b'"no_new_privs":NaN')
+    muts = {
+        "wrong version": lambda d: d.update(wrapperd_plan=2),
+        "no version": drop("wrapperd_plan"),
+        "missing caps": drop("caps"),
+        "extra top field": lambda d: d.update(extra=1),
+        "unknown record": lambda d: d["caps"].update({"@": "os.system"}),
+        "missing record field": lambda d: d["caps"]["f"].pop("bounding"),
+        "extra record field": lambda d: d["caps"]["f"].update(evil=1),
+        "wrong field type": lambda d: d["caps"]["f"].update(bounding="all"),
+        "bool for int": lambda d: d["caps"]["f"].update(last_cap=True),
+        "record in the wrong slot": lambda d: d.update(seccomp=d["caps"]),
+        "bad hex": lambda d: d["seccomp"]["f"]["program"].update({"@bytes": "zz"}),
+        "empty argv": lambda d: d["spec"].update(argv=[]),
+        "env not strings": lambda d: d["spec"].update(env={"A": 1}),
+        "missing spec field": lambda d: d["spec"].pop("cwd"),
+        "negative pass_fd": lambda d: d["spec"].update(pass_fds=[-1]),
+        "bad rlimits": lambda d: d.update(rlimits=[["CORE", 4, "x", 0]]),
+        "executable not a string": lambda d: d.update(executable=None),
+    }
+    for name, mut in muts.items():
+        d = json.loads(raw)
+        mut(d)
+        yield name, json.dumps(d).encode()
+
+
+MALFORMED = dict(_mutations())
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_plan_is_refused(name):
+    with pytest.raises(SpecError) as e:
+        plan.decode(MALFORMED[name])
+    assert "malformed plan" in str(e.value)
+
+
+@pytest.mark.parametrize("lean", [False, True], ids=["-m wrapperd", "python -I -S"])
+@pytest.mark.parametrize("name", ["not json", "unknown record", "wrong field type",
+                                  "truncated", "missing spec field"])
+def test_malformed_plan_exits_125_and_never_runs_the_target(tmp_path, name, lean):
+    marker = tmp_path / "ran"
+    touch = dict(SPEC, argv=["/bin/touch", str(marker)])
+    bad = dict(_mutations(touch))[name]
+    r_fd, w_fd = os.pipe()
+    s_r, s_w = os.pipe()
+    os.write(w_fd, bad)
+    os.close(w_fd)
+    cmd = lean_command(package_root(), r_fd, s_w) if lean else \
+        [sys.executable, "-I", "-m", "wrapperd", "--plan-fd", str(r_fd),
+         "--status-fd", str(s_w)]
+    p = subprocess.run(cmd, pass_fds=(r_fd, s_w), capture_output=True, timeout=30)
+    os.close(r_fd)
+    os.close(s_w)
+    with os.fdopen(s_r, "rb") as f:
+        record = json.loads(f.read())
+    err = p.stderr.decode()
+    assert p.returncode == 125, err
+    assert err.count("\n") == 1 and err.startswith("wrapperd: spec: malformed plan"), err
+    assert "Traceback" not in err
+    assert record["step"] == "spec" and "malformed plan" in record["message"]
+    assert not marker.exists()
+
+
+def test_control_the_same_plan_unbroken_runs_the_target(tmp_path):
+    marker = tmp_path / "ran"
+    spec = {"argv": ["/bin/touch", str(marker)], "env": {}}
+    r_fd, w_fd = os.pipe()
+    s_r, s_w = os.pipe()
+    os.write(w_fd, encoded(spec))
+    os.close(w_fd)
+    p = subprocess.run(lean_command(package_root(), r_fd, s_w), pass_fds=(r_fd, s_w),
+                       capture_output=True, timeout=30)
+    os.close(r_fd)
+    os.close(s_w)
+    with os.fdopen(s_r, "rb") as f:
+        assert f.read() == b""               # EOF, no record: exec'd
+    assert p.returncode == 0, p.stderr
+    assert marker.exists()

@@ -1,0 +1,144 @@
+"""wrapperd --plan-fd N [--status-fd M]: run a prepared plan (sandbox.plan), leanly.
+
+The library (sandbox.spawn, the fork server) has already validated the spec, resolved
+names and compiled the seccomp filter; this entry point only decodes the plan and runs
+wrapperd.shim's STEPS.  It imports no argparse, json, attrs or libseccomp, so that the
+shim costs little more than the interpreter's own start (`python -I -S`: see
+sandbox.spawning, which starts it with LEAN_BOOT below).
+
+Exit codes and errors as wrapperd's: 125 (a malformed plan is SpecError, step "spec"),
+126/127 for execve; one stderr line; one JSON record on the status fd.  The reporter
+imports nothing: after the identity step the shim may be unable to read the Python
+installation (see wrapperd/shim.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+from sandbox.errors import ExecError, SandboxError, SetupError, SpecError
+
+EXIT_FAILURE = 125
+
+# What `python -I -S -c LEAN_BOOT PATHS --plan-fd N --status-fd M` runs.  PATHS (the
+# directory holding the sandbox and wrapperd packages the caller itself uses, then its
+# site-packages, for what a step may import lazily -- cgroupspy for v1 limits --
+# joined with os.pathsep) go at the end of sys.path: with -S nothing else is added, and
+# the standard library stays first.  If even the import fails, a status record is
+# written by hand -- EOF without a record would read as "exec'd".
+LEAN_BOOT = """\
+import sys
+sys.path += sys.argv[1].split(":")
+try:
+    from wrapperd.planned import main
+except BaseException as e:
+    import os
+    a = sys.argv
+    m = ("cannot import wrapperd from " + a[1] + ": " + type(e).__name__).encode()
+    if "--status-fd" in a:
+        try:
+            os.write(int(a[a.index("--status-fd") + 1]),
+                     b'{"step":"internal","errno":0,"message":"' + m.replace(b'"', b"'") +
+                     b'"}\\n')
+        except Exception:
+            pass
+    os.write(2, b"wrapperd: internal: " + m + b"\\n")
+    os._exit(125)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _json_str(s: str) -> str:
+    import _json  # builtin C module, loaded by the plan decoder already
+    return _json.encode_basestring_ascii(s)
+
+
+def report(err: BaseException, status_fd: "int | None") -> int:
+    """One status record and one stderr line; the exit code.  Imports nothing new."""
+    if not isinstance(err, SandboxError):
+        err = SetupError("internal", 0, f"{type(err).__name__}: {err}")
+    step = getattr(err, "step", "spec")
+    errno = getattr(err, "errno", 0) or 0
+    message = getattr(err, "message", str(err))
+    if status_fd is not None:
+        rec = f'{{"step": {_json_str(step)}, "errno": {int(errno)}, ' \
+              f'"message": {_json_str(message)}}}\n'
+        try:
+            os.write(status_fd, rec.encode())
+        except OSError:
+            pass
+    line = f"wrapperd: {step}: {message}"
+    if errno:
+        line += f": {os.strerror(errno)}"
+    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
+    try:
+        os.write(2, line.encode("utf-8", "backslashreplace") + b"\n")
+    except OSError:
+        pass
+    if isinstance(err, ExecError):
+        return 127 if errno == 2 else 126
+    return EXIT_FAILURE
+
+
+def _parse(args: "list[str]") -> "tuple[int, int | None]":
+    plan_fd = status_fd = None
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in ("--plan-fd", "--status-fd") and i + 1 < len(args):
+            try:
+                n = int(args[i + 1])
+            except ValueError:
+                raise SpecError(f"usage: {a} takes a number, not {args[i + 1]!r}") from None
+            if n < 0:
+                raise SpecError(f"usage: {a} {n}: not an fd")
+            if a == "--plan-fd":
+                plan_fd = n
+            else:
+                status_fd = n
+            i += 2
+        else:
+            raise SpecError(f"usage: wrapperd --plan-fd N [--status-fd M]; unexpected {a!r}")
+    if plan_fd is None:
+        raise SpecError("usage: wrapperd --plan-fd N [--status-fd M]")
+    return plan_fd, status_fd
+
+
+def read_fd(fd: int, limit: int) -> bytes:
+    chunks, size = [], 0
+    while size <= limit:
+        b = os.read(fd, 65536)
+        if not b:
+            break
+        chunks.append(b)
+        size += len(b)
+    return b"".join(chunks)
+
+
+def main(args: "list[str]") -> int:
+    status_fd = None
+    try:
+        # Find the status fd first, so even a usage error is reported on it.
+        if "--status-fd" in args:
+            try:
+                status_fd = int(args[args.index("--status-fd") + 1])
+                os.set_inheritable(status_fd, False)    # EOF at exec = success
+            except (ValueError, IndexError, OSError):
+                status_fd = None
+        plan_fd, _ = _parse(args)
+        from sandbox import plan as plan_mod
+        try:
+            data = read_fd(plan_fd, plan_mod.MAX_PLAN_BYTES)
+            os.close(plan_fd)                           # never reaches the target
+        except OSError as e:
+            raise SpecError(f"cannot read the plan from fd {plan_fd}: {e.strerror}") \
+                from None
+        plan = plan_mod.decode(data)
+        plan.status_fd = status_fd
+        from wrapperd import shim
+        shim.run(plan)
+    except SystemExit:
+        raise
+    except BaseException as e:      # never a traceback: name it and fail closed
+        return report(e, status_fd)
+    return EXIT_FAILURE
