@@ -1,11 +1,12 @@
 # make demo  -- run a real service under wrapperd and show what it can really do
-# make test  -- the whole test suite (unit + privileged), installing what it needs
+# make test  -- the whole test suite, installing what it needs: lint, unit + privileged
+#              tests as root, then the privileged suites again in a rootless container
 # make bench -- benchmarks (bench/)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: deps venv test unit privileged demo lint bench clean
+.PHONY: deps venv test unit privileged rootless demo lint bench clean
 
 deps:
 	@sh scripts/install-deps
@@ -19,8 +20,12 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 venv: $(VENV)/.installed
 
-test: venv
+test: venv lint
 	$(PY) -m pytest -q tests
+	bash tests/rootless/run
+
+rootless: venv
+	bash tests/rootless/run
 
 unit: venv
 	$(PY) -m pytest -q tests/unit
@@ -32,7 +37,7 @@ demo: venv
 	$(PY) demo.py
 
 lint: venv
-	$(PY) -m ruff check sandbox wrapperd tests
+	$(PY) -m ruff check sandbox wrapperd tests bench demo.py
 
 bench: venv
 	$(PY) bench/run.py

@@ -60,6 +60,20 @@ def needs_host_root(reason: str):
         pytest.skip(f"needs host root: {reason}")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_bpf_cache():
+    """Keep the wrapperd CLI's BPF cache in a directory of the test run's own, not in
+    the machine's /var/cache/wrapperd."""
+    if "WRAPPERD_CACHE_DIR" in os.environ:
+        yield
+        return
+    d = tempfile.mkdtemp(prefix="wrapperd-cache-")      # mode 0700, ours
+    os.environ["WRAPPERD_CACHE_DIR"] = d
+    yield
+    del os.environ["WRAPPERD_CACHE_DIR"]
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def shared_dir():
     """A directory every uid can read and traverse (the work tree may be under /root).

@@ -19,6 +19,7 @@ from sandbox.spec import Cgroup
 from tests.conftest import (
     SYSTEM_PYTHON,
     TARGET_ENV,
+    needs_host_root,
     probe_spec,
     run_probe,
     run_wrapperd,
@@ -32,6 +33,7 @@ V2 = next((h for h in HS if h.version == 2), None)
 
 
 def need_v1(*ctrls):
+    needs_host_root("cgroup v1 hierarchies belong to the host's root")
     have = {c for h in V1 for c in h.controllers}
     missing = [c for c in ctrls if c not in have]
     if missing:
@@ -205,6 +207,7 @@ def test_v1_every_named_controller_has_the_target(probe, top):
 
 
 def test_v1_named_hierarchy_is_joined_when_asked(probe, top):
+    needs_host_root("cgroup v1 hierarchies belong to the host's root")
     named = [h for h in cgroups.hierarchies(named=True)
              if h.version == 1 and h.controllers[0].startswith("name=")]
     if not named:
