@@ -33,7 +33,8 @@ from . import _libc
 from ._record import frozen
 from .errors import SetupError, SpecError
 
-__all__ = ["Prepared", "prepare", "apply", "FORWARDED_SIGNALS", "CLONE_FLAGS", "PROC_NAMES"]
+__all__ = ["Prepared", "prepare", "apply", "fork_supervised", "FORWARDED_SIGNALS",
+           "CLONE_FLAGS", "PROC_NAMES"]
 
 STEP = "namespaces"
 
@@ -449,7 +450,16 @@ def exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def _fork(reaper: bool) -> None:
+def fork_supervised(step: str, what: str) -> None:
+    """Fork once, the parent staying behind as _supervise() does for a pid namespace:
+    signals forwarded, the child's exit status passed on (128+N when killed by signal
+    N), no fd held.  Returns only in the child.  For other steps that need a fork (the
+    session step, when the shim leads its process group): one supervisor, not two."""
+    _fork(reaper=False, step=step, what=what)
+
+
+def _fork(reaper: bool, step: str = STEP, what: str = "pid: fork into the pid namespace") \
+        -> None:
     """Fork into the pid namespace.  Returns only in the process that becomes the target.
 
     Forwarded signals are blocked across each fork so none is lost (a blocked signal is
@@ -468,7 +478,7 @@ def _fork(reaper: bool) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
         if watch != -1:
             os.close(watch)
-        raise _fail("fork into the pid namespace", e, "pid") from None
+        raise SetupError(step, e.errno or 0, what) from None
     if child:
         _supervise(child, old_mask, pid_1=False)          # never returns
     if reaper:

@@ -320,6 +320,9 @@ def export_spec(spec, notes: "list | None" = None) -> dict:
     for k in ("securebits", "pass_fds"):
         if d.get(k):
             notes.append(f"{k}: OCI has no field for it")
+    if d.get("new_session") is False:
+        notes.append("new_session: false: OCI has no field for it (runtimes start the "
+                     "process in a new session)")
     out: dict = {"ociVersion": "1.0.2", "process": proc,
                  "root": {"path": "/", "readonly": bool(d.get("readonly_root"))},
                  "linux": {}}

@@ -15,7 +15,7 @@ with SpecError (exit 125) before any step runs.
 Format (version 1), one JSON object:
   {"wrapperd_plan": 1, "executable": str,
    "spec": {"argv", "env", "cwd", "umask", "oom_score_adj", "nice", "pdeathsig",
-            "no_new_privs", "pass_fds"},
+            "no_new_privs", "new_session", "pass_fds"},
    "rlimits" | "cgroup" | "creds" | "caps" | "namespaces" | "mounts" | "seccomp": value}
 Values: JSON scalars; lists (decoded as tuples); {"@bytes": hex}; {"@": "module.Class",
 "f": {field: value}} for a facility record; {"@": "rec", "f": {...}} for a spec-model
@@ -36,7 +36,7 @@ MAX_PLAN_BYTES = 8 << 20
 # The spec fields the steps read (plan.spec.X in wrapperd/shim.py; a unit test checks
 # that no step reads any other), and the Plan attributes holding Prepared records.
 SPEC_FIELDS = ("argv", "env", "cwd", "umask", "oom_score_adj", "nice", "pdeathsig",
-               "no_new_privs", "pass_fds")
+               "no_new_privs", "new_session", "pass_fds")
 PLAN_FIELDS = ("rlimits", "cgroup", "creds", "caps", "namespaces", "mounts", "seccomp")
 # The facility record types a plan may hold: "module.Class" under sandbox.
 RECORDS = ("caps.Prepared", "creds.Prepared", "seccomp.Prepared", "namespaces.Prepared",
@@ -100,6 +100,7 @@ def encode(plan) -> bytes:
                     "umask": s.user.umask if s.user is not None else None,
                     "oom_score_adj": s.oom_score_adj, "nice": s.nice,
                     "pdeathsig": s.pdeathsig, "no_new_privs": bool(s.no_new_privs),
+                    "new_session": bool(s.new_session),
                     "pass_fds": list(s.pass_fds)}}
     for name in PLAN_FIELDS:
         doc[name] = _enc(getattr(plan, name), name)
@@ -261,13 +262,14 @@ def _decode_spec(s) -> Rec:
         raise _Bad("spec.pass_fds: non-negative integers expected")
     _need(s, "cwd", str, "spec.")
     _need(s, "no_new_privs", bool, "spec.")
+    _need(s, "new_session", bool, "spec.")
     _need(s, "umask", (str, type(None)), "spec.")
     for k in ("oom_score_adj", "nice", "pdeathsig"):
         _need(s, k, (int, type(None)), "spec.")
     return Rec(argv=tuple(argv), env=env, cwd=s["cwd"],
                user=Rec(umask=s["umask"]), oom_score_adj=s["oom_score_adj"],
                nice=s["nice"], pdeathsig=s["pdeathsig"], no_new_privs=s["no_new_privs"],
-               pass_fds=tuple(pass_fds))
+               new_session=s["new_session"], pass_fds=tuple(pass_fds))
 
 
 def decode(data: bytes):

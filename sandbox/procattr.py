@@ -1,5 +1,5 @@
-"""Per-process attributes: oom_score_adj, nice, umask, cwd, pdeathsig, dumpable,
-no_new_privs.  Each a small side-effect function; the shim decides when."""
+"""Per-process attributes: oom_score_adj, nice, session, umask, cwd, pdeathsig,
+dumpable, no_new_privs.  Each a small side-effect function; the shim decides when."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import os
 from . import _libc
 from .errors import SetupError
 
-__all__ = ["set_oom_score_adj", "set_nice", "set_pdeathsig", "set_dumpable",
-           "set_no_new_privs"]
+__all__ = ["set_oom_score_adj", "set_nice", "new_session", "set_pdeathsig",
+           "set_dumpable", "set_no_new_privs"]
 
 
 def set_oom_score_adj(value: int) -> None:
@@ -29,6 +29,33 @@ def set_nice(value: int) -> None:
         os.setpriority(os.PRIO_PROCESS, 0, value)
     except OSError as e:
         raise SetupError("nice", e.errno, f"setpriority {value}") from None
+
+
+def new_session() -> None:
+    """setsid(2): a new session and process group, and no controlling terminal -- a
+    target left on the caller's terminal could push input into it with TIOCSTI
+    (bubblewrap CVE-2017-5226; dev.tty.legacy_tiocsti is 1 on many kernels).
+
+    setsid() fails with EPERM in a process that already leads a process group: a shim
+    exec'd by an interactive shell (job control makes each job a group) or by an init
+    as a session leader.  Only a child, which leads nothing, can then start a session:
+    fork once, the shim staying outside as the supervisor namespaces.py uses for a pid
+    namespace (signals forwarded, exit status passed on, no fds held).  Returns only in
+    the process that goes on to become the target.
+    """
+    try:
+        os.setsid()
+        return
+    except OSError as e:
+        if e.errno != 1:            # EPERM
+            raise SetupError("session", e.errno, "setsid") from None
+    # Already in sys.modules: prepare() (and plan.decode) import it for this step.
+    from . import namespaces
+    namespaces.fork_supervised("session", "fork to leave the caller's process group")
+    try:
+        os.setsid()
+    except OSError as e:
+        raise SetupError("session", e.errno, "setsid in the forked child") from None
 
 
 def set_pdeathsig(sig: int, expected_ppid: int) -> None:

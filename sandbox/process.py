@@ -62,13 +62,15 @@ class Process:
     @property
     def target_pid(self) -> int:
         """The target's pid as seen from here.  `pid` itself, except when the shim
-        forked into a new pid namespace: then `pid` is the shim staying outside as a
-        supervisor (it forwards signals and exits with the target's status) and the
-        target is its descendant (behind the namespace's reaper, unless as_pid_1)."""
+        forked -- into a new pid namespace, or (`new_session`) because it led its
+        process group, which spawn() never makes it do: then `pid` is the shim staying
+        outside as a supervisor (it forwards signals and exits with the target's status)
+        and the target is its descendant (behind the namespace's reaper, unless
+        as_pid_1)."""
         if self._target_pid is not None:
             return self._target_pid
         ns = self.spec.namespaces
-        if ns is None or ns.pid is False:
+        if (ns is None or ns.pid is False) and not getattr(self.spec, "new_session", False):
             self._target_pid = self.pid
             return self.pid
         shim = b"\0".join(os.fsencode(a) for a in self._popen.args) + b"\0"

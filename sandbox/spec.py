@@ -635,6 +635,11 @@ class Spec:
                                 default=True)
     pdeathsig: Optional[int] = _field("signal sent to the target when its parent dies",
                                       default=None)
+    new_session: bool = _field("setsid(2): the target leads a new session and process "
+                               "group, with no controlling terminal (so TIOCSTI cannot "
+                               "reach the caller's); a shim that already leads its group "
+                               "forks once, staying outside as a supervisor",
+                               default=True)
     seccomp: Optional[Seccomp] = _field("seccomp filter, loaded last", default=None)
     namespaces: Optional[Namespaces] = _field("namespaces to create or join", default=None)
     hostname: Optional[str] = _field("hostname in a new uts namespace", default=None)
@@ -658,7 +663,8 @@ class Spec:
     source: Optional[dict] = attrs.field(default=None, eq=False, repr=False)
 
     KEYS = ("version", "name", "profile", "argv", "env", "cwd", "user", "capabilities",
-            "securebits", "no_new_privs", "pdeathsig", "seccomp", "namespaces",
+            "securebits", "no_new_privs", "pdeathsig", "new_session", "seccomp",
+            "namespaces",
             "hostname", "mounts", "cgroup", "rlimits", "oom_score_adj", "nice", "pass_fds",
             "masked_paths", "readonly_paths", "readonly_root")
 
@@ -708,6 +714,8 @@ class Spec:
             no_new_privs=_bool(d["no_new_privs"], "no_new_privs")
             if d.get("no_new_privs") is not None else True,
             pdeathsig=_opt(d, "pdeathsig", _signal, ""),
+            new_session=_bool(d["new_session"], "new_session")
+            if d.get("new_session") is not None else True,
             seccomp=_opt(d, "seccomp", Seccomp.load, ""),
             namespaces=_opt(d, "namespaces", Namespaces.load, ""),
             hostname=hostname,

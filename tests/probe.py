@@ -7,6 +7,14 @@ standard library.  Optional actions, each one argument, run before the report:
   run:PATH[,ARG...]   run a program and parse its stdout as JSON under "run"
   sleep:SECONDS       sleep after printing the report (a long-running target)
   cglimits            read memory.limit_in_bytes and pids.max of its own v1 cgroups
+  tiocsti             ioctl(0, TIOCSTI, "x"): push a byte into the input of the
+                      terminal on stdin; "ok" or the errno name under "tiocsti"
+  openw:PATH          open PATH for writing (O_WRONLY, nothing written); "ok" or the
+                      errno name under actions
+  ancestors:N         for up to N ancestors (followed through /proc/PID/stat, so in the
+                      pid namespace /proc was mounted for): what opening their
+                      /proc/PID/exe for reading and for writing, and /proc/PID/mem for
+                      reading and writing, gives, under "ancestors"
 """
 
 import ctypes
@@ -25,6 +33,43 @@ def status():
         for line in f:
             k, _, v = line.partition(":")
             out[k] = v.strip()
+    return out
+
+
+def stat():
+    """Process group, session and controlling terminal (tty_nr; 0: none), from stat."""
+    with open("/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return {"ppid": int(fields[1]), "pgrp": int(fields[2]), "session": int(fields[3]),
+            "tty_nr": int(fields[4])}
+
+
+def _try_open(path, flags):
+    try:
+        os.close(os.open(path, flags))
+        return "ok"
+    except OSError as e:
+        return errno.errorcode[e.errno]
+
+
+def ancestors(n):
+    out, pid = [], "self"
+    for _ in range(n):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                pid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            break
+        if pid == 0:
+            break
+        try:
+            link = os.readlink(f"/proc/{pid}/exe")
+        except OSError as e:
+            link = errno.errorcode[e.errno]
+        out.append({"pid": pid, "exe_link": link,
+                    "exe_r": _try_open(f"/proc/{pid}/exe", os.O_RDONLY),
+                    "exe_w": _try_open(f"/proc/{pid}/exe", os.O_WRONLY),
+                    "mem_rw": _try_open(f"/proc/{pid}/mem", os.O_RDWR)})
     return out
 
 
@@ -69,12 +114,29 @@ def main(args):
                                  "stderr": p.stderr.decode()}
         elif verb == "cglimits":
             report["cglimits"] = cglimits()
+        elif verb == "tiocsti":
+            import fcntl
+            import termios
+            try:
+                fcntl.ioctl(0, termios.TIOCSTI, b"x")
+                report["tiocsti"] = "ok"
+            except OSError as e:
+                report["tiocsti"] = errno.errorcode[e.errno]
+        elif verb == "openw":
+            try:
+                os.close(os.open(arg, os.O_WRONLY))
+                report["actions"][a] = "ok"
+            except OSError as e:
+                report["actions"][a] = errno.errorcode[e.errno]
+        elif verb == "ancestors":
+            report["ancestors"] = ancestors(int(arg))
         elif verb == "sleep":
             sleep = float(arg)
     libc = ctypes.CDLL(None)
     report.update({
         "pid": os.getpid(),
         "status": status(),
+        "stat": stat(),
         "limits": open("/proc/self/limits").read(),
         "cgroup": open("/proc/self/cgroup").read().splitlines(),
         "oom_score_adj": int(open("/proc/self/oom_score_adj").read()),

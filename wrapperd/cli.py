@@ -11,7 +11,8 @@ import argparse
 import os
 import sys
 
-from sandbox.errors import ExecError, SandboxError, SetupError, SpecError
+from sandbox.errors import SandboxError, SetupError, SpecError
+from wrapperd.planned import report
 
 EXIT_FAILURE = 125
 EXIT_CANNOT_EXEC = 126
@@ -23,8 +24,9 @@ USAGE = """wrapperd [--spec PATH | --spec - | --spec-fd N] [--profile NAME] [--s
 
 DESCRIPTION = """\
 Apply a spawn spec to this process in a fixed order -- oom score, nice, rlimits, cgroup,
-namespaces, mounts, fds, identity, capabilities, no_new_privs, seccomp -- then exec ARGV,
-so the target is born confined.
+namespaces, mounts, session (setsid; a group leader forks once and supervises), fds,
+identity, capabilities, no_new_privs, seccomp -- then exec ARGV, so the target is born
+confined.
 If any step fails the target never runs: one line on stderr, a JSON record on the status
 fd, exit 125 (126: found but not executable, 127: not found).
 
@@ -143,29 +145,9 @@ def build_spec(opts, argv: "list[str]"):
     return Spec.from_dict(d)
 
 
-def _report(err: SandboxError, status_fd: "int | None") -> int:
-    step = getattr(err, "step", "spec")
-    errno = getattr(err, "errno", 0) or 0
-    message = getattr(err, "message", str(err))
-    if status_fd is not None:
-        import json
-        rec = json.dumps({"step": step, "errno": errno, "message": message})
-        try:
-            os.write(status_fd, rec.encode() + b"\n")
-        except OSError:
-            pass
-    line = f"wrapperd: {step}: {message}"
-    if errno:
-        line += f": {os.strerror(errno)}"
-    # One line, always: a newline or other control character from the input is escaped.
-    line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
-    try:
-        os.write(2, line.encode("utf-8", "backslashreplace") + b"\n")
-    except OSError:
-        pass
-    if isinstance(err, ExecError):
-        return EXIT_NOT_FOUND if errno == 2 else EXIT_CANNOT_EXEC
-    return EXIT_FAILURE
+# One reporter for both entry points (imported now, not at failure time: after the
+# identity step the shim may be unable to read the Python installation).
+_report = report
 
 
 def main(args: "list[str] | None" = None) -> int:

@@ -49,6 +49,7 @@ def prepare(spec) -> Plan:
         plan.cgroup = cgroups.prepare(spec.cgroup)
     from sandbox import caps, creds
     plan.creds = creds.prepare(spec.user, spec.securebits)
+    # namespaces also for the session step, which may fork with its supervisor.
     from sandbox import mounts, namespaces
     # Also refuses hostname/mount fields without the namespace they need.
     plan.namespaces = namespaces.prepare(spec, plan.creds)
@@ -75,12 +76,12 @@ def import_step_modules(plan: Plan) -> None:
     """Import what the steps of a plan made elsewhere (sandbox.plan.decode) will use,
     as prepare() does along the way: see the module docstring."""
     from sandbox import caps, fds, procattr  # noqa: F401
+    if plan.spec.new_session or plan.namespaces is not None:
+        from sandbox import namespaces  # noqa: F401  (the session step may fork with it)
     if plan.rlimits:
         from sandbox import rlimits  # noqa: F401
     if plan.cgroup is not None:
         from sandbox import cgroups  # noqa: F401
-    if plan.namespaces is not None:
-        from sandbox import namespaces  # noqa: F401
     if plan.mounts is not None:
         from sandbox import mounts  # noqa: F401
     if plan.creds is not None:
@@ -145,6 +146,13 @@ def _mounts(plan):
     if plan.mounts is not None:
         from sandbox import mounts
         mounts.apply(plan.mounts)
+
+
+def _session(plan):
+    if plan.spec.new_session:
+        from sandbox import procattr
+        procattr.new_session()               # may fork: returns in the future target
+        plan.ppid = os.getppid()             # for pdeathsig: the parent may have changed
 
 
 def _fds(plan):
@@ -226,6 +234,7 @@ STEPS = (
     ("cgroup", _cgroup),                 # joined before anything else can fork or run
     ("namespaces", _namespaces),         # user first (id maps), then the others
     ("mounts", _mounts),                 # inside the new mount namespace
+    ("session", _session),               # setsid: off the caller's tty (TIOCSTI); may fork
     ("fds", _fds),                       # only 0-2 and pass_fds survive; status fd CLOEXEC
     ("cwd", _cwd),
     ("umask", _umask),

@@ -6,7 +6,7 @@ from wrapperd import shim
 def test_step_order_is_pinned():
     assert [name for name, _ in shim.STEPS] == [
         "dumpable", "oom_score_adj", "nice", "rlimits", "cgroup", "namespaces", "mounts",
-        "fds", "cwd", "umask", "identity", "capabilities", "pdeathsig", "no_new_privs",
+        "session", "fds", "cwd", "umask", "identity", "capabilities", "pdeathsig", "no_new_privs",
         "seccomp", "exec",
     ]
 
@@ -19,3 +19,6 @@ def test_privilege_dropping_comes_after_everything_that_needs_privilege():
     assert names.index("capabilities") < names.index("pdeathsig") < names.index("no_new_privs")
     assert names.index("cgroup") < names.index("namespaces") < names.index("mounts")
     assert names[-2:] == ["seccomp", "exec"]
+    # A new session (it may fork) inside the namespaces, before fds and the uid change.
+    assert names.index("mounts") < names.index("session") < names.index("fds")
+    assert names.index("session") < names.index("identity")
