@@ -231,7 +231,26 @@ def prepare(cg, hs: "list[Hierarchy] | None" = None) -> Prepared:
             writes = tuple((f, v) for field, f, v in wanted if h.version == 1
                            and _V1_CTRL.get(LIMITS[field], LIMITS[field]) in h.controllers)
             targets.append(Target(h, writes))
+    for t in targets:
+        _check_no_file_in_the_way(t.hierarchy.mountpoint, cg.full_path)
     return Prepared(path=cg.full_path, create=cg.create, targets=tuple(targets))
+
+
+def _check_no_file_in_the_way(mountpoint: str, path: str) -> None:
+    """A path that names a file (or symlink) in one hierarchy would fail at the cgroup
+    step only after directories were made, and joined, in the hierarchies before it:
+    refuse it here, before anything is created.  apply() still checks (races)."""
+    cur = mountpoint
+    for comp in [c for c in path.split("/") if c]:
+        cur = os.path.join(cur, comp)
+        try:
+            st = os.lstat(cur)
+        except OSError:
+            return                  # not there yet (created at the cgroup step)
+        if stat.S_ISLNK(st.st_mode):
+            return                  # never followed: the cgroup step's walk refuses it
+        if not stat.S_ISDIR(st.st_mode):
+            raise SpecError(f"{cur} exists and is not a directory", "cgroup.path")
 
 
 def open_path(mountpoint: str, path: str, create: bool = False) -> int:

@@ -188,6 +188,8 @@ def prepare(spec, creds_prepared=None) -> "Prepared | None":
     if "user" in new:
         kw = _prepare_user(user, spec)
         _check_creds(creds_prepared, kw["uid_map"], kw["gid_map"], kw["deny_setgroups"])
+        if creds_prepared is None:
+            _check_caller_mapped(kw["uid_map"], kw["gid_map"])
     return Prepared(join=tuple(join), new=tuple(new), hostname=spec.hostname,
                     as_pid_1=ns.as_pid_1, **kw)
 
@@ -240,6 +242,19 @@ def _check_creds(cp, uid_map, gid_map, deny_setgroups) -> None:
         raise SpecError("an unprivileged user namespace mapping only the caller's own ids "
                         "denies setgroups(2), which the identity step needs: leave 'user' "
                         "out (the target runs as the mapped caller)", "user")
+
+
+def _check_caller_mapped(uid_map, gid_map) -> None:
+    """Without `user`, the target keeps wrapperd's own ids.  An id the maps leave out
+    shows inside as the overflow id (65534), but the kernel still checks files against
+    the real, host id: a root wrapperd's target would read /etc/shadow and write /root
+    as "nobody".  Refused: map wrapperd's ids, or give `user`."""
+    for kind, own, ranges in (("uid", os.geteuid(), uid_map), ("gid", os.getegid(), gid_map)):
+        if _to_inside(ranges, own) is None:
+            raise SpecError(f"wrapperd's own {kind} {own} is not mapped, and without 'user' "
+                            f"the target keeps it: it would still act as host {kind} {own} "
+                            "(shown as the overflow id inside); map it, or give 'user'",
+                            f"namespaces.user.{kind}_map")
 
 
 # --------------------------------------------------------------------------- apply

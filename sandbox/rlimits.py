@@ -11,7 +11,11 @@ __all__ = ["prepare", "apply"]
 
 
 def _num(v) -> int:
-    return resource.RLIM_INFINITY if v == "unlimited" else v
+    if v == "unlimited":
+        return resource.RLIM_INFINITY
+    # setrlimit() here takes a C long long: a limit in the top half of rlim_t's range
+    # (valid, just huge) passes as its two's complement, never as an OverflowError.
+    return v - 2**64 if v >= 2**63 else v
 
 
 def prepare(rlimits: dict) -> "tuple[tuple[str, int, int, int], ...]":
@@ -25,6 +29,6 @@ def apply(prepared) -> None:
             resource.setrlimit(res, (soft, hard))
         except (OSError, ValueError) as e:
             err = getattr(e, "errno", None) or 1
-            shown = "/".join("unlimited" if v == resource.RLIM_INFINITY else str(v)
+            shown = "/".join("unlimited" if v == resource.RLIM_INFINITY else str(v % 2**64)
                              for v in (soft, hard))
             raise SetupError("rlimits", err, f"setrlimit {name} {shown}") from None

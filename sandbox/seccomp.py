@@ -33,7 +33,7 @@ from .errors import SetupError, SpecError
 
 __all__ = ["ARCHES", "Prepared", "prepare", "apply", "profile_names", "load_profile",
            "load_groups", "group_names", "expand", "action_value", "action_name",
-           "evaluate", "resolve_arch", "native_arch", "BPF_MAXINSNS"]
+           "evaluate", "resolve_arch", "native_arch", "BPF_MAXINSNS", "check_execve"]
 
 BPF_MAXINSNS = 4096          # the kernel refuses longer classic-BPF programs
 
@@ -402,6 +402,30 @@ def _prepare(sc, kept: int) -> Prepared:
 
 
 _MEMO: dict = {}        # cache key -> (program, syscalls): see sandbox.bpfcache
+
+# execve's number on each native ABI the shim may run on (<asm/unistd.h>).
+_NR_EXECVE = {"x86_64": 59, "aarch64": 221, "riscv64": 221, "x86": 11, "arm": 11,
+              "ppc64le": 11, "ppc64": 11, "s390x": 11, "s390": 11}
+_FATAL = ("kill_process", "kill_thread", "trap")
+
+
+def check_execve(program: bytes) -> None:
+    """Refuse a filter that kills (or traps) the shim's own execve: wrapperd.shim's
+    prepare() calls this (prepare() here also compiles filters nobody execs under).
+    The filter is loaded just before execve, and a shim killed by SIGSYS writes no
+    status record: its caller would read the EOF as "exec'd" although the target never
+    ran.  An errno action is fine (execve fails, the shim reports it: exit 126).  The
+    arguments are pointers, unknown here: a few representative values are tried."""
+    arch = native_arch()
+    nr = _NR_EXECVE.get(arch)
+    if nr is None:
+        return
+    for a in (0, 0x7FFF_FFFF_F000, 0x5555_5555_0000, _ALL64):
+        got = action_name(evaluate(program, nr, ARCHES[arch], (a, a, a)))
+        if got in _FATAL:
+            raise SpecError(f"the filter's action for execve is {got}, but wrapperd "
+                            "itself calls execve, under the filter, to start the target "
+                            "(an errno action is fine)", "seccomp")
 
 
 def _compile(default: str, arches, entries) -> "tuple[bytes, int]":

@@ -25,6 +25,7 @@ SPEC_VERSION = 1
 MAX_SPEC_BYTES = 1 << 20
 MAX_ID = 2**32 - 2          # (uid_t)-1 means "leave unchanged" to the kernel: never an id
 RLIM_INFINITY = "unlimited"
+NGROUPS_MAX = 65536          # <linux/limits.h>: setgroups(2) refuses more
 RLIMIT_NAMES = ("AS", "CORE", "CPU", "DATA", "FSIZE", "LOCKS", "MEMLOCK", "MSGQUEUE",
                 "NICE", "NOFILE", "NPROC", "RSS", "RTPRIO", "RTTIME", "SIGPENDING", "STACK")
 
@@ -138,8 +139,12 @@ class User:
         if umask is not None:
             if not (1 <= len(umask) <= 4 and all(c in "01234567" for c in umask)):
                 raise SpecError(f"{umask!r} is not an octal umask like '0022'", f"{path}.umask")
+        groups = _opt(d, "groups", _list, path, _id) or ()
+        if len(groups) > NGROUPS_MAX:
+            raise SpecError(f"more than {NGROUPS_MAX} groups (the kernel's NGROUPS_MAX)",
+                            f"{path}.groups")
         return cls(uid=_id(d["uid"], f"{path}.uid"), gid=_opt(d, "gid", _id, path),
-                   groups=_opt(d, "groups", _list, path, _id) or (), umask=umask)
+                   groups=groups, umask=umask)
 
     def dump(self) -> dict:
         return {"uid": self.uid, "gid": self.gid, "groups": list(self.groups),

@@ -25,8 +25,8 @@ USAGE = """wrapperd [--spec PATH | --spec - | --spec-fd N] [--profile NAME] [--s
 DESCRIPTION = """\
 Apply a spawn spec to this process in a fixed order -- oom score, nice, rlimits, cgroup,
 namespaces, mounts, session (setsid; a group leader forks once and supervises), fds,
-identity, capabilities, no_new_privs, seccomp -- then exec ARGV, so the target is born
-confined.
+identity, capabilities, cwd, no_new_privs, signals, seccomp -- then exec ARGV, so the
+target is born confined.
 If any step fails the target never runs: one line on stderr, a JSON record on the status
 fd, exit 125 (126: found but not executable, 127: not found).
 
@@ -156,6 +156,9 @@ def main(args: "list[str] | None" = None) -> int:
     try:
         optargs, argv = split_argv(args)
         opts = _parser().parse_args(optargs)
+        if opts.status_fd is not None and opts.status_fd == opts.spec_fd:
+            # The spec fd is closed once read: the status record would go nowhere.
+            raise SpecError(f"--status-fd {opts.status_fd}: the same fd as --spec-fd")
         if opts.status_fd is not None:
             status_fd = opts.status_fd
             try:

@@ -68,6 +68,7 @@ def prepare(spec) -> Plan:
                             "keeps CAP_SYS_ADMIN)", "seccomp")
         from sandbox import seccomp
         plan.seccomp = seccomp.prepare(spec.seccomp, plan.caps)   # compiled here, loaded last
+        seccomp.check_execve(plan.seccomp.program)    # SIGSYS in execve: no status record
     plan.executable = find_executable(spec.argv[0], spec.env.get("PATH", DEFAULT_PATH))
     return plan
 
@@ -163,10 +164,13 @@ def _fds(plan):
 
 
 def _cwd(plan):
+    # After identity and capabilities: the chdir is checked with the target's own ids and
+    # caps, so a directory it could not enter itself (root's 0700 home, say) never
+    # becomes its cwd -- from there it could reach what lies below by relative paths.
     try:
         os.chdir(plan.spec.cwd)
     except OSError as e:
-        raise SetupError("cwd", e.errno, f"chdir {plan.spec.cwd}") from None
+        raise SetupError("cwd", e.errno, f"chdir {plan.spec.cwd} as the target") from None
 
 
 def _umask(plan):
@@ -205,6 +209,24 @@ def _no_new_privs(plan):
         procattr.set_no_new_privs()
 
 
+def _restore_signals():
+    # The interpreter ignores SIGPIPE and SIGXFSZ for itself, and an ignored signal
+    # stays ignored across execve: give the target the defaults (as subprocess's
+    # restore_signals does).  The signal mask survives execve too: a caller that spawns
+    # from a thread blocking SIGTERM must not hand the target a SIGTERM it never sees.
+    # Done before the filter is loaded, so that the filter need allow nothing but
+    # execve (a filter killing rt_sigaction would kill the shim before it could
+    # report).  _signal, not signal: builtin, already loaded, no enum.
+    import _signal
+    for sig in (_signal.SIGPIPE, _signal.SIGXFSZ):
+        _signal.signal(sig, _signal.SIG_DFL)
+    _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
+
+
+def _signals(plan):
+    _restore_signals()
+
+
 def _seccomp(plan):
     if plan.seccomp is not None:
         from sandbox import seccomp
@@ -213,12 +235,6 @@ def _seccomp(plan):
 
 def _exec(plan):                  # never returns
     spec = plan.spec
-    # The interpreter ignores SIGPIPE and SIGXFSZ for itself, and an ignored signal
-    # stays ignored across execve: give the target the defaults (as subprocess's
-    # restore_signals does).  _signal, not signal: builtin, already loaded, no enum.
-    import _signal
-    for sig in (_signal.SIGPIPE, _signal.SIGXFSZ):
-        _signal.signal(sig, _signal.SIG_DFL)
     try:
         os.execve(plan.executable, list(spec.argv), dict(spec.env))
     except OSError as e:
@@ -236,12 +252,13 @@ STEPS = (
     ("mounts", _mounts),                 # inside the new mount namespace
     ("session", _session),               # setsid: off the caller's tty (TIOCSTI); may fork
     ("fds", _fds),                       # only 0-2 and pass_fds survive; status fd CLOEXEC
-    ("cwd", _cwd),
     ("umask", _umask),
     ("identity", _identity),             # setgroups -> setresgid -> setresuid
     ("capabilities", _capabilities),     # bounding -> inheritable -> ambient -> permitted
+    ("cwd", _cwd),                       # as the target: it must be able to enter it
     ("pdeathsig", _pdeathsig),           # re-armed: a credential change clears it
     ("no_new_privs", _no_new_privs),
+    ("signals", _signals),               # default dispositions, empty mask (survive exec)
     ("seccomp", _seccomp),               # last: the filter need allow nothing the shim does
     ("exec", _exec),
 )
@@ -273,5 +290,9 @@ def run(plan: Plan):               # never returns
         except SetupError:
             raise
         except OSError as e:
-            raise SetupError(name, e.errno or 0, str(e.strerror or e)) from None
+            what = str(e.strerror or e)
+            if e.errno and what == os.strerror(e.errno):
+                # Only the errno: say what failed, so the line is not "EBADF: EBADF".
+                what = f"{name} failed" + (f" on {e.filename}" if e.filename else "")
+            raise SetupError(name, e.errno or 0, what) from None
     raise AssertionError("exec returned")   # unreachable: _exec never returns

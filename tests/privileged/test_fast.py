@@ -229,7 +229,7 @@ def test_50_spawns_from_8_threads_each_get_their_status(server, probe, scratch):
         results = list(ex.map(one, range(50)))
     for i, r in enumerate(results):
         if i % 10 == 9:
-            assert r == ("cwd", f"chdir /nonexistent-{i}")
+            assert r == ("cwd", f"chdir /nonexistent-{i} as the target")
         else:
             assert r == ("exit", i)
     assert _server_zombies(server) == []

@@ -6,8 +6,8 @@ from wrapperd import shim
 def test_step_order_is_pinned():
     assert [name for name, _ in shim.STEPS] == [
         "dumpable", "oom_score_adj", "nice", "rlimits", "cgroup", "namespaces", "mounts",
-        "session", "fds", "cwd", "umask", "identity", "capabilities", "pdeathsig", "no_new_privs",
-        "seccomp", "exec",
+        "session", "fds", "umask", "identity", "capabilities", "cwd", "pdeathsig",
+        "no_new_privs", "signals", "seccomp", "exec",
     ]
 
 
@@ -19,6 +19,10 @@ def test_privilege_dropping_comes_after_everything_that_needs_privilege():
     assert names.index("capabilities") < names.index("pdeathsig") < names.index("no_new_privs")
     assert names.index("cgroup") < names.index("namespaces") < names.index("mounts")
     assert names[-2:] == ["seccomp", "exec"]
+    # chdir with the target's own ids and caps; signals reset before the filter (which
+    # may forbid rt_sigaction), so only execve runs under it.
+    assert names.index("capabilities") < names.index("cwd")
+    assert names.index("no_new_privs") < names.index("signals") < names.index("seccomp")
     # A new session (it may fork) inside the namespaces, before fds and the uid change.
     assert names.index("mounts") < names.index("session") < names.index("fds")
     assert names.index("session") < names.index("identity")
