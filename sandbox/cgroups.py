@@ -18,6 +18,7 @@ import stat
 
 from ._record import frozen
 from .errors import SetupError, SpecError
+from .fds import read_all
 
 __all__ = ["Hierarchy", "hierarchies", "mode", "Prepared", "prepare", "apply", "Group",
            "open_path", "cgroup_of"]
@@ -485,13 +486,7 @@ def _select(cg, hs: "list[Hierarchy]") -> "tuple[int, list[Hierarchy]]":
 def _read_at(dirfd: int, name: str) -> str:
     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
     try:
-        chunks = []
-        while True:
-            b = os.read(fd, 65536)
-            if not b:
-                break
-            chunks.append(b)
-        return b"".join(chunks).decode()
+        return read_all(fd).decode()
     finally:
         os.close(fd)
 

@@ -11,7 +11,20 @@ import os
 
 from .errors import SetupError
 
-__all__ = ["check_pass_fds", "close_others"]
+__all__ = ["check_pass_fds", "close_others", "read_all"]
+
+
+def read_all(fd: int, limit: "int | None" = None) -> bytes:
+    """Read fd to EOF -- or to just past `limit` bytes, so the caller can tell the input
+    was too large without reading all of it."""
+    chunks, size = [], 0
+    while limit is None or size <= limit:
+        b = os.read(fd, 65536)
+        if not b:
+            break
+        chunks.append(b)
+        size += len(b)
+    return b"".join(chunks)
 
 
 def check_pass_fds(pass_fds) -> None:

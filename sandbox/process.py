@@ -249,14 +249,7 @@ class Process:
                 self._kill_cgroup()
             self._remove_cgroups()
         finally:
-            self._closed = True
-            for f in (self.stdin, self.stdout, self.stderr):
-                if f is not None:
-                    try:
-                        f.close()
-                    except OSError:
-                        pass
-            self._close_pidfd()
+            self._release()
 
     def __enter__(self) -> "Process":
         return self
@@ -305,6 +298,10 @@ class Process:
         """After a setup failure (the shim is reaped): the cgroup the shim may have
         created before failing, pipes and the pidfd go."""
         self._remove_cgroups()
+        self._release()
+
+    def _release(self) -> None:
+        """The handle's own resources: the caller's pipe ends and the pidfd."""
         self._closed = True
         for f in (self.stdin, self.stdout, self.stderr):
             if f is not None:

@@ -30,6 +30,7 @@ import struct
 from . import _libc
 from ._record import field, frozen
 from .errors import SetupError, SpecError
+from .fds import read_all
 
 __all__ = ["ARCHES", "Prepared", "prepare", "apply", "profile_names", "load_profile",
            "load_groups", "group_names", "expand", "action_value", "action_name",
@@ -481,13 +482,7 @@ def _export(flt) -> bytes:
                 return fd
         flt.export_bpf(_Fd())
         os.lseek(fd, 0, os.SEEK_SET)
-        chunks = []
-        while True:
-            b = os.read(fd, 65536)
-            if not b:
-                break
-            chunks.append(b)
-        return b"".join(chunks)
+        return read_all(fd)
     finally:
         os.close(fd)
 

@@ -12,6 +12,7 @@ import os
 import sys
 
 from sandbox.errors import SandboxError, SetupError, SpecError
+from sandbox.fds import read_all
 from wrapperd.planned import report
 
 EXIT_FAILURE = 125
@@ -99,19 +100,13 @@ def _read_spec(opts) -> "dict | None":
             fd = 0
         else:
             fd = os.open(opts.spec, os.O_RDONLY | os.O_CLOEXEC)
-        chunks, size = [], 0
-        while size <= MAX_SPEC_BYTES:
-            b = os.read(fd, 65536)
-            if not b:
-                break
-            chunks.append(b)
-            size += len(b)
+        data = read_all(fd, MAX_SPEC_BYTES)
         if fd != 0:
             os.close(fd)    # the spec fd must not reach the target
     except OSError as e:
         src = f"fd {opts.spec_fd}" if opts.spec_fd is not None else opts.spec
         raise SpecError(f"cannot read spec from {src}: {e.strerror}") from None
-    data = loads_strict(b"".join(chunks))
+    data = loads_strict(data)
     if not isinstance(data, dict):
         raise SpecError("the spec must be a JSON object")
     return data

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 
 from sandbox.errors import ExecError, SandboxError, SetupError, SpecError
+from sandbox.fds import read_all
 
 EXIT_FAILURE = 125
 
@@ -104,16 +105,6 @@ def _parse(args: "list[str]") -> "tuple[int, int | None]":
     return plan_fd, status_fd
 
 
-def read_fd(fd: int, limit: int) -> bytes:
-    chunks, size = [], 0
-    while size <= limit:
-        b = os.read(fd, 65536)
-        if not b:
-            break
-        chunks.append(b)
-        size += len(b)
-    return b"".join(chunks)
-
 
 def main(args: "list[str]") -> int:
     status_fd = None
@@ -128,7 +119,7 @@ def main(args: "list[str]") -> int:
         plan_fd, _ = _parse(args)
         from sandbox import plan as plan_mod
         try:
-            data = read_fd(plan_fd, plan_mod.MAX_PLAN_BYTES)
+            data = read_all(plan_fd, plan_mod.MAX_PLAN_BYTES)
             os.close(plan_fd)                           # never reaches the target
         except OSError as e:
             raise SpecError(f"cannot read the plan from fd {plan_fd}: {e.strerror}") \
