@@ -199,7 +199,7 @@ def lean_command(root: str, plan_fd: int, status_fd: int) -> "list[str]":
     `root`: package_root(), or lean_path()."""
     from wrapperd.planned import LEAN_BOOT
     return [sys.executable, "-I", "-S", "-c", LEAN_BOOT, root, "--plan-fd", str(plan_fd),
-            "--status-fd", str(status_fd)]
+            "--status-fd", str(status_fd), "--parent-pid", str(os.getpid())]
 
 
 def _prepared(spec, python) -> "tuple[bytes | None, str | None]":
@@ -345,7 +345,7 @@ def spawn(target=None, *, stdin=None, stdout=None, stderr=None,
             cmd = lean_command(lean_root, spec_r, status_w)
         else:
             cmd = [python, "-I", "-m", "wrapperd", "--spec-fd", str(spec_r),
-                   "--status-fd", str(status_w)]
+                   "--status-fd", str(status_w), "--parent-pid", str(os.getpid())]
         # The shim's own environment: the target gets exactly spec.env, never this.
         popen = subprocess.Popen(cmd, stdin=in_, stdout=out, stderr=err,
                                  pass_fds=(spec_r, status_w, *spec.pass_fds),

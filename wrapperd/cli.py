@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", metavar="NAME", help="merge the spec over this profile")
     p.add_argument("--status-fd", metavar="N", type=int,
                    help="write a JSON record here if setup fails; EOF means exec happened")
+    p.add_argument("--parent-pid", metavar="PID", type=int,
+                   help="the caller's pid: with pdeathsig, setup fails if wrapperd's parent "
+                        "is no longer PID when the signal is armed (it exited early)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the fully resolved spec as JSON and exit 0")
     talos = p.add_argument_group("Talos wrapperd flags")
@@ -75,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def split_argv(args: "list[str]") -> "tuple[list[str], list[str]]":
     """Options end at '--' or, as with Go's flag package, at the first non-option."""
-    with_value = {"--spec", "--spec-fd", "--profile", "--status-fd", "--name", "-name",
+    with_value = {"--spec", "--spec-fd", "--profile", "--status-fd", "--parent-pid",
+                  "--name", "-name",
                   "--dropped-caps", "-dropped-caps", "--cgroup-path", "-cgroup-path",
                   "--oom-score", "-oom-score", "--uid", "-uid"}
     i = 0
@@ -171,6 +175,8 @@ def main(args: "list[str] | None" = None) -> int:
             sys.stdout.flush()
             return 0
         plan.status_fd = status_fd
+        import wrapperd
+        plan.ppid = wrapperd.PPID_AT_START if opts.parent_pid is None else opts.parent_pid
         shim.run(plan)
     except SandboxError as e:
         return _report(e, status_fd)

@@ -81,12 +81,15 @@ def report(err: BaseException, status_fd: "int | None") -> int:
     return EXIT_FAILURE
 
 
-def _parse(args: "list[str]") -> "tuple[int, int | None]":
-    plan_fd = status_fd = None
+USAGE = "usage: wrapperd --plan-fd N [--status-fd M] [--parent-pid P]"
+
+
+def _parse(args: "list[str]") -> "tuple[int, int | None, int | None]":
+    plan_fd = status_fd = parent_pid = None
     i = 0
     while i < len(args):
         a = args[i]
-        if a in ("--plan-fd", "--status-fd") and i + 1 < len(args):
+        if a in ("--plan-fd", "--status-fd", "--parent-pid") and i + 1 < len(args):
             try:
                 n = int(args[i + 1])
             except ValueError:
@@ -95,14 +98,16 @@ def _parse(args: "list[str]") -> "tuple[int, int | None]":
                 raise SpecError(f"usage: {a} {n}: not an fd")
             if a == "--plan-fd":
                 plan_fd = n
-            else:
+            elif a == "--status-fd":
                 status_fd = n
+            else:
+                parent_pid = n
             i += 2
         else:
-            raise SpecError(f"usage: wrapperd --plan-fd N [--status-fd M]; unexpected {a!r}")
+            raise SpecError(f"{USAGE}; unexpected {a!r}")
     if plan_fd is None:
-        raise SpecError("usage: wrapperd --plan-fd N [--status-fd M]")
-    return plan_fd, status_fd
+        raise SpecError(USAGE)
+    return plan_fd, status_fd, parent_pid
 
 
 
@@ -116,7 +121,7 @@ def main(args: "list[str]") -> int:
                 os.set_inheritable(status_fd, False)    # EOF at exec = success
             except (ValueError, IndexError, OSError):
                 status_fd = None
-        plan_fd, _ = _parse(args)
+        plan_fd, _, parent_pid = _parse(args)
         from sandbox import plan as plan_mod
         try:
             data = read_all(plan_fd, plan_mod.MAX_PLAN_BYTES)
@@ -126,6 +131,8 @@ def main(args: "list[str]") -> int:
                 from None
         plan = plan_mod.decode(data)
         plan.status_fd = status_fd
+        import wrapperd
+        plan.ppid = wrapperd.PPID_AT_START if parent_pid is None else parent_pid
         from wrapperd import shim
         shim.run(plan)
     except SystemExit:

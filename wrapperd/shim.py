@@ -136,11 +136,24 @@ def _cgroup(plan):
         cgroups.apply(plan.cgroup)
 
 
+def _before_fork(plan) -> int:
+    """A step that may fork: pdeathsig's parent check must not be lost across it."""
+    if plan.spec.pdeathsig is not None and os.getppid() != plan.ppid:
+        raise SetupError("pdeathsig", 0, "the parent exited before pdeathsig was armed")
+    return os.getpid()
+
+
+def _after_fork(plan, pid_before: int) -> None:
+    if os.getpid() != pid_before:            # forked: the supervisor is the parent now
+        plan.ppid = os.getppid()
+
+
 def _namespaces(plan):
     if plan.namespaces is not None:
         from sandbox import namespaces
+        pid = _before_fork(plan)
         namespaces.apply(plan.namespaces)    # may fork: returns in the future target
-        plan.ppid = os.getppid()             # for pdeathsig: the parent may have changed
+        _after_fork(plan, pid)
 
 
 def _mounts(plan):
@@ -152,8 +165,9 @@ def _mounts(plan):
 def _session(plan):
     if plan.spec.new_session:
         from sandbox import procattr
+        pid = _before_fork(plan)
         procattr.new_session()               # may fork: returns in the future target
-        plan.ppid = os.getppid()             # for pdeathsig: the parent may have changed
+        _after_fork(plan, pid)
 
 
 def _fds(plan):

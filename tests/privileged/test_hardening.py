@@ -166,3 +166,40 @@ def test_shim_is_not_ptraceable_by_the_target_uid_while_privileged(probe, step):
     finally:
         target.kill()
         target.wait()
+
+
+def _start_from_a_parent_that_exits(spec: dict, errfile: str, linger: float) -> None:
+    """Fork a parent that starts wrapperd (telling it its pid) and exits after `linger`
+    seconds -- before the shim can arm pdeathsig when linger is 0."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            r, w = os.pipe()
+            os.write(w, json.dumps(spec).encode())
+            os.close(w)
+            with open(errfile, "w") as err:
+                subprocess.Popen(wrapperd_cmd("--spec-fd", str(r), "--parent-pid",
+                                              str(os.getpid())), pass_fds=(r,), stderr=err)
+            time.sleep(linger)
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+
+
+@pytest.mark.parametrize("linger", [0.0, 3.0])
+def test_pdeathsig_with_a_parent_that_already_exited_never_runs_the_target(scratch, linger):
+    marker = scratch / "ran"
+    errfile = str(scratch / "err")
+    spec = {"argv": ["/bin/sh", "-c", f"touch {marker}"], "pdeathsig": "SIGKILL",
+            "env": {"PATH": "/usr/bin:/bin"}}
+    _start_from_a_parent_that_exits(spec, errfile, linger)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not marker.exists() and \
+            not open(errfile).read():
+        time.sleep(0.05)
+    if linger:      # control: the parent outlives the setup, so the target runs
+        assert marker.exists(), open(errfile).read()
+    else:
+        assert open(errfile).read() == \
+            "wrapperd: pdeathsig: the parent exited before pdeathsig was armed\n"
+        assert not marker.exists()
