@@ -279,11 +279,17 @@ def test_server_exits_when_its_caller_dies(tmp_path):
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=root,
                        timeout=60)
     pid = int(r.stdout)
-    for _ in range(500):                 # not a timing assertion: bounded wait
-        if _gone(pid) or open(f"/proc/{pid}/stat").read().split()[2] == "Z":
-            break
+
+    def ended():
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except FileNotFoundError:
+            return True
+    deadline = time.monotonic() + 30     # not a timing assertion: bounded wait
+    while not ended() and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert _gone(pid) or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+    assert ended()
 
 
 # --------------------------------------------------------------------------- cache

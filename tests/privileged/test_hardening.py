@@ -126,8 +126,16 @@ def _ptrace_as(uid: int, pid: int) -> int:
     return int(out)
 
 
+def _runs_as(pid: int, name: str, uid: int) -> bool:
+    with open(f"/proc/{pid}/status") as f:
+        st = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+    return st["Name"] == name and st["Uid"].split() == [str(uid)] * 4
+
+
 def _wait_stopped(pid: int) -> None:
-    for _ in range(200):
+    # Bounded, not timed: the shim's start may take seconds on a loaded machine.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
         with open(f"/proc/{pid}/stat") as f:
             if f.read().rsplit(")", 1)[1].split()[0] == "T":
                 return
@@ -161,16 +169,23 @@ def test_shim_is_not_ptraceable_by_the_target_uid_while_privileged(probe, step):
     target = subprocess.Popen(["/usr/bin/setpriv", "--reuid=65534", "--regid=65534",
                                "--clear-groups", "sleep", "5"])
     try:
-        time.sleep(0.2)
+        # Attach only once setpriv has switched to 65534 and exec'd sleep (between the
+        # two the process is not dumpable): a fixed sleep would race on a loaded machine.
+        deadline = time.monotonic() + 30
+        while not _runs_as(target.pid, "sleep", 65534):
+            assert time.monotonic() < deadline, "setpriv never ran sleep as 65534"
+            time.sleep(0.01)
         assert _ptrace_as(65534, target.pid) == 0
     finally:
         target.kill()
         target.wait()
 
 
-def _start_from_a_parent_that_exits(spec: dict, errfile: str, linger: float) -> None:
+def _start_from_a_parent_that_exits(spec: dict, errfile: str, linger: float,
+                                    marker=None) -> None:
     """Fork a parent that starts wrapperd (telling it its pid) and exits after `linger`
-    seconds -- before the shim can arm pdeathsig when linger is 0."""
+    seconds -- before the shim can arm pdeathsig when linger is 0 -- or as soon as
+    `marker` exists (the target ran: the parent has outlived the setup)."""
     pid = os.fork()
     if pid == 0:
         try:
@@ -180,19 +195,21 @@ def _start_from_a_parent_that_exits(spec: dict, errfile: str, linger: float) -> 
             with open(errfile, "w") as err:
                 subprocess.Popen(wrapperd_cmd("--spec-fd", str(r), "--parent-pid",
                                               str(os.getpid())), pass_fds=(r,), stderr=err)
-            time.sleep(linger)
+            end = time.monotonic() + linger
+            while time.monotonic() < end and not (marker and marker.exists()):
+                time.sleep(0.02)
         finally:
             os._exit(0)
     os.waitpid(pid, 0)
 
 
-@pytest.mark.parametrize("linger", [0.0, 3.0])
+@pytest.mark.parametrize("linger", [0.0, 30.0])       # 30: ends when the target ran
 def test_pdeathsig_with_a_parent_that_already_exited_never_runs_the_target(scratch, linger):
     marker = scratch / "ran"
     errfile = str(scratch / "err")
     spec = {"argv": ["/bin/sh", "-c", f"touch {marker}"], "pdeathsig": "SIGKILL",
             "env": {"PATH": "/usr/bin:/bin"}}
-    _start_from_a_parent_that_exits(spec, errfile, linger)
+    _start_from_a_parent_that_exits(spec, errfile, linger, marker)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and not marker.exists() and \
             not open(errfile).read():

@@ -60,6 +60,10 @@ def run_under(name, probe, cg_root, *actions, **fields):
         report = json.loads(p.stdout.readline())
         diffs = sandbox.verify(p, seccomp=True, namespaces=True)
         host = sandbox.inspect(p.target_pid)
+        # The kernel's own words too, not only what sandbox.inspect() made of them.
+        with open(f"/proc/{p.target_pid}/status") as f:
+            host["proc_status"] = dict(ln.rstrip("\n").split(":\t", 1) for ln in f
+                                       if ":\t" in ln)
         cg = cgroups.cgroup_of(p.target_pid)
         cg["limits"] = {}
         for f in ("pids/pids.max", "memory/memory.limit_in_bytes"):
@@ -156,10 +160,14 @@ def test_strict_root_is_read_only_and_has_no_network(probe, cg_root, shared_dir)
 
 
 def test_untrusted_is_nobody_seen_from_the_host(probe, cg_root):
-    _r, diffs, host, *_ = run_under("untrusted", probe, cg_root)
+    r, diffs, host, *_ = run_under("untrusted", probe, cg_root)
     assert diffs == []
     assert host["uids"] == {k: 65534 for k in ("real", "effective", "saved", "fs")}
     assert host["gids"]["real"] == 65534
+    # What the host's /proc itself says, against the target's own view (root inside).
+    assert host["proc_status"]["Uid"].split() == ["65534"] * 4
+    assert host["proc_status"]["Gid"].split()[0] == "65534"
+    assert r["status"]["Uid"].split() == ["0"] * 4
 
 
 def test_spec_fields_beat_the_profile_for_real(probe, cg_root):

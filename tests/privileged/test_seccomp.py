@@ -326,3 +326,9 @@ def test_compiled_bpf_loads_in_bwrap(cprobe, tmp_path):
     assert p.returncode == 0, p.stderr
     res = json.loads(p.stdout)["results"]
     assert res[0][1] == EPERM and res[1][0] > 0
+    # Control: without --seccomp the same mount(2) under bwrap is not EPERM (the kernel
+    # answers EFAULT to its null arguments), so the EPERM above came from the filter.
+    p = subprocess.run(["bwrap", "--bind", "/", "/", cprobe, f"sys:{nr('mount')}"],
+                       capture_output=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["results"][0][1] not in (0, EPERM)

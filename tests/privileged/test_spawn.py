@@ -239,9 +239,10 @@ def test_terminate_control_sigterm_suffices_for_a_normal_target():
     p = sandbox.spawn([SH, "-c", "echo ready; exec sleep 30"], env=TARGET_ENV, stdout=PIPE)
     with p:
         assert p.stdout.readline() == b"ready\n"
+        # A long grace, so "returned well before it ran out" holds on a loaded machine.
         t0 = time.monotonic()
-        assert p.terminate(grace=5) == -signal.SIGTERM
-        assert time.monotonic() - t0 < 4
+        assert p.terminate(grace=60) == -signal.SIGTERM
+        assert time.monotonic() - t0 < 30
 
 
 def test_kill_takes_the_whole_cgroup(cgroup_root):
@@ -256,7 +257,7 @@ def test_kill_takes_the_whole_cgroup(cgroup_root):
         assert not all(gone(m) for m in orphans)  # control: they do run
         p.kill()
         assert p.wait(5) == -signal.SIGKILL
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 30
         while not all(gone(m) for m in orphans) and time.monotonic() < deadline:
             time.sleep(0.01)
         assert all(gone(m) for m in orphans)
@@ -291,7 +292,7 @@ def test_run_captures_feeds_checks_and_times_out(probe):
     t0 = time.monotonic()
     with pytest.raises(subprocess.TimeoutExpired):
         sandbox.run(["/bin/sleep", "30"], timeout=0.3, env=TARGET_ENV)
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 20                # well before sleep's 30 s
     assert zombie_children() == []
 
 
@@ -335,7 +336,7 @@ def test_in_a_new_pid_namespace_the_handle_finds_and_stops_the_target(as_pid_1):
         assert sandbox.verify(p, namespaces=True) == []
         # pid 1 of a namespace ignores SIGTERM without a handler: the grace runs out.
         p.terminate(grace=0.3)
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while not gone(target) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert gone(target)                              # nothing left running inside

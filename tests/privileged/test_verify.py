@@ -121,8 +121,13 @@ def test_verify_in_new_namespaces(ns):
         diffs = sandbox.verify(p, namespaces=True, seccomp=True)
         assert diffs == [], "\n".join(map(str, diffs))
         uids = sandbox.inspect(p.target_pid)["uids"]
+        with open(f"/proc/{p.target_pid}/status") as f:       # the kernel's own view
+            kernel_uids = next(ln for ln in f if ln.startswith("Uid:")).split()[1:]
         if "user" in ns:
             assert uids["real"] == 165534            # nobody inside, seen from the host
+            assert kernel_uids == ["165534"] * 4
+        else:
+            assert kernel_uids == ["65534"] * 4
         # Control: the same spec without the namespaces is told apart.
         plain = attrs.evolve(p.spec, namespaces=None)
         found = [d.field for d in sandbox.verify(p, plain, namespaces=True)]
