@@ -73,10 +73,13 @@ def expected(spec) -> dict:
     if cp is not None:
         uid, gid, groups = cp.uid, cp.gid, sorted(set(cp.groups))
         if nsp is not None and "user" in nsp.new:
-            # /proc shows ids as the reader's (host) namespace sees them.
-            uid = _outside(nsp.uid_map, uid)
-            gid = _outside(nsp.gid_map, gid)
-            groups = sorted({_outside(nsp.gid_map, g) for g in groups})
+            # /proc shows ids as the reader's (host) namespace sees them.  Translate
+            # through the spec's own maps where it gives them, not the prepared ones:
+            # an expectation derived from the code under test could not catch its bug.
+            uid_map, gid_map = _spec_maps(spec, nsp)
+            uid = _outside(uid_map, uid)
+            gid = _outside(gid_map, gid)
+            groups = sorted({_outside(gid_map, g) for g in groups})
     else:
         uid, gid, groups = os.geteuid(), os.getegid(), sorted(set(os.getgroups()))
     out = {
@@ -118,6 +121,16 @@ def expected(spec) -> dict:
         else:
             out["namespaces"][proc] = v          # a path to join
     return out
+
+
+def _spec_maps(spec, nsp) -> "tuple[tuple, tuple]":
+    """(uid_map, gid_map) as (inside, outside, count) triples: the spec's, when it lists
+    them; else (user: true, a self-mapping) what the shim worked out."""
+    user = spec.namespaces.user
+    if isinstance(user, dict) and user.get("uid_map"):
+        conv = lambda ms: tuple((m.inside, m.outside, m.count) for m in ms)  # noqa: E731
+        return conv(user["uid_map"]), conv(user.get("gid_map") or ())
+    return nsp.uid_map, nsp.gid_map
 
 
 def _outside(idmap, inside: int) -> "int | None":
