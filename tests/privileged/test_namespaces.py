@@ -130,7 +130,7 @@ def state():
     try:
         with open(f'/proc/{gc}/stat') as f:
             return f.read().rsplit(')', 1)[1].split()[0]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):   # ESRCH: gone while we read it
         return 'reaped'
 
 
