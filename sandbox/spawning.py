@@ -150,6 +150,16 @@ _shim_ok: dict = {}
 _shim_lock = threading.Lock()
 
 
+def _shim_env() -> dict:
+    """The shim's own environment (the target gets exactly spec.env, never this): a PATH,
+    and where the caller moved wrapperd's BPF cache, that setting."""
+    from .bpfcache import ENV
+    env = {"PATH": _SHIM_PATH}
+    if ENV in os.environ:
+        env[ENV] = os.environ[ENV]
+    return env
+
+
 def _check_shim(python: str) -> None:
     """Fail closed if `python -I` cannot import wrapperd (say, the library is used from
     a source tree that only the caller's sys.path has).  Such a shim would exit 1
@@ -346,10 +356,9 @@ def spawn(target=None, *, stdin=None, stdout=None, stderr=None,
         else:
             cmd = [python, "-I", "-m", "wrapperd", "--spec-fd", str(spec_r),
                    "--status-fd", str(status_w), "--parent-pid", str(os.getpid())]
-        # The shim's own environment: the target gets exactly spec.env, never this.
         popen = subprocess.Popen(cmd, stdin=in_, stdout=out, stderr=err,
                                  pass_fds=(spec_r, status_w, *spec.pass_fds),
-                                 close_fds=True, env={"PATH": _SHIM_PATH})
+                                 close_fds=True, env=_shim_env())
     except BaseException as e:
         for fd in (spec_r, spec_w, status_r, status_w):
             if fd >= 0:
