@@ -662,11 +662,8 @@ def _stdio_fd(v, i: int, mine: list, parent_ends: list, given: dict):
         os.fstat(fd)                   # not open: refused here (EBADF), as Popen does
         return fd
     if isinstance(v, (str, bytes, os.PathLike)):
-        if i == 0:
-            fd = os.open(v, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
-        else:
-            fd = os.open(v, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC |
-                         os.O_NOCTTY, 0o640)
+        from .spawning import open_stdio_path
+        fd = open_stdio_path(v, i == 0)
         mine.append(fd)
         return fd
     raise TypeError(f"{('stdin', 'stdout', 'stderr')[i]}: expected None, PIPE, DEVNULL, "

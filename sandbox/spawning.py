@@ -128,17 +128,22 @@ def _sugar(fields: dict) -> dict:
 
 # --------------------------------------------------------------------------- stdio
 
+def open_stdio_path(path, for_input: bool) -> int:
+    """A stdio path, opened in the caller: stdin read-only, output appended (created
+    0640); never as a controlling terminal."""
+    if for_input:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC |
+                   os.O_NOCTTY, 0o640)
+
+
 def _open_stdio(v, which: str, opened: list):
     """None: inherit; PIPE/DEVNULL/STDOUT/an fd/a file object: as subprocess; a path:
     opened here, in the parent (stdin read-only, the others appended, created 0640)."""
     if v is None or isinstance(v, int) or hasattr(v, "fileno"):
         return v
     if isinstance(v, (str, bytes, os.PathLike)):
-        if which == "stdin":
-            fd = os.open(v, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
-        else:
-            fd = os.open(v, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC |
-                         os.O_NOCTTY, 0o640)
+        fd = open_stdio_path(v, which == "stdin")
         opened.append(fd)
         return fd
     raise TypeError(f"{which}: expected None, PIPE, DEVNULL, an fd, a file or a path")
