@@ -32,6 +32,7 @@ import os
 from . import _libc
 from ._record import frozen
 from .errors import SetupError, SpecError
+from .fds import read_all
 
 __all__ = ["Prepared", "prepare", "apply", "fork_supervised", "FORWARDED_SIGNALS",
            "CLONE_FLAGS", "PROC_NAMES"]
@@ -387,12 +388,7 @@ def _new_user_ns(p: Prepared) -> None:
         os.write(go_w, b"1")
         os.close(go_w)
         go_w = -1
-        msg = b""
-        while True:
-            chunk = os.read(err_r, 4096)
-            if not chunk:
-                break
-            msg += chunk
+        msg = read_all(err_r)
     finally:
         if go_w != -1:
             os.close(go_w)      # the helper reads EOF and exits without writing
@@ -443,12 +439,7 @@ def _run_quiet(args) -> None:
                                            (os.POSIX_SPAWN_DUP2, w, 1)])
     finally:
         os.close(w)
-    out = b""
-    while True:
-        chunk = os.read(r, 4096)
-        if not chunk:
-            break
-        out += chunk
+    out = read_all(r)
     os.close(r)
     _, status = os.waitpid(pid, 0)
     if status != 0:
