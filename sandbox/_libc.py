@@ -95,6 +95,10 @@ def setns(fd: int, nstype: int = 0) -> None:
     _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
 
 
+class _SockFprog(ctypes.Structure):       # struct sock_fprog <linux/filter.h>
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+
+
 def seccomp_load_bpf(program: bytes, flags: int = 0) -> None:
     """Load a compiled classic-BPF seccomp program (struct sock_filter[]).
 
@@ -103,12 +107,8 @@ def seccomp_load_bpf(program: bytes, flags: int = 0) -> None:
     """
     if len(program) % 8:
         raise ValueError("seccomp program length is not a multiple of 8")
-
-    class SockFprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
-
     buf = ctypes.create_string_buffer(program, len(program))
-    prog = SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_char_p))
+    prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_char_p))
     # SECCOMP_SET_MODE_FILTER = 1 through seccomp(2) so flags can be passed.
     _syscall = _libc.syscall
     _syscall.restype = ctypes.c_long

@@ -13,6 +13,8 @@ What the kernel does at execve (capabilities(7)) decides the masks:
 
 from __future__ import annotations
 
+import os
+
 from . import _libc
 from ._record import frozen
 from .errors import SetupError, SpecError
@@ -65,21 +67,67 @@ def names(m: int) -> list[str]:
     return out
 
 
+_LAST_CAP: "int | None" = None
+
+
 def last_cap() -> int:
-    """The highest capability number the running kernel knows."""
+    """The highest capability number the running kernel knows (read once: it is fixed
+    for the kernel's lifetime; the fork server's children inherit the value)."""
+    global _LAST_CAP
+    if _LAST_CAP is None:
+        try:
+            fd = os.open("/proc/sys/kernel/cap_last_cap", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                _LAST_CAP = int(os.read(fd, 32))
+            finally:
+                os.close(fd)
+        except (OSError, ValueError):
+            return len(CAP_NAMES) - 1
+    return _LAST_CAP
+
+
+def _status_masks() -> "tuple[int, int] | None":
+    """(bounding, ambient) as the kernel reports them in /proc/self/status: one read
+    instead of a prctl per capability.  None where /proc is not there to read."""
     try:
-        with open("/proc/sys/kernel/cap_last_cap", "rb") as f:
-            return int(f.read())
+        fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return len(CAP_NAMES) - 1
+        return None
+    try:
+        text = os.read(fd, 1 << 16)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    got = {}
+    for line in text.split(b"\n"):
+        if line.startswith((b"CapBnd:", b"CapAmb:")):
+            try:
+                got[line[:6]] = int(line[7:], 16)
+            except ValueError:
+                return None
+    if len(got) != 2:
+        return None
+    return got[b"CapBnd"], got[b"CapAmb"]
 
 
 def bounding_set() -> int:
+    masks = _status_masks()
+    if masks is not None:
+        return masks[0]
     m = 0
     for i in range(last_cap() + 1):
         if _libc.prctl(_libc.PR_CAPBSET_READ, i) == 1:
             m |= 1 << i
     return m
+
+
+def ambient_set(last: int) -> int:
+    masks = _status_masks()
+    if masks is not None:
+        return masks[1]
+    return sum(1 << i for i in range(last + 1)
+               if _libc.prctl(_libc.PR_CAP_AMBIENT, _libc.PR_CAP_AMBIENT_IS_SET, i) == 1)
 
 
 @frozen
@@ -169,9 +217,8 @@ def apply(p: Prepared) -> None:
         raise SetupError(step, e.errno, f"set permitted to {names(p.permitted)}")
     # Verify: never trust that a sequence of syscalls left the state we meant.
     eff, prm, inh = _libc.capget()
-    bnd = bounding_set()
-    amb = sum(1 << i for i in range(p.last_cap + 1)
-              if _libc.prctl(_libc.PR_CAP_AMBIENT, _libc.PR_CAP_AMBIENT_IS_SET, i) == 1)
+    masks = _status_masks()
+    bnd, amb = masks if masks is not None else (bounding_set(), ambient_set(p.last_cap))
     if (eff, prm, inh, bnd, amb) != (p.permitted, p.permitted, p.inheritable, p.bounding,
                                      p.ambient):
         raise SetupError(step, 0, "the kernel reports capability sets other than requested")

@@ -410,6 +410,11 @@ _NR_EXECVE = {"x86_64": 59, "aarch64": 221, "riscv64": 221, "x86": 11, "arm": 11
 _FATAL = ("kill_process", "kill_thread", "trap")
 
 
+# Programs check_execve() passed: a repeated prepare() of one spec (spawn() in a loop)
+# does not interpret the same program again.  Bounded: cleared when it grows large.
+_EXECVE_OK: set = set()
+
+
 def check_execve(program: bytes) -> None:
     """Refuse a filter that kills (or traps) the shim's own execve: wrapperd.shim's
     prepare() calls this (prepare() here also compiles filters nobody execs under).
@@ -417,6 +422,8 @@ def check_execve(program: bytes) -> None:
     status record: its caller would read the EOF as "exec'd" although the target never
     ran.  An errno action is fine (execve fails, the shim reports it: exit 126).  The
     arguments are pointers, unknown here: a few representative values are tried."""
+    if program in _EXECVE_OK:
+        return
     arch = native_arch()
     nr = _NR_EXECVE.get(arch)
     if nr is None:
@@ -427,6 +434,9 @@ def check_execve(program: bytes) -> None:
             raise SpecError(f"the filter's action for execve is {got}, but wrapperd "
                             "itself calls execve, under the filter, to start the target "
                             "(an errno action is fine)", "seccomp")
+    if len(_EXECVE_OK) >= 64:
+        _EXECVE_OK.clear()
+    _EXECVE_OK.add(program)
 
 
 def _compile(default: str, arches, entries) -> "tuple[bytes, int]":
