@@ -61,12 +61,26 @@ def _preload() -> None:
     libc = sys.modules["sandbox._libc"]._libc
     for fn in ("capget", "capset", "unshare", "setns", "syscall", "mount", "umount2"):
         getattr(libc, fn, None)
+    sys.modules["sandbox.caps"].last_cap()      # read once, inherited by every child
+
+
+# Decoded plans by their encoded bytes, most recent last (see _plan_for).  A child
+# forked after a plan was decoded here finds it in its copy of this dict.
+_PLANS: dict = {}
+_MAX_PLANS = 16
+# The server's own pid namespace, to return to after making one for a spare.
+_OWN_PIDNS = -1
 
 
 def serve(ctl_fd: int) -> None:
     import select
     import socket
+    global _OWN_PIDNS
     _preload()
+    try:
+        _OWN_PIDNS = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        _OWN_PIDNS = -1                # no premade pid namespaces, then
     # Every object now in memory stays out of the collector's reach (gc.freeze), and no
     # collection runs in the server or its children: a collection walks every object,
     # and in a forked child each page it writes to is copied (copy-on-write).
@@ -123,8 +137,9 @@ def _serve_one(ctl, children: dict, poller) -> bool:
             os.close(fd)               # the caller sees EOF on its reply socket
         return True
     reply = socket.socket(fileno=fds[0])
+    kind = _premade_kind(_plan_for(fds[1]))
     try:
-        pid, pidfd = _start(msg, fds, layout)
+        pid, pidfd = _start(msg, fds, layout, kind)
     except OSError:                    # fork failed (EAGAIN, ENOMEM): refuse this one;
         reply.close()                  # the caller sees no pid and raises
         return True
@@ -139,30 +154,136 @@ def _serve_one(ctl, children: dict, poller) -> bool:
         pass                           # the caller is gone; the child still gets reaped
     children[pidfd] = (pid, reply)
     poller.register(pidfd, select.POLLIN)
-    try:
-        _SPARE.append(_prefork())      # for the next request, now that this one runs
-    except OSError:
-        pass                           # the next request forks for itself
+    if kind not in _SPARES:
+        try:
+            _SPARES[kind] = _prefork(kind)     # for the next request, now this one runs
+        except OSError:
+            pass                       # the next request forks for itself
     return True
 
 
-# One child forked ahead of time, idle until a request is handed to it: the fork (and
-# the copy-on-write faults right after it) then happens while the previous target
-# runs, not while a caller waits.  It holds nothing but its end of a socketpair.
-_SPARE: list = []
+def _read_plan(fd: int) -> bytes:
+    from . import plan as plan_mod
+    size = os.fstat(fd).st_size
+    return os.pread(fd, min(size, plan_mod.MAX_PLAN_BYTES + 1), 0)
 
 
-def _prefork() -> "tuple[int, int, object]":
+def _plan_for(plan_fd: int):
+    """The request's plan, decoded once per distinct plan and kept (_PLANS): a child
+    forked after that -- the next spare -- has it decoded already.  None when it does
+    not decode (the child then decodes it again and reports why, as the shim would)."""
+    try:
+        data = _read_plan(plan_fd)
+    except OSError:
+        return None
+    plan = _PLANS.pop(data, None)
+    if plan is None:
+        from . import plan as plan_mod
+        try:
+            plan = plan_mod.decode(data)
+        except Exception:              # noqa: BLE001 -- the child reports it
+            return None
+        while len(_PLANS) >= _MAX_PLANS:
+            del _PLANS[next(iter(_PLANS))]
+    _PLANS[data] = plan                # most recent last
+    return plan
+
+
+def _premade_kind(plan) -> "str | None":
+    """The kind of spare child for this plan: None (a plain fork) or a pid namespace
+    made ahead of time (sandbox.namespaces.premade_kind).  Not when the spec sets a
+    cgroup or oom_score_adj: those are applied before the namespaces, so the shim's
+    own reaper shares them, and a reaper made ahead of time would not."""
+    if plan is None or _OWN_PIDNS < 0 or plan.cgroup is not None or \
+            plan.spec.oom_score_adj is not None:
+        return None
+    from . import namespaces
+    return namespaces.premade_kind(plan.namespaces)
+
+
+# Children forked ahead of time, one of each kind in use (None: plain; "pid", "pid1":
+# born in a new pid namespace), idle until a request is handed to one: the forks (and
+# the copy-on-write faults right after them) then happen while the previous target
+# runs, not while a caller waits.  Each holds nothing but its end of a socketpair.
+_SPARES: dict = {}
+
+
+def _prefork(kind: "str | None") -> "tuple[int, int, object]":
+    """Fork a spare child of this kind: (pid, pidfd, our end of its channel).
+
+    For a pid namespace: unshare(CLONE_NEWPID) moves only the children made after it
+    into the new namespace, so this server forks the spare there and then returns to
+    its own namespace for every later child (setns).  For "pid" the spare, pid 1, is
+    the namespace's reaper and forks the worker (pid 2) that takes the request."""
     import socket
+
+    from . import _libc, namespaces
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    pid = os.fork()
+    try:
+        if kind is not None:
+            try:
+                _libc.unshare(namespaces.CLONE_FLAGS["pid"])
+            except OSError:
+                _no_premade()              # not allowed here: plain children from now on
+                raise
+        try:
+            pid = os.fork()
+        except BaseException:
+            if kind is not None:
+                _own_pidns()
+            raise
+    except BaseException:
+        ours.close()
+        theirs.close()
+        raise
+    if pid and kind is not None:
+        _own_pidns()
     if pid == 0:
-        _spare(theirs.fileno())        # never returns
+        if kind == "pid":
+            _reaper_spare(theirs.fileno())     # never returns
+        _spare(theirs.fileno(), kind)          # never returns
     theirs.close()
     return pid, os.pidfd_open(pid), ours
 
 
-def _spare(chan: int) -> None:
+def _no_premade() -> None:
+    global _OWN_PIDNS
+    if _OWN_PIDNS >= 0:
+        os.close(_OWN_PIDNS)
+        _OWN_PIDNS = -1
+
+
+def _own_pidns() -> None:
+    """Back to the server's own pid namespace for its later children."""
+    from . import _libc, namespaces
+    try:
+        _libc.setns(_OWN_PIDNS, namespaces.CLONE_FLAGS["pid"])
+    except OSError:
+        # Every later child would be born in that namespace: stop rather than serve
+        # anything from here (the caller's next spawn starts a new server).
+        os._exit(70)
+
+
+def _reaper_spare(chan: int) -> None:
+    """Pid 1 of a premade namespace: fork the worker (pid 2) that takes the request,
+    then reap and forward signals as the shim's reaper does (namespaces._supervise)."""
+    import _signal as signal
+
+    from . import namespaces
+    try:
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, namespaces.FORWARDED_SIGNALS)
+        worker = os.fork()
+        if worker == 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            _spare(chan, "pid")                # never returns
+        namespaces._supervise(worker, old_mask, pid_1=True)    # never returns
+    except BaseException:              # noqa: B036 -- the child must never return
+        pass
+    finally:
+        os._exit(125)
+
+
+def _spare(chan: int, kind: "str | None") -> None:
     code = 125
     try:
         import socket
@@ -173,25 +294,33 @@ def _spare(chan: int) -> None:
         sock = socket.socket(fileno=chan)
         msg, anc, flags, _ = sock.recvmsg(4096, socket.CMSG_SPACE(4 * MAX_FDS),
                                           socket.MSG_CMSG_CLOEXEC)
-        fds = [fd for level, kind, data in anc
-               if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+        fds = [fd for level, kind_, data in anc
+               if level == socket.SOL_SOCKET and kind_ == socket.SCM_RIGHTS
                for fd in memoryview(data)[:len(data) - len(data) % 4].cast("i")]
         if not msg or flags & socket.MSG_CTRUNC:
             code = 0                   # the server closed: nothing to do
         else:
             os.close(chan)
-            _child(fds, _parse_request(msg, len(fds)))     # never returns
+            _child(fds, _parse_request(msg, len(fds)), kind)     # never returns
     except BaseException:              # noqa: B036 -- the child must never return
         pass
     finally:
         os._exit(code)
 
 
-def _start(msg: bytes, fds: list, layout) -> "tuple[int, int]":
-    """Hand the request to the spare child (or fork one now); (pid, pidfd)."""
+def _start(msg: bytes, fds: list, layout, kind) -> "tuple[int, int]":
+    """Hand the request to the spare child of its kind (or make one now); (pid, pidfd).
+    A plain child forked here, when no premade pid namespace can be made, runs the
+    shim's own namespaces step (supervisor, reaper) instead."""
     import socket
-    while _SPARE:
-        pid, pidfd, chan = _SPARE.pop()
+    spare = _SPARES.pop(kind, None)
+    if spare is None and kind is not None:
+        try:
+            spare = _prefork(kind)     # made now: still no reaper forked after a request
+        except OSError:
+            spare = None               # a plain fork below: its steps make the namespace
+    if spare is not None:
+        pid, pidfd, chan = spare
         try:
             chan.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _fd_array(fds))])
             return pid, pidfd
@@ -206,7 +335,7 @@ def _start(msg: bytes, fds: list, layout) -> "tuple[int, int]":
             chan.close()
     pid = os.fork()
     if pid == 0:
-        _child(fds, layout)            # never returns
+        _child(fds, layout, None)      # never returns
     return pid, os.pidfd_open(pid)     # still our unreaped child: it is this process
 
 
@@ -224,8 +353,10 @@ def _parse_request(msg: bytes, nfds: int) -> "tuple[tuple, tuple]":
     return stdio, passed
 
 
-def _child(fds: list, layout) -> None:
-    """In the forked child: put the fds in place, decode the plan, run the steps."""
+def _child(fds: list, layout, premade: "str | None") -> None:
+    """In the forked child: put the fds in place, decode the plan (unless the server
+    had, before this child was forked), run the steps.  premade: the pid namespace this
+    child was born in (see _prefork)."""
     status = None
     code = 125
     try:
@@ -242,8 +373,7 @@ def _child(fds: list, layout) -> None:
         high = max([*fds, *targets, 2]) + 1
         import fcntl
         status = fcntl.fcntl(status_src, fcntl.F_DUPFD_CLOEXEC, high)
-        size = os.fstat(plan_fd).st_size
-        data = os.pread(plan_fd, min(size, plan_mod.MAX_PLAN_BYTES + 1), 0)
+        data = _read_plan(plan_fd)
         moved = {t: fcntl.fcntl(s, fcntl.F_DUPFD_CLOEXEC, high) for t, s in targets.items()}
         for t, s in moved.items():
             os.dup2(s, t)              # inheritable
@@ -260,8 +390,17 @@ def _child(fds: list, layout) -> None:
         os.closerange(lo, 1 << 20)
         # The server's own stdio is not the caller's: a slot the caller did not give
         # (its own fd was closed) stays closed, as it would through the plain shim.
-        plan = plan_mod.decode(data)
+        plan = _PLANS.get(data)
+        if plan is None:
+            plan = plan_mod.decode(data)
         plan.status_fd = status
+        plan.ppid = os.getppid()       # the server decoded it: its ppid is not ours
+        if premade is not None:
+            from . import namespaces
+            if namespaces.premade_kind(plan.namespaces) != premade:
+                raise SetupError("namespaces", 0, f"this child was born in a {premade!r} "
+                                 "pid namespace the plan does not ask for")
+            namespaces.PREMADE = premade
         shim.run(plan)                 # execs; raises on failure
     except BaseException as e:         # noqa: B036 -- the child must never return
         try:

@@ -265,7 +265,27 @@ def _fail(what: str, e: OSError, kind: str = "") -> SetupError:
     return SetupError(STEP, e.errno or 0, f"{prefix}{what}")
 
 
+def premade_kind(p: "Prepared | None") -> "str | None":
+    """The pid namespace the fork server can make for this plan ahead of a request
+    (sandbox.forkserver): "pid" (a reaper is pid 1, the worker pid 2) or "pid1" (the
+    worker is pid 1); None when it cannot.  Only without a user namespace (a pid
+    namespace belongs to the user namespace it was made in, which must be the new one)
+    and without joining a pid namespace."""
+    if p is None or "pid" not in p.new or "user" in p.new or \
+            any(k in ("pid", "user") for k, _ in p.join):
+        return None
+    return "pid1" if p.as_pid_1 else "pid"
+
+
+# Set in a fork server's child that was born in a pid namespace made for it ahead of
+# time (premade_kind): apply() then neither unshares CLONE_NEWPID nor forks for it.
+PREMADE: "str | None" = None
+
+
 def apply(p: Prepared) -> None:
+    if PREMADE is not None and PREMADE != premade_kind(p):
+        raise SetupError(STEP, 0, f"this process was made for a {PREMADE!r} pid namespace, "
+                         f"the plan asks for {premade_kind(p)!r}")
     # Open every path first: joining a mount namespace changes what a path names.
     fds = {}
     try:
@@ -285,7 +305,7 @@ def apply(p: Prepared) -> None:
     if "user" in p.new:
         _new_user_ns(p)
     for kind in ORDER:
-        if kind in p.new:
+        if kind in p.new and not (kind == "pid" and PREMADE):
             try:
                 _libc.unshare(CLONE_FLAGS[kind])
             except OSError as e:
@@ -299,7 +319,7 @@ def apply(p: Prepared) -> None:
                 socket.sethostname(p.hostname)
             except OSError as e:
                 raise _fail(f"sethostname {p.hostname!r}", e, "uts") from None
-    if p.forks:
+    if p.forks and not PREMADE:
         _fork(reaper="pid" in p.new and not p.as_pid_1)
 
 

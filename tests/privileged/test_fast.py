@@ -121,6 +121,84 @@ def test_control_a_different_spec_gives_a_different_state(probe, server, cgroup_
     assert a["status"]["Umask"] != b["status"]["Umask"]
 
 
+# ------------------------------------------------------------- premade pid namespaces
+# Without a cgroup, oom_score_adj or user namespace in the spec, the server makes the
+# pid namespace ahead of the request (sandbox.forkserver._prefork): its reaper and the
+# worker are forked while no caller waits.  The target must not tell the difference.
+
+def _premade_spec(probe, **fields) -> dict:
+    return probe_spec(
+        probe, "cglimits",
+        user={"uid": 65534, "gid": 65534, "groups": [65534], "umask": "0027"},
+        capabilities={"keep": ["CAP_NET_BIND_SERVICE"]}, no_new_privs=True,
+        seccomp={"profile": "default"}, namespaces={"pid": True, "ipc": True, "uts": True},
+        hostname="premade", rlimits={"NOFILE": [512, 1024]}, nice=3, cwd="/tmp", **fields)
+
+
+def test_a_premade_pid_namespace_gives_the_same_target_state(probe, server):
+    states = {}
+    for mode in ("wrapperd --spec", "fast", "fast again"):
+        states[mode] = _state(_via(mode.replace(" again", ""), _premade_spec(probe), server),
+                              "-")
+    plain = states.pop("wrapperd --spec")
+    assert plain["pid"] == 2 and plain["ns_new"]["pid"] and plain["hostname"] == "premade"
+    assert plain["status"]["Seccomp"] == "2" and plain["nice"] == 3
+    for mode, st in states.items():
+        for key in plain:
+            assert st[key] == plain[key], (mode, key)
+
+
+def _nspid(pid: int) -> list:
+    with open(f"/proc/{pid}/status") as f:
+        line = next(x for x in f if x.startswith("NSpid:"))
+    return [int(x) for x in line.split()[1:]]
+
+
+@pytest.mark.parametrize("as_pid_1", [False, True])
+def test_every_spawn_gets_a_new_pid_namespace_of_its_own(server, as_pid_1):
+    mine = os.readlink("/proc/self/ns/pid")
+    spec = {"argv": ["/bin/sleep", "60"], "env": TARGET_ENV,
+            "namespaces": {"pid": True, "as_pid_1": as_pid_1}}
+    procs = [server.spawn(spec) for _ in range(4)]
+    try:
+        seen = set()
+        for p in procs:
+            target = p.target_pid
+            ns = os.readlink(f"/proc/{target}/ns/pid")
+            assert ns != mine and ns not in seen
+            seen.add(ns)
+            assert _nspid(target)[-1] == (1 if as_pid_1 else 2)
+            if not as_pid_1:                   # its parent is the namespace's reaper
+                assert _nspid(p.pid)[-1] == 1
+                assert os.readlink(f"/proc/{p.pid}/ns/pid") == ns
+        # The server went back to its own namespace for every later child: a spawn
+        # without a pid namespace is in ours (control for the assertions above).
+        flat = server.spawn(["/bin/sleep", "60"], env=TARGET_ENV)
+        assert os.readlink(f"/proc/{flat.target_pid}/ns/pid") == mine
+        assert len(_nspid(flat.target_pid)) == len(_nspid(os.getpid()))
+        flat.kill()
+        flat.wait()
+        assert os.readlink(f"/proc/{server.pid}/ns/pid_for_children") == mine
+    finally:
+        for p in procs:
+            p.kill()
+    for p in procs:
+        assert p.wait() in (-signal.SIGKILL, 128 + signal.SIGKILL)
+
+
+def test_alternating_specs_each_get_their_own_plan(probe, server):
+    # The server keeps decoded plans and a spare child per kind: neither may mix specs.
+    for i in range(6):
+        ns = {"pid": True, "uts": True} if i % 2 else {"uts": True}
+        spec = probe_spec(probe, namespaces=ns, hostname=f"h{i}")
+        p = server.spawn(spec, stdin=DEVNULL, stdout=PIPE, stderr=PIPE)
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        report = json.loads(out)
+        assert report["hostname"] == f"h{i}"
+        assert (report["pid"] == 2) == bool(i % 2)
+
+
 # --------------------------------------------------------------------------- failures
 
 def _rlimit_hard() -> int:
