@@ -9,10 +9,11 @@ Python 3.11 also has no os.unshare/os.setns (added in 3.12).
 
 from __future__ import annotations
 
-import ctypes
 import os
 
-_libc = ctypes.CDLL(None, use_errno=True)
+from . import _ct as ctypes  # the ctypes subset, without ctypes' import cost
+
+_libc = ctypes.LibC()
 
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
@@ -107,8 +108,9 @@ def seccomp_load_bpf(program: bytes, flags: int = 0) -> None:
     """
     if len(program) % 8:
         raise ValueError("seccomp program length is not a multiple of 8")
-    buf = ctypes.create_string_buffer(program, len(program))
-    prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_char_p))
+    # c_char_p keeps a reference to the bytes and points at their buffer (NUL bytes and
+    # all: it is only a pointer here).
+    prog = _SockFprog(len(program) // 8, program)
     # SECCOMP_SET_MODE_FILTER = 1 through seccomp(2) so flags can be passed.
     _syscall = _libc.syscall
     _syscall.restype = ctypes.c_long

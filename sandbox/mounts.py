@@ -21,9 +21,9 @@ user namespace locks; older kernels get a bind remount that repeats the locked f
 
 from __future__ import annotations
 
-import ctypes
 import os
 
+from . import _ct as ctypes  # the ctypes subset, without ctypes' import cost
 from . import _libc
 from ._record import frozen
 from .errors import SetupError, SpecError
