@@ -266,24 +266,57 @@ def _fail(what: str, e: OSError, kind: str = "") -> SetupError:
 
 
 def premade_kind(p: "Prepared | None") -> "str | None":
-    """The pid namespace the fork server can make for this plan ahead of a request
-    (sandbox.forkserver): "pid" (a reaper is pid 1, the worker pid 2) or "pid1" (the
-    worker is pid 1); None when it cannot.  Only without a user namespace (a pid
-    namespace belongs to the user namespace it was made in, which must be the new one)
-    and without joining a pid namespace."""
+    """The pid namespace a caller may make ahead of this step (unshare(CLONE_NEWPID),
+    then fork): "pid" (the target under a reaper) or "pid1" (the target is pid 1);
+    None when it may not.  Only without a user namespace (a pid namespace belongs to
+    the user namespace it was made in, which must be the new one) and without joining
+    a pid namespace.  Nothing between the two changes: pid is the last namespace made,
+    and the ones before it do not depend on it."""
     if p is None or "pid" not in p.new or "user" in p.new or \
             any(k in ("pid", "user") for k, _ in p.join):
         return None
     return "pid1" if p.as_pid_1 else "pid"
 
 
-# Set in a fork server's child that was born in a pid namespace made for it ahead of
-# time (premade_kind): apply() then neither unshares CLONE_NEWPID nor forks for it.
+# How this process came into a pid namespace made for it ahead of time (premade_kind),
+# set by the entry point that knows: None (it did not; apply() makes it), "pid" (a
+# fork server's worker, pid 2 under a reaper already there), "pid1" (pid 1, which the
+# target will be), "reaper" (pid 1, which forks the target and stays as its reaper:
+# the lean shim started by sandbox.spawn, see spawning).  apply() then neither
+# unshares CLONE_NEWPID nor forks more than that needs.
 PREMADE: "str | None" = None
 
 
+def made_pid_ns_for_children(start):
+    """Call start() -- which forks -- with the children of this thread born into a new
+    pid namespace, then return this thread to its own.  unshare(CLONE_NEWPID) changes
+    only the calling thread's namespace for children, so other threads are unaffected.
+    None, without calling start(), when the namespace cannot be made here."""
+    try:
+        own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        try:
+            _libc.unshare(CLONE_FLAGS["pid"])
+        except OSError:
+            return None
+        try:
+            return start()
+        finally:
+            try:
+                _libc.setns(own, CLONE_FLAGS["pid"])
+            except OSError as e:
+                # Every later child of this thread would be born in that namespace.
+                raise SetupError("spawn", e.errno or 0, "return to our own pid "
+                                 "namespace after starting the shim") from None
+    finally:
+        os.close(own)
+
+
 def apply(p: Prepared) -> None:
-    if PREMADE is not None and PREMADE != premade_kind(p):
+    if PREMADE is not None and \
+            (PREMADE if PREMADE != "reaper" else "pid") != premade_kind(p):
         raise SetupError(STEP, 0, f"this process was made for a {PREMADE!r} pid namespace, "
                          f"the plan asks for {premade_kind(p)!r}")
     # Open every path first: joining a mount namespace changes what a path names.
@@ -321,6 +354,8 @@ def apply(p: Prepared) -> None:
                 raise _fail(f"sethostname {p.hostname!r}", e, "uts") from None
     if p.forks and not PREMADE:
         _fork(reaper="pid" in p.new and not p.as_pid_1)
+    elif PREMADE == "reaper":
+        _fork(reaper=True, outside=False)
 
 
 def _setns(kind: str, fd: int, p: Prepared) -> None:
@@ -484,9 +519,11 @@ def fork_supervised(step: str, what: str) -> None:
     _fork(reaper=False, step=step, what=what)
 
 
-def _fork(reaper: bool, step: str = STEP, what: str = "pid: fork into the pid namespace") \
-        -> None:
+def _fork(reaper: bool, step: str = STEP, what: str = "pid: fork into the pid namespace",
+          outside: bool = True) -> None:
     """Fork into the pid namespace.  Returns only in the process that becomes the target.
+    outside=False: this process already is pid 1 of the new namespace, and only the
+    reaper's part is left (fork the target, supervise it).
 
     Forwarded signals are blocked across each fork so none is lost (a blocked signal is
     queued even for a namespace's pid 1) and each parent installs its forwarding
@@ -495,28 +532,35 @@ def _fork(reaper: bool, step: str = STEP, what: str = "pid: fork into the pid na
     """
     saved = {s: signal.getsignal(s) for s in FORWARDED_SIGNALS}
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
-    # The outside shim's pidfd: the reaper arms PDEATHSIG and then checks that the shim
-    # did not already die (its getppid() is 0: the parent is outside its namespace).
-    watch = os.pidfd_open(os.getpid()) if reaper else -1
+    # The reaper arms PDEATHSIG and then checks that the shim outside did not already
+    # die (its getppid() says nothing: 0, the parent is outside its namespace).  The
+    # shim holds this pipe's write end until it exits, so EOF on the read end means it
+    # is gone.  (A pipe rather than poll() on a pidfd: select would cost an import.)
+    alive_r, alive_w = os.pipe() if reaper and outside else (-1, -1)
     try:
-        child = os.fork()
+        child = os.fork() if outside else 0
     except OSError as e:
         signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        if watch != -1:
-            os.close(watch)
+        if alive_r >= 0:
+            os.close(alive_r)
+            os.close(alive_w)
         raise SetupError(step, e.errno or 0, what) from None
     if child:
-        _supervise(child, old_mask, pid_1=False)          # never returns
-    if reaper:
+        _supervise(child, old_mask, pid_1=False, keep=alive_w)     # never returns
+    if reaper and outside:
+        os.close(alive_w)
         try:
             _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
-            import select
-            poll = select.poll()
-            poll.register(watch, select.POLLIN)
-            if poll.poll(0):
+            os.set_blocking(alive_r, False)
+            try:
+                gone = os.read(alive_r, 1) == b""
+            except BlockingIOError:
+                gone = False
+            if gone:
                 os._exit(125)       # the shim outside is gone: nobody to report to
         finally:
-            os.close(watch)
+            os.close(alive_r)
+    if reaper:
         try:
             target = os.fork()
         except OSError as e:
@@ -528,14 +572,19 @@ def _fork(reaper: bool, step: str = STEP, what: str = "pid: fork into the pid na
     signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
-def _supervise(child: int, old_mask, pid_1: bool) -> "None":
+def _supervise(child: int, old_mask, pid_1: bool, keep: int = -1) -> "None":
     """Wait for child, forward signals to it, exit with its status.  As pid 1 of the
-    namespace, also reap every orphan reparented to us."""
+    namespace, also reap every orphan reparented to us.  keep: the one fd to hold (the
+    write end of the reaper's is-the-shim-alive pipe, see _fork)."""
     code = 125
     try:
         # Hold nothing the target should not have: an open pipe end here would keep the
         # caller from seeing EOF (on the status fd, on the target's stdout).
-        os.closerange(0, 1 << 20)
+        if keep >= 0:
+            os.closerange(0, keep)
+            os.closerange(keep + 1, 1 << 20)
+        else:
+            os.closerange(0, 1 << 20)
 
         def forward(sig, _frame):
             try:

@@ -217,25 +217,33 @@ def lean_command(root: str, plan_fd: int, status_fd: int) -> "list[str]":
             "--status-fd", str(status_fd), "--parent-pid", str(os.getpid())]
 
 
-def _prepared(spec, python) -> "tuple[bytes | None, str | None]":
-    """(plan bytes, package root) to start the lean shim with, or (None, None): then the
-    shim gets the spec itself.  The prepared form is only a shortcut, never a different
-    outcome: a spec this process cannot prepare (a bad uid name, a target not found ...)
-    goes to the shim as a spec, which reports the error as it always has (its exit
-    status and pid on the exception).  Another `python` than ours gets the spec too:
-    our package root may not suit it."""
+def _prepared(spec, python) -> "tuple[bytes | None, str | None, bool]":
+    """(plan bytes, package root, new pid namespace made here) to start the lean shim
+    with, or (None, None, False): then the shim gets the spec itself.  The prepared
+    form is only a shortcut, never a different outcome: a spec this process cannot
+    prepare (a bad uid name, a target not found ...) goes to the shim as a spec, which
+    reports the error as it always has (its exit status and pid on the exception).
+    Another `python` than ours gets the spec too: our package root may not suit it."""
     if python is not None and os.path.realpath(python) != os.path.realpath(sys.executable):
-        return None, None
+        return None, None, False
     root = package_root()
     if root is None:
-        return None, None
+        return None, None, False
     from wrapperd import shim
 
+    from . import namespaces
     from . import plan as _plan
     try:
-        return _plan.encode(shim.prepare(spec)), lean_path()
+        plan = shim.prepare(spec)
+        payload = _plan.encode(plan)
     except SandboxError:
-        return None, None
+        return None, None, False
+    # The pid namespace made here, with the shim born as its pid 1, saves the shim
+    # its outside supervisor (--in-new-pidns, wrapperd.planned).  Not with pdeathsig:
+    # the shim could not tell whether we (outside its namespace) already exited.
+    premade = namespaces.premade_kind(plan.namespaces) is not None and \
+        spec.pdeathsig is None
+    return payload, lean_path(), premade
 
 
 def _cgroup_dirs(spec) -> "list[str]":
@@ -340,7 +348,7 @@ def spawn(target=None, *, stdin=None, stdout=None, stderr=None,
                                           **fields)
     spec = build_spec(target, **fields)
     spec.check_runnable()
-    payload, lean_root = _prepared(spec, python)
+    payload, lean_root, premade = _prepared(spec, python)
     if payload is None:
         python = python or sys.executable
         _check_shim(python)
@@ -361,9 +369,18 @@ def spawn(target=None, *, stdin=None, stdout=None, stderr=None,
         else:
             cmd = [python, "-I", "-m", "wrapperd", "--spec-fd", str(spec_r),
                    "--status-fd", str(status_w), "--parent-pid", str(os.getpid())]
-        popen = subprocess.Popen(cmd, stdin=in_, stdout=out, stderr=err,
-                                 pass_fds=(spec_r, status_w, *spec.pass_fds),
-                                 close_fds=True, env=_shim_env())
+
+        def start(cmd=cmd):
+            return subprocess.Popen(cmd, stdin=in_, stdout=out, stderr=err,
+                                    pass_fds=(spec_r, status_w, *spec.pass_fds),
+                                    close_fds=True, env=_shim_env())
+        popen = None
+        if premade:
+            from . import namespaces
+            popen = namespaces.made_pid_ns_for_children(
+                lambda: start(cmd + ["--in-new-pidns"]))
+        if popen is None:              # no CLONE_NEWPID allowed here: the shim makes it
+            popen = start()
     except BaseException as e:
         for fd in (spec_r, spec_w, status_r, status_w):
             if fd >= 0:

@@ -81,15 +81,19 @@ def report(err: BaseException, status_fd: "int | None") -> int:
     return EXIT_FAILURE
 
 
-USAGE = "usage: wrapperd --plan-fd N [--status-fd M] [--parent-pid P]"
+USAGE = "usage: wrapperd --plan-fd N [--status-fd M] [--parent-pid P] [--in-new-pidns]"
 
 
-def _parse(args: "list[str]") -> "tuple[int, int | None, int | None]":
+def _parse(args: "list[str]") -> "tuple[int, int | None, int | None, bool]":
     plan_fd = status_fd = parent_pid = None
+    in_new_pidns = False
     i = 0
     while i < len(args):
         a = args[i]
-        if a in ("--plan-fd", "--status-fd", "--parent-pid") and i + 1 < len(args):
+        if a == "--in-new-pidns":
+            in_new_pidns = True
+            i += 1
+        elif a in ("--plan-fd", "--status-fd", "--parent-pid") and i + 1 < len(args):
             try:
                 n = int(args[i + 1])
             except ValueError:
@@ -107,8 +111,22 @@ def _parse(args: "list[str]") -> "tuple[int, int | None, int | None]":
             raise SpecError(f"{USAGE}; unexpected {a!r}")
     if plan_fd is None:
         raise SpecError(USAGE)
-    return plan_fd, status_fd, parent_pid
+    return plan_fd, status_fd, parent_pid, in_new_pidns
 
+
+
+def _born_in_new_pidns(plan) -> None:
+    """--in-new-pidns: sandbox.spawn started this shim as pid 1 of a pid namespace made
+    for the plan (namespaces.made_pid_ns_for_children), saving the shim's outside
+    supervisor: the shim is the reaper, or the target itself with as_pid_1.  Checked,
+    not trusted: anything else fails closed before any step runs."""
+    from sandbox import namespaces
+    kind = namespaces.premade_kind(plan.namespaces)
+    if kind is None or os.getpid() != 1 or plan.spec.pdeathsig is not None:
+        raise SetupError("namespaces", 0, "--in-new-pidns: not pid 1 of a new pid "
+                         "namespace, or a plan that cannot use one made ahead")
+    namespaces.PREMADE = "reaper" if kind == "pid" else "pid1"
+    plan.ppid = 0          # what getppid() says of a parent outside our namespace
 
 
 def main(args: "list[str]") -> int:
@@ -121,7 +139,7 @@ def main(args: "list[str]") -> int:
                 os.set_inheritable(status_fd, False)    # EOF at exec = success
             except (ValueError, IndexError, OSError):
                 status_fd = None
-        plan_fd, _, parent_pid = _parse(args)
+        plan_fd, _, parent_pid, in_new_pidns = _parse(args)
         from sandbox import plan as plan_mod
         try:
             data = read_all(plan_fd, plan_mod.MAX_PLAN_BYTES)
@@ -133,6 +151,8 @@ def main(args: "list[str]") -> int:
         plan.status_fd = status_fd
         import wrapperd
         plan.ppid = wrapperd.PPID_AT_START if parent_pid is None else parent_pid
+        if in_new_pidns:
+            _born_in_new_pidns(plan)
         from wrapperd import shim
         shim.run(plan)
     except SystemExit:

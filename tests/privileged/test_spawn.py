@@ -330,7 +330,12 @@ def test_in_a_new_pid_namespace_the_handle_finds_and_stops_the_target(as_pid_1):
                       namespaces={"pid": True, "as_pid_1": as_pid_1})
     with p:
         target = p.target_pid
-        assert target != p.pid                       # the shim supervises from outside
+        # spawn() makes the namespace and starts the shim as its pid 1 (--in-new-pidns):
+        # the shim stays as the reaper, or is the target itself with as_pid_1.
+        with open(f"/proc/{target}/status") as f:
+            nspid = next(x for x in f if x.startswith("NSpid:")).split()[1:]
+        assert nspid[-1] == ("1" if as_pid_1 else "2")
+        assert (target == p.pid) == as_pid_1
         assert sandbox.inspect(target)["name"] == "sleep"
         assert not sandbox.inspect(target)["namespaces"]["pid"]["caller"]
         assert sandbox.verify(p, namespaces=True) == []
@@ -351,3 +356,83 @@ def test_caller_side_errors_are_setup_errors_of_the_spawn_step():
         sandbox.spawn(["/bin/true"], pass_fds=[987])       # not open here
     assert e.value.step == "spawn" and e.value.errno == errno.EBADF
     assert open_fds() == before and zombie_children() == []
+
+
+# ------------------------------------------------- the shim born as pid 1 (--in-new-pidns)
+
+def _nspid(pid: int) -> list:
+    with open(f"/proc/{pid}/status") as f:
+        return [int(x) for x in next(x for x in f if x.startswith("NSpid:")).split()[1:]]
+
+
+def test_spawn_starts_the_shim_as_pid_1_of_the_new_namespace():
+    mine = os.readlink("/proc/self/ns/pid")
+    p = sandbox.spawn(["/bin/sleep", "30"], env=TARGET_ENV, namespaces={"pid": True})
+    with p:
+        target = p.target_pid
+        # No supervisor outside: our child is the namespace's reaper, pid 1 inside.
+        assert _nspid(p.pid)[-1] == 1 and _nspid(target)[-1] == 2
+        assert os.readlink(f"/proc/{p.pid}/ns/pid") == os.readlink(f"/proc/{target}/ns/pid")
+        assert os.readlink(f"/proc/{p.pid}/ns/pid") != mine
+        assert sorted(os.listdir(f"/proc/{p.pid}/fd")) == []     # the reaper holds nothing
+        assert p.terminate(grace=5) == 128 + signal.SIGTERM      # forwarded, as before
+    # Control: our own thread is back in our namespace -- a plain child is in it.
+    out = subprocess.run(["readlink", "/proc/self/ns/pid"], capture_output=True, text=True)
+    assert out.stdout.strip() == mine
+    assert os.readlink("/proc/thread-self/ns/pid_for_children") == mine
+
+
+def test_with_pdeathsig_the_shim_still_supervises_from_outside():
+    # The shim born inside could not check that we are still there: the old way.
+    p = sandbox.spawn(["/bin/sleep", "30"], env=TARGET_ENV, namespaces={"pid": True},
+                      pdeathsig="SIGTERM")
+    with p:
+        assert len(_nspid(p.pid)) == len(_nspid(os.getpid()))   # outside, in ours
+        assert _nspid(p.target_pid)[-1] == 2
+        p.kill()
+        p.wait()
+
+
+def test_in_new_pidns_is_checked_not_trusted(scratch):
+    # The flag on a shim that is not pid 1 of a new namespace fails closed.
+    from sandbox import plan
+    from sandbox.spawning import lean_command, package_root
+    from wrapperd import shim
+    marker = scratch / "ran"
+    spec = build_spec([SH, "-c", f"touch {marker}"], env=TARGET_ENV,
+                      namespaces={"pid": True})
+    data = plan.encode(shim.prepare(spec))
+    r, w = os.pipe()
+    os.write(w, data)
+    os.close(w)
+    proc = subprocess.run(lean_command(package_root(), r, 2) + ["--in-new-pidns"],
+                          pass_fds=(r,), capture_output=True)
+    os.close(r)
+    assert proc.returncode == 125
+    assert b"namespaces" in proc.stderr and b"--in-new-pidns" in proc.stderr
+    assert not marker.exists()
+
+
+def test_a_thread_spawning_into_a_new_pid_namespace_leaves_other_threads_alone():
+    # unshare(CLONE_NEWPID) is per thread: children of other threads, started while
+    # spawns run, are all born in our namespace.
+    mine = os.readlink("/proc/self/ns/pid")
+    stop = threading.Event()
+    seen = []
+
+    def other():
+        while not stop.is_set():
+            out = subprocess.run(["readlink", "/proc/self/ns/pid"], capture_output=True,
+                                 text=True)
+            seen.append(out.stdout.strip())
+
+    t = threading.Thread(target=other)
+    t.start()
+    try:
+        for _ in range(20):
+            assert sandbox.spawn(["/bin/true"], env=TARGET_ENV,
+                                 namespaces={"pid": True}).wait() == 0
+    finally:
+        stop.set()
+        t.join()
+    assert seen and set(seen) == {mine}
