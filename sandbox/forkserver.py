@@ -269,8 +269,11 @@ def _reaper_spare(chan: int) -> None:
     then reap and forward signals as the shim's reaper does (namespaces._supervise)."""
     import _signal as signal
 
-    from . import namespaces
+    from . import namespaces, procattr
     try:
+        # As the shim's own reaper is (the dumpable step comes first): not ptraceable,
+        # its /proc/PID/mem and exe not reachable, by a target without CAP_SYS_PTRACE.
+        procattr.set_dumpable(False)
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, namespaces.FORWARDED_SIGNALS)
         worker = os.fork()
         if worker == 0:

@@ -95,3 +95,42 @@ def test_control_a_root_target_with_cap_sys_ptrace_reaches_the_supervisor(probe,
     assert sup["exe_link"].startswith("/")         # the interpreter wrapperd runs
     assert sup["exe_r"] == "ok" and sup["mem_rw"] == "ok"
     assert sup["exe_w"] == ROOT_WRITE_ERROR
+
+
+# The library's own layouts: spawn() starts the shim as pid 1 of the namespace (it stays
+# as the reaper), and the fork server forks a reaper ahead of the request.  Either one is
+# the target's one ancestor inside; neither may be reachable, and the control shows
+# that the check can fail.
+def _spawn_via(via: str, spec: dict) -> "tuple[dict, int]":
+    import sandbox
+    from sandbox.forkserver import ForkServer
+    from sandbox.spawning import DEVNULL, PIPE
+    with ForkServer() as fs:
+        start = sandbox.spawn if via == "spawn" else fs.spawn
+        p = start(spec, stdin=DEVNULL, stdout=PIPE, stderr=PIPE)
+        with p:
+            out, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err
+    return json.loads(out), p.pid
+
+
+@pytest.mark.parametrize("who", ["root-default", "nobody"])
+@pytest.mark.parametrize("via", ["spawn", "fork server"])
+def test_target_cannot_reach_the_reaper_the_library_made(probe, who, via):
+    fields = dict(ROOT_DEFAULT if who == "root-default" else {"user": NOBODY})
+    r, reaper = _spawn_via(via, probe_spec(probe, "ancestors:1", namespaces={"pid": True},
+                                           **fields))
+    up = r["ancestors"]
+    assert up[0]["pid"] == reaper
+    assert up[0]["exe_link"] == "EACCES", up
+    assert up[0]["exe_r"] == up[0]["exe_w"] == up[0]["mem_rw"] == "EACCES", up
+
+
+@pytest.mark.parametrize("via", ["spawn", "fork server"])
+def test_control_a_target_with_cap_sys_ptrace_reaches_the_reaper_the_library_made(probe,
+                                                                                 via):
+    spec = probe_spec(probe, "ancestors:1", no_new_privs=True, namespaces={"pid": True},
+                      capabilities={"drop": ["CAP_SYS_MODULE"]})
+    r, reaper = _spawn_via(via, spec)
+    sup = r["ancestors"][0]
+    assert sup["pid"] == reaper and sup["exe_r"] == "ok" and sup["mem_rw"] == "ok"
