@@ -286,6 +286,26 @@ def _reaper_spare(chan: int) -> None:
         os._exit(125)
 
 
+def _warm() -> None:
+    """In an idle spare: take now, not while a caller waits, the first copy-on-write
+    faults the steps would take -- the ctypes calls and records they go through (a
+    first call of each libc function in a fresh fork costs ~0.1 ms of page copies).
+    Only reads: nothing here changes this process."""
+    import _signal
+
+    from . import _libc, caps
+    try:
+        _libc.prctl(_libc.PR_GET_DUMPABLE)
+        _libc.prctl(_libc.PR_CAPBSET_READ, 0)
+        _libc.prctl(_libc.PR_GET_NO_NEW_PRIVS)
+        _libc.prctl(_libc.PR_CAP_AMBIENT, _libc.PR_CAP_AMBIENT_IS_SET, 0)
+        _libc.capget()
+        caps._status_masks()
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, ())
+    except OSError:
+        pass
+
+
 def _spare(chan: int, kind: "str | None") -> None:
     code = 125
     try:
@@ -294,6 +314,7 @@ def _spare(chan: int, kind: "str | None") -> None:
         # pidfds): only the channel stays.
         os.closerange(0, chan)
         os.closerange(chan + 1, 1 << 20)
+        _warm()
         sock = socket.socket(fileno=chan)
         msg, anc, flags, _ = sock.recvmsg(4096, socket.CMSG_SPACE(4 * MAX_FDS),
                                           socket.MSG_CMSG_CLOEXEC)
