@@ -9,7 +9,8 @@ Rows: bare posix_spawn; `python -I -S -c pass` (the interpreter's own start); se
 bwrap; `wrapperd --spec FILE` (the CLI: spec model, seccomp from its cache after the
 first run); `sandbox.spawn()` (the spec prepared once in this process, the lean shim
 per launch); the fast path (sandbox.ForkServer: a fork per launch; its one-time start
-is reported separately).  Rows are interleaved, one launch of each per round, so load
+is reported separately); and, not the sandbox, the fast path with an empty spec: its
+own floor.  Rows are interleaved, one launch of each per round, so load
 on the machine hits them alike.  Then throughput: 100 launches from 4 threads (fast
 path, spawn()) against 100 sequential bwrap launches.
 """
@@ -195,6 +196,11 @@ def main() -> int:
             raise SystemExit(f"bench: fast path exited {rc}")
 
     row("fast path (ForkServer)", applied, fast_spawn)
+    # Not the sandbox: the fast path's own floor (request, fork, steps, exec, status),
+    # to read against bare posix_spawn.
+    empty = sandbox.Spec.from_dict({"argv": [TRUE], "env": spec["env"]})
+    row("fast path, empty spec", "- (new session only)",
+        lambda: server.spawn(empty).wait())
     try:
         rows = measure(todo, a.n)
         through = throughput(100, fast_spawn, lib_spawn, bwrap and (
