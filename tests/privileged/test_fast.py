@@ -335,6 +335,52 @@ def test_server_stops_cleanly():
     assert _gone(pid)
 
 
+def _kids(pid: int) -> list:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _ended(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_spares_of_every_kind_end_with_the_server():
+    fs = ForkServer().start()
+    for ns in ({}, {"pid": True}, {"pid": True, "as_pid_1": True}):
+        assert fs.spawn(["/bin/true"], env=TARGET_ENV, namespaces=ns).wait() == 0
+    spares = _kids(fs.pid)
+    assert len(spares) == 3                      # one child ahead per kind in use
+    every = spares + [k for s in spares for k in _kids(s)]
+    assert len(every) == 4                       # and the premade reaper's worker
+    fs.close()
+    deadline = time.monotonic() + 30             # a bounded wait, not a timing check
+    while not all(_ended(p) for p in every) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert all(_ended(p) for p in every)
+
+
+@pytest.mark.parametrize("as_pid_1", [False, True])
+def test_a_failure_in_a_premade_pid_namespace_reports_the_step(probe, scratch, server,
+                                                                as_pid_1):
+    marker = scratch / "ran"
+    spec = probe_spec(probe, f"touch:{marker}", cwd=str(scratch / "gone"),
+                      namespaces={"pid": True, "as_pid_1": as_pid_1})
+    for _ in range(2):                           # a fresh child, then a spare
+        with pytest.raises(SetupError) as e:
+            server.spawn(spec, stderr=DEVNULL)
+        assert (e.value.step, e.value.errno, e.value.exit_status) == \
+            ("cwd", errno.ENOENT, 125)
+    assert not marker.exists()
+    assert _server_zombies(server) == []
+
+
 def test_a_dead_server_is_restarted_and_a_lost_status_is_an_error():
     with ForkServer() as fs:
         p = fs.spawn(["/bin/sleep", "60"], env=TARGET_ENV)

@@ -436,3 +436,16 @@ def test_a_thread_spawning_into_a_new_pid_namespace_leaves_other_threads_alone()
         stop.set()
         t.join()
     assert seen and set(seen) == {mine}
+
+
+@pytest.mark.parametrize("as_pid_1", [False, True])
+def test_a_failure_in_the_shim_born_as_pid_1_reports_the_step(scratch, as_pid_1):
+    marker = scratch / "ran"
+    before = zombie_children()
+    with pytest.raises(SetupError) as e:
+        sandbox.spawn([SH, "-c", f"touch {marker}"], env=TARGET_ENV,
+                      cwd=str(scratch / "gone"), stderr=DEVNULL,
+                      namespaces={"pid": True, "as_pid_1": as_pid_1})
+    assert (e.value.step, e.value.errno, e.value.exit_status) == ("cwd", errno.ENOENT, 125)
+    assert gone(e.value.pid) and not marker.exists()
+    assert zombie_children() == before
