@@ -32,15 +32,15 @@ ROOT = os.path.dirname(HERE)
 TRUE = "/bin/true"
 
 
-def spawn_wait(argv, pass_fds=(), open_fds=()):
+def spawn_wait(argv, pass_fds=(), open_fds=(), env=None):
     """posix_spawn + waitpid: the cheapest way Python can launch a process.  open_fds:
     ((fd, path), ...) opened read-only at those numbers in the child."""
     if pass_fds:
-        p = subprocess.Popen(argv, pass_fds=pass_fds)
+        p = subprocess.Popen(argv, pass_fds=pass_fds, env=env or {})
         rc = p.wait()
     else:
         actions = [(os.POSIX_SPAWN_OPEN, fd, path, os.O_RDONLY, 0) for fd, path in open_fds]
-        pid = os.posix_spawn(argv[0], argv, {}, file_actions=actions)
+        pid = os.posix_spawn(argv[0], argv, env or {}, file_actions=actions)
         rc = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     if rc != 0:
         raise SystemExit(f"bench: {argv[:3]}... exited {rc}")
@@ -170,8 +170,12 @@ def main() -> int:
         row("bwrap", applied, lambda: spawn_wait(bw + ["--", TRUE], open_fds=bw_fds))
     applied = "caps, nnp" + (", seccomp" if feat["seccomp"] else "") + \
         ((", pid+ipc+uts" if feat["pid"] else ", ipc+uts") if feat["namespaces"] else "")
+    # Its seccomp cache in our temporary directory, not the machine's /var/cache.
+    cache = os.path.join(tmp, "cache")
+    os.mkdir(cache, 0o700)
     row("wrapperd --spec FILE", applied,
-        lambda: spawn_wait([py, "-I", "-m", "wrapperd", "--spec", spec_path]))
+        lambda: spawn_wait([py, "-I", "-m", "wrapperd", "--spec", spec_path],
+                           env={"WRAPPERD_CACHE_DIR": cache}))
 
     # The library: the same spec, prepared once in this process (names resolved, BPF
     # compiled), then the lean shim (python -I -S) per launch -- and the fork server.
