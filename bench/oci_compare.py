@@ -101,7 +101,7 @@ def run_wrapperd(config: dict) -> "tuple[dict | str, list]":
     d["mounts"] = []            # they build the runtime's rootfs; wrapperd keeps the host's
     p = subprocess.run([sys.executable, "-m", "wrapperd", "--spec", "-"],
                        input=json.dumps(d).encode(), capture_output=True, timeout=60,
-                       cwd=ROOT)
+                       cwd=ROOT, env={**os.environ, "WRAPPERD_CACHE_DIR": ""})
     if p.returncode != 0:
         return f"exit {p.returncode}: {p.stderr.decode().strip()}", lost
     return json.loads(p.stdout), lost

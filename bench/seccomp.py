@@ -43,9 +43,10 @@ def measure(probe: str, sc, loops: int) -> "tuple[int, int, int]":
             "env": {"PATH": "/usr/bin:/bin"}}
     if sc is not None:
         spec["seccomp"] = sc
+    # WRAPPERD_CACHE_DIR empty: no seccomp cache written to the machine's /var/cache.
     p = subprocess.run([sys.executable, "-m", "wrapperd", "--spec", "-"],
                        input=json.dumps(spec).encode(), capture_output=True, cwd=ROOT,
-                       check=False)
+                       check=False, env={**os.environ, "WRAPPERD_CACHE_DIR": ""})
     if p.returncode != 0:
         raise SystemExit(f"wrapperd failed ({p.returncode}): {p.stderr.decode().strip()}")
     (ppid, e1), (rw, e2), (ioctl, e3) = json.loads(p.stdout)["results"]
