@@ -289,12 +289,18 @@ PREMADE: "str | None" = None
 
 def made_pid_ns_for_children(start):
     """Call start() -- which forks -- with the children of this thread born into a new
-    pid namespace, then return this thread to its own.  unshare(CLONE_NEWPID) changes
+    pid namespace, then return this thread to the one it had for children.  unshare(CLONE_NEWPID) changes
     only the calling thread's namespace for children, so other threads are unaffected.
     None, without calling start(), when the namespace cannot be made here."""
-    try:
-        own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+    own = -1
+    # Where this thread's children were being born: its own namespace, normally.
+    for path in ("/proc/thread-self/ns/pid_for_children", "/proc/self/ns/pid"):
+        try:
+            own = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            break
+        except OSError:
+            continue
+    if own < 0:
         return None
     try:
         try:
