@@ -41,7 +41,12 @@ examples:
   wrapperd --dropped-caps CAP_SYS_ADMIN --uid 65534 -- cat /proc/self/status
   wrapperd --spec service.json --status-fd 3
   wrapperd --profile service --dry-run -- /usr/bin/svc
-see README.md for the spec format."""
+
+The library's entry point (sandbox.spawn starts it as `python -I -S`):
+  wrapperd --plan-fd N [--status-fd M] [--parent-pid P] [--in-new-pidns]
+runs a spec the caller already prepared (sandbox.plan) through the same steps.
+
+See README.md for the spec format."""
 
 
 class _Parser(argparse.ArgumentParser):
