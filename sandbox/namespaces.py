@@ -289,9 +289,10 @@ PREMADE: "str | None" = None
 
 def made_pid_ns_for_children(start):
     """Call start() -- which forks -- with the children of this thread born into a new
-    pid namespace, then return this thread to the one it had for children.  unshare(CLONE_NEWPID) changes
-    only the calling thread's namespace for children, so other threads are unaffected.
-    None, without calling start(), when the namespace cannot be made here."""
+    pid namespace, then return this thread to the one it had for children.
+    unshare(CLONE_NEWPID) changes only the calling thread's namespace for children, so
+    other threads are unaffected.  None, without calling start(), when the namespace
+    cannot be made here."""
     own = -1
     # Where this thread's children were being born: its own namespace, normally.
     for path in ("/proc/thread-self/ns/pid_for_children", "/proc/self/ns/pid"):
