@@ -383,8 +383,10 @@ def _write_v1(fd: int, name: str, value: str) -> None:
         raise OSError(_errno.EINVAL, str(e)) from None
 
 
-def apply(p: Prepared) -> None:
-    """Create, configure and join: limits are written before this process enters."""
+def apply(p: Prepared, parent_too: "int | None" = None) -> None:
+    """Create, configure and join: limits are written before this process enters.
+    parent_too: also move this process's parent, whose pid here is 1 and whose pid in
+    /proc is parent_too, in first (a fork server's premade reaper, see wrapperd.shim)."""
     for t in p.targets:
         h = t.hierarchy
         where = f"{h.mountpoint}{p.path}"
@@ -419,17 +421,25 @@ def apply(p: Prepared) -> None:
                     raise SetupError("cgroup", e.errno or 0,
                                      f"write {value} to {where}/{name}") from None
             try:
+                if parent_too is not None:
+                    # A pid written here is read in the writer's pid namespace: the
+                    # premade reaper is pid 1 of ours.
+                    _write_at(fd, "cgroup.procs", "1")
                 _write_at(fd, "cgroup.procs", "0")
             except OSError as e:
                 raise SetupError("cgroup", e.errno or 0, f"join {where}") from None
         finally:
             os.close(fd)
-    mine = cgroup_of("self")
-    for t in p.targets:
-        key = "" if t.hierarchy.version == 2 else t.hierarchy.controllers
-        if mine.get(key) != p.path:
-            raise SetupError("cgroup", 0, f"not in {p.path} after joining "
-                             f"({t.hierarchy.mountpoint}: {mine.get(key)})")
+    for who in ("self", parent_too):
+        if who is None:
+            continue
+        placed = cgroup_of(who)
+        for t in p.targets:
+            key = "" if t.hierarchy.version == 2 else t.hierarchy.controllers
+            if placed.get(key) != p.path:
+                raise SetupError("cgroup", 0, f"{'' if who == 'self' else 'the reaper '}"
+                                 f"not in {p.path} after joining "
+                                 f"({t.hierarchy.mountpoint}: {placed.get(key)})")
 
 
 def cgroup_of(pid) -> dict:

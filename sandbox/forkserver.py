@@ -191,11 +191,10 @@ def _plan_for(plan_fd: int):
 
 def _premade_kind(plan) -> "str | None":
     """The kind of spare child for this plan: None (a plain fork) or a pid namespace
-    made ahead of time (sandbox.namespaces.premade_kind).  Not when the spec sets a
-    cgroup or oom_score_adj: those are applied before the namespaces, so the shim's
-    own reaper shares them, and a reaper made ahead of time would not."""
-    if plan is None or _OWN_PIDNS < 0 or plan.cgroup is not None or \
-            plan.spec.oom_score_adj is not None:
+    made ahead of time (sandbox.namespaces.premade_kind).  The worker moves its reaper
+    into the spec's cgroup and gives it the oom score too, as the shim's own reaper,
+    forked after those steps, would have them (wrapperd.shim._premade_reaper)."""
+    if plan is None or _OWN_PIDNS < 0:
         return None
     from . import namespaces
     return namespaces.premade_kind(plan.namespaces)

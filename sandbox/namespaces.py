@@ -287,6 +287,18 @@ def premade_kind(p: "Prepared | None") -> "str | None":
 PREMADE: "str | None" = None
 
 
+def parent_pid_in_proc() -> int:
+    """Our parent's pid as /proc names it (PPid: in /proc/self/status): in a pid
+    namespace made ahead, getppid() says 1 but /proc is still the caller's."""
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"PPid:"):
+                pid = int(line.split()[1])
+                if pid > 0:
+                    return pid
+    raise SetupError(STEP, 0, "no parent pid in /proc/self/status")
+
+
 def made_pid_ns_for_children(start):
     """Call start() -- which forks -- with the children of this thread born into a new
     pid namespace, then return this thread to the one it had for children.

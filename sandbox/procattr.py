@@ -12,16 +12,18 @@ __all__ = ["set_oom_score_adj", "set_nice", "new_session", "set_pdeathsig",
            "set_dumpable", "set_no_new_privs"]
 
 
-def set_oom_score_adj(value: int) -> None:
+def set_oom_score_adj(value: int, pid: "int | str" = "self") -> None:
+    """pid: this process, or another (a fork server's premade reaper, see shim)."""
     # Lowering it below the current value needs CAP_SYS_RESOURCE: do it while privileged.
     try:
-        fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
+        fd = os.open(f"/proc/{pid}/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
         try:
             os.write(fd, str(value).encode())
         finally:
             os.close(fd)
     except OSError as e:
-        raise SetupError("oom_score_adj", e.errno, f"write {value}") from None
+        raise SetupError("oom_score_adj", e.errno, f"write {value}" +
+                         ("" if pid == "self" else f" for pid {pid}")) from None
 
 
 def set_nice(value: int) -> None:

@@ -112,10 +112,24 @@ def find_executable(name: str, path: str) -> str:
 # --------------------------------------------------------------------------- steps
 # Each takes the plan; a step with nothing to do returns at once.
 
+def _premade_reaper() -> "int | None":
+    """In a fork server's worker born under a premade reaper (sandbox.namespaces.PREMADE
+    "pid"): the reaper's pid as /proc shows it.  The shim's own reaper is forked after
+    the oom and cgroup steps and shares them; this one was forked before, so those two
+    steps apply to it as well.  None otherwise."""
+    from sandbox import namespaces
+    if namespaces.PREMADE != "pid":
+        return None
+    return namespaces.parent_pid_in_proc()
+
+
 def _oom_score_adj(plan):
     if plan.spec.oom_score_adj is not None:
         from sandbox import procattr
         procattr.set_oom_score_adj(plan.spec.oom_score_adj)
+        reaper = _premade_reaper()
+        if reaper is not None:
+            procattr.set_oom_score_adj(plan.spec.oom_score_adj, reaper)
 
 
 def _nice(plan):
@@ -133,7 +147,7 @@ def _rlimits(plan):
 def _cgroup(plan):
     if plan.cgroup is not None:
         from sandbox import cgroups
-        cgroups.apply(plan.cgroup)
+        cgroups.apply(plan.cgroup, parent_too=_premade_reaper())
 
 
 def _before_fork(plan) -> int:

@@ -25,7 +25,14 @@ import sandbox
 from sandbox import ExecError, SetupError, SpecError, bpfcache, cgroups
 from sandbox.forkserver import ForkServer
 from sandbox.spawning import DEVNULL, PIPE
-from tests.conftest import ROOTLESS, TARGET_ENV, probe_spec, run_wrapperd, skip_or_fail
+from tests.conftest import (
+    ROOTLESS,
+    TARGET_ENV,
+    probe_spec,
+    run_wrapperd,
+    skip_or_fail,
+    wrapperd_cmd,
+)
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +191,48 @@ def test_every_spawn_gets_a_new_pid_namespace_of_its_own(server, as_pid_1):
             p.kill()
     for p in procs:
         assert p.wait() in (-signal.SIGKILL, 128 + signal.SIGKILL)
+
+
+def _oom(pid: int) -> int:
+    with open(f"/proc/{pid}/oom_score_adj") as f:
+        return int(f.read())
+
+
+@pytest.mark.parametrize("via", ["fork server", "wrapperd --spec"])
+def test_the_reaper_shares_the_targets_cgroup_and_oom_score(server, cgroup_root, via):
+    # The shim's reaper is forked after the oom and cgroup steps; a premade one before,
+    # so the worker applies those two to it as well: the same tree either way.
+    spec = {"argv": ["/bin/sleep", "60"], "env": TARGET_ENV, "oom_score_adj": 321,
+            "cgroup": {"path": f"{cgroup_root}/svc"}, "namespaces": {"pid": True}}
+    if via == "fork server":
+        p = server.spawn(spec)
+        reaper, target = p.pid, p.target_pid
+    else:
+        p = subprocess.Popen(wrapperd_cmd("--spec", "-"),
+                             stdin=subprocess.PIPE)
+        p.stdin.write(json.dumps(spec).encode())
+        p.stdin.close()
+        deadline = time.monotonic() + 30
+        reaper = None
+        while reaper is None and time.monotonic() < deadline:
+            kids = _kids(p.pid)                # supervisor -> reaper -> target
+            if kids and _kids(kids[0]):
+                reaper = kids[0]
+            time.sleep(0.01)
+        assert reaper is not None
+        target = _kids(reaper)[0]
+    try:
+        with open(f"/proc/{target}/status") as f:
+            assert "NSpid:" in f.read()
+        assert _oom(reaper) == _oom(target) == 321
+        assert cgroups.cgroup_of(reaper) == cgroups.cgroup_of(target)
+        assert any(path.endswith("/svc") for path in cgroups.cgroup_of(target).values())
+        # Control: the server (the reaper's parent for the fork server) has neither.
+        assert _oom(server.pid) != 321
+        assert cgroups.cgroup_of(server.pid) != cgroups.cgroup_of(target)
+    finally:
+        p.kill()
+        p.wait()
 
 
 def test_alternating_specs_each_get_their_own_plan(probe, server):
