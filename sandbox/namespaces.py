@@ -304,7 +304,8 @@ def made_pid_ns_for_children(start):
     pid namespace, then return this thread to the one it had for children.
     unshare(CLONE_NEWPID) changes only the calling thread's namespace for children, so
     other threads are unaffected.  None, without calling start(), when the namespace
-    cannot be made here."""
+    cannot be made here.  (A Python signal handler that forks while start() runs in
+    this thread would take pid 1 first; the shim, then not pid 1, fails closed.)"""
     own = -1
     # Where this thread's children were being born: its own namespace, normally.
     for path in ("/proc/thread-self/ns/pid_for_children", "/proc/self/ns/pid"):
