@@ -54,6 +54,12 @@ def cgroup_root():
         g.remove()
 
 
+def nspid(pid: int) -> list:
+    """/proc/PID/status's NSpid: the pid in each pid namespace, outermost first."""
+    with open(f"/proc/{pid}/status") as f:
+        return [int(x) for x in next(x for x in f if x.startswith("NSpid:")).split()[1:]]
+
+
 def needs_host_root(reason: str):
     """Skip in the rootless run (the only skip the must-run switch allows); else go on."""
     if ROOTLESS:

@@ -28,6 +28,7 @@ from sandbox.spawning import DEVNULL, PIPE
 from tests.conftest import (
     ROOTLESS,
     TARGET_ENV,
+    nspid,
     probe_spec,
     run_wrapperd,
     skip_or_fail,
@@ -155,12 +156,6 @@ def test_a_premade_pid_namespace_gives_the_same_target_state(probe, server):
             assert st[key] == plain[key], (mode, key)
 
 
-def _nspid(pid: int) -> list:
-    with open(f"/proc/{pid}/status") as f:
-        line = next(x for x in f if x.startswith("NSpid:"))
-    return [int(x) for x in line.split()[1:]]
-
-
 @pytest.mark.parametrize("as_pid_1", [False, True])
 def test_every_spawn_gets_a_new_pid_namespace_of_its_own(server, as_pid_1):
     mine = os.readlink("/proc/self/ns/pid")
@@ -174,15 +169,15 @@ def test_every_spawn_gets_a_new_pid_namespace_of_its_own(server, as_pid_1):
             ns = os.readlink(f"/proc/{target}/ns/pid")
             assert ns != mine and ns not in seen
             seen.add(ns)
-            assert _nspid(target)[-1] == (1 if as_pid_1 else 2)
+            assert nspid(target)[-1] == (1 if as_pid_1 else 2)
             if not as_pid_1:                   # its parent is the namespace's reaper
-                assert _nspid(p.pid)[-1] == 1
+                assert nspid(p.pid)[-1] == 1
                 assert os.readlink(f"/proc/{p.pid}/ns/pid") == ns
         # The server went back to its own namespace for every later child: a spawn
         # without a pid namespace is in ours (control for the assertions above).
         flat = server.spawn(["/bin/sleep", "60"], env=TARGET_ENV)
         assert os.readlink(f"/proc/{flat.target_pid}/ns/pid") == mine
-        assert len(_nspid(flat.target_pid)) == len(_nspid(os.getpid()))
+        assert len(nspid(flat.target_pid)) == len(nspid(os.getpid()))
         flat.kill()
         flat.wait()
         assert os.readlink(f"/proc/{server.pid}/ns/pid_for_children") == mine
@@ -222,8 +217,7 @@ def test_the_reaper_shares_the_targets_cgroup_and_oom_score(server, cgroup_root,
         assert reaper is not None
         target = _kids(reaper)[0]
     try:
-        with open(f"/proc/{target}/status") as f:
-            assert "NSpid:" in f.read()
+        assert nspid(target)[-1] == 2 and nspid(reaper)[-1] == 1
         assert _oom(reaper) == _oom(target) == 321
         assert cgroups.cgroup_of(reaper) == cgroups.cgroup_of(target)
         assert any(path.endswith("/svc") for path in cgroups.cgroup_of(target).values())
@@ -453,16 +447,10 @@ def test_server_exits_when_its_caller_dies(tmp_path):
                        timeout=60)
     pid = int(r.stdout)
 
-    def ended():
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-        except FileNotFoundError:
-            return True
     deadline = time.monotonic() + 30     # not a timing assertion: bounded wait
-    while not ended() and time.monotonic() < deadline:
+    while not _ended(pid) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert ended()
+    assert _ended(pid)
 
 
 # --------------------------------------------------------------------------- cache

@@ -19,7 +19,7 @@ import pytest
 import sandbox
 from sandbox import ExecError, SetupError, SpecError, cgroups
 from sandbox.spawning import DEVNULL, PIPE, build_spec
-from tests.conftest import SYSTEM_PYTHON, TARGET_ENV, probe_spec, skip_or_fail
+from tests.conftest import SYSTEM_PYTHON, TARGET_ENV, nspid, probe_spec, skip_or_fail
 
 SH = "/bin/sh"
 
@@ -332,9 +332,7 @@ def test_in_a_new_pid_namespace_the_handle_finds_and_stops_the_target(as_pid_1):
         target = p.target_pid
         # spawn() makes the namespace and starts the shim as its pid 1 (--in-new-pidns):
         # the shim stays as the reaper, or is the target itself with as_pid_1.
-        with open(f"/proc/{target}/status") as f:
-            nspid = next(x for x in f if x.startswith("NSpid:")).split()[1:]
-        assert nspid[-1] == ("1" if as_pid_1 else "2")
+        assert nspid(target)[-1] == (1 if as_pid_1 else 2)
         assert (target == p.pid) == as_pid_1
         assert sandbox.inspect(target)["name"] == "sleep"
         assert not sandbox.inspect(target)["namespaces"]["pid"]["caller"]
@@ -360,18 +358,13 @@ def test_caller_side_errors_are_setup_errors_of_the_spawn_step():
 
 # ------------------------------------------------- the shim born as pid 1 (--in-new-pidns)
 
-def _nspid(pid: int) -> list:
-    with open(f"/proc/{pid}/status") as f:
-        return [int(x) for x in next(x for x in f if x.startswith("NSpid:")).split()[1:]]
-
-
 def test_spawn_starts_the_shim_as_pid_1_of_the_new_namespace():
     mine = os.readlink("/proc/self/ns/pid")
     p = sandbox.spawn(["/bin/sleep", "30"], env=TARGET_ENV, namespaces={"pid": True})
     with p:
         target = p.target_pid
         # No supervisor outside: our child is the namespace's reaper, pid 1 inside.
-        assert _nspid(p.pid)[-1] == 1 and _nspid(target)[-1] == 2
+        assert nspid(p.pid)[-1] == 1 and nspid(target)[-1] == 2
         assert os.readlink(f"/proc/{p.pid}/ns/pid") == os.readlink(f"/proc/{target}/ns/pid")
         assert os.readlink(f"/proc/{p.pid}/ns/pid") != mine
         assert sorted(os.listdir(f"/proc/{p.pid}/fd")) == []     # the reaper holds nothing
@@ -387,8 +380,8 @@ def test_with_pdeathsig_the_shim_still_supervises_from_outside():
     p = sandbox.spawn(["/bin/sleep", "30"], env=TARGET_ENV, namespaces={"pid": True},
                       pdeathsig="SIGTERM")
     with p:
-        assert len(_nspid(p.pid)) == len(_nspid(os.getpid()))   # outside, in ours
-        assert _nspid(p.target_pid)[-1] == 2
+        assert len(nspid(p.pid)) == len(nspid(os.getpid()))   # outside, in ours
+        assert nspid(p.target_pid)[-1] == 2
         p.kill()
         p.wait()
 
