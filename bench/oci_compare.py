@@ -99,7 +99,7 @@ def run_wrapperd(config: dict) -> "tuple[dict | str, list]":
     spec, lost = import_config(config)
     d = spec.to_dict()
     d["mounts"] = []            # they build the runtime's rootfs; wrapperd keeps the host's
-    p = subprocess.run([sys.executable, "-m", "wrapperd", "--spec", "-"],
+    p = subprocess.run([sys.executable, "-I", "-m", "wrapperd", "--spec", "-"],
                        input=json.dumps(d).encode(), capture_output=True, timeout=60,
                        cwd=ROOT, env={**os.environ, "WRAPPERD_CACHE_DIR": ""})
     if p.returncode != 0:

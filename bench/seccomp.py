@@ -44,7 +44,7 @@ def measure(probe: str, sc, loops: int) -> "tuple[int, int, int]":
     if sc is not None:
         spec["seccomp"] = sc
     # WRAPPERD_CACHE_DIR empty: no seccomp cache written to the machine's /var/cache.
-    p = subprocess.run([sys.executable, "-m", "wrapperd", "--spec", "-"],
+    p = subprocess.run([sys.executable, "-I", "-m", "wrapperd", "--spec", "-"],
                        input=json.dumps(spec).encode(), capture_output=True, cwd=ROOT,
                        check=False, env={**os.environ, "WRAPPERD_CACHE_DIR": ""})
     if p.returncode != 0:

@@ -197,8 +197,20 @@ def _cmd_seccomp(a) -> int:
 
 
 def _cmd_run(a) -> int:
-    cmd = [sys.executable, "-m", "wrapperd", "--spec", a.spec, "--", *a.argv]
+    # -I: wrapperd runs as root; neither this directory nor PYTHON* may reach it.
+    cmd = [sys.executable, "-I", "-m", "wrapperd", "--spec", a.spec, "--", *a.argv]
     os.execv(sys.executable, cmd)
+
+
+def entry() -> None:
+    """The `sandbox` command (setup.cfg, sandbox.launchers).  As root it must run
+    isolated (see sandbox.launchers); unprivileged, the caller's environment is its own."""
+    from . import launchers
+    why = launchers.require()
+    if why is not None and os.geteuid() == 0:
+        print(f"sandbox: python: {why}", file=sys.stderr)
+        sys.exit(125)
+    sys.exit(main())
 
 
 def main(argv=None) -> int:

@@ -200,12 +200,16 @@ def package_root() -> "str | None":
 
 def lean_path() -> str:
     """sys.path entries for the lean shim (after its standard library): the package
-    root, then this process's site-packages (only for what a step imports lazily, such
-    as cgroupspy for v1 limits).  Entries with ':' in them are left out."""
+    root, then this interpreter's site-packages (only for what a step imports lazily,
+    such as cgroupspy for v1 limits).  Entries with ':' in them are left out."""
+    import site
     root = package_root()
     out = [root] if root else []
-    out += [p for p in sys.path if os.path.basename(p) in ("site-packages", "dist-packages")
-            and p not in out]
+    # Only the interpreter's own site-packages (its prefixes'): never an entry the
+    # caller's PYTHONPATH or user site put on sys.path -- the shim runs as root, and
+    # -I -S is there to keep exactly those out.
+    own = set(site.getsitepackages())
+    out += [p for p in sys.path if p in own and p not in out]
     return ":".join(p for p in out if ":" not in p)
 
 

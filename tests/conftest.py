@@ -113,7 +113,7 @@ def scratch(tmp_path):
 
 
 def wrapperd_cmd(*args: str) -> list:
-    return [sys.executable, "-m", "wrapperd", *args]
+    return [sys.executable, "-I", "-m", "wrapperd", *args]
 
 
 def run_wrapperd(spec: "dict | None", *args: str, timeout: float = 30, pass_fds=(),

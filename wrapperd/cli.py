@@ -46,6 +46,10 @@ The library's entry point (sandbox.spawn starts it as `python -I -S`):
   wrapperd --plan-fd N [--status-fd M] [--parent-pid P] [--in-new-pidns]
 runs a spec the caller already prepared (sandbox.plan) through the same steps.
 
+wrapperd runs as root: it starts only as an isolated interpreter (the installed command
+is `#!python -I`; else `python3 -I -m wrapperd`), so neither the working directory nor
+PYTHON* variables reach it; otherwise exit 125 before anything runs.
+
 See README.md for the spec format."""
 
 
@@ -121,13 +125,31 @@ def _read_spec(opts) -> "dict | None":
     return data
 
 
+def initial_environ() -> "dict[str, str]":
+    """The environment this process was started with, as execve(2) gave it: read from
+    /proc/self/environ, the strings on the initial stack, which nothing in the
+    interpreter rewrites.  os.environ is not that: at start-up Python's locale coercion
+    (PEP 538) adds LC_CTYPE=C.UTF-8 to it when the locale is C or POSIX.  Bytes that are
+    not UTF-8 stay bytes (os.fsdecode).  An entry without '=' cannot be an environment
+    variable of the spec and is left out; of repeated names the first wins, as getenv(3)
+    finds it."""
+    with open("/proc/self/environ", "rb") as f:
+        raw = f.read()
+    env: "dict[str, str]" = {}
+    for entry in raw.split(b"\0"):
+        name, eq, value = entry.partition(b"=")
+        if eq and name:
+            env.setdefault(os.fsdecode(name), os.fsdecode(value))
+    return env
+
+
 def build_spec(opts, argv: "list[str]"):
     from sandbox import profile
     from sandbox.spec import Spec
     d = _read_spec(opts)
     if d is None:
         # No spec: Talos's behaviour -- the target gets wrapperd's own environment.
-        d = {"env": dict(os.environ)}
+        d = {"env": initial_environ()}
     if opts.name is not None:
         d["name"] = opts.name
     if opts.dropped_caps:
@@ -154,10 +176,30 @@ def build_spec(opts, argv: "list[str]"):
 _report = report
 
 
+def _status_fd_of(args: "list[str]") -> "int | None":
+    """--status-fd N as given, without argparse: for errors found before parsing."""
+    for i, a in enumerate(args[:-1]):
+        if a == "--":
+            break
+        if a == "--status-fd" and args[i + 1].isdigit():
+            return int(args[i + 1])
+    return None
+
+
+def entry() -> None:
+    """The `wrapperd` command (setup.cfg, sandbox.launchers)."""
+    sys.exit(main())
+
+
 def main(args: "list[str] | None" = None) -> int:
     args = sys.argv[1:] if args is None else args
     status_fd = None
     try:
+        from sandbox import launchers
+        why = launchers.require()
+        if why is not None:
+            status_fd = _status_fd_of(args)
+            raise SetupError("python", 0, why)
         optargs, argv = split_argv(args)
         opts = _parser().parse_args(optargs)
         if opts.status_fd is not None and opts.status_fd == opts.spec_fd:

@@ -15,6 +15,7 @@ installation (see wrapperd/shim.py).
 from __future__ import annotations
 
 import os
+import sys
 
 from sandbox.errors import ExecError, SandboxError, SetupError, SpecError
 from sandbox.fds import read_all
@@ -139,6 +140,11 @@ def main(args: "list[str]") -> int:
                 os.set_inheritable(status_fd, False)    # EOF at exec = success
             except (ValueError, IndexError, OSError):
                 status_fd = None
+        if not sys.flags.isolated:      # sandbox.launchers.require(), without the import
+            raise SetupError("python", 0, "not started isolated (-I): the caller's "
+                             "directory, PYTHON* variables and user site could run code "
+                             "in this process; start it as `python3 -I -S -c ...` (see "
+                             "sandbox.spawning.lean_command)")
         plan_fd, _, parent_pid, in_new_pidns = _parse(args)
         from sandbox import plan as plan_mod
         try:

@@ -31,7 +31,7 @@ def test_cli_fuzz(tmp_path_factory, tokens, spec_text):
     os.chmod(d, 0o1777)
     marker = d / "ran"
     args = [t for t in tokens if "\0" not in t]
-    cmd = [sys.executable, "-m", "wrapperd", *args, "--", "/bin/sh", "-c", f"touch {marker}"]
+    cmd = [sys.executable, "-I", "-m", "wrapperd", *args, "--", "/bin/sh", "-c", f"touch {marker}"]
     p = subprocess.run(cmd, input=spec_text.encode(), capture_output=True, timeout=20)
     err = p.stderr.decode("utf-8", "replace")
     assert "Traceback" not in err

@@ -47,7 +47,7 @@ def test_status_fd_equal_to_spec_fd_is_refused(tmp_path):
     path.write_text(json.dumps({"argv": ["/bin/true"]}))
     fd = os.open(path, os.O_RDONLY)
     try:
-        p = subprocess.run([sys.executable, "-m", "wrapperd", "--spec-fd", str(fd),
+        p = subprocess.run([sys.executable, "-I", "-m", "wrapperd", "--spec-fd", str(fd),
                             "--status-fd", str(fd)], pass_fds=(fd,), capture_output=True,
                            timeout=30)
     finally:

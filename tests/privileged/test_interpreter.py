@@ -1,0 +1,152 @@
+"""Our Python as root runs isolated from the caller's directory and PYTHON* variables.
+
+An init starts wrapperd with the service's environment, often in the service's
+directory.  Planted modules (on PYTHONPATH, in the working directory, as sitecustomize)
+write a marker file if they are ever imported; the tests assert from the outside that no
+marker appeared, that the target ran, and that the target's environment is the one it
+was given, byte for byte, PYTHON* variables included.  The commands are the installed
+launchers (`make venv` writes them with sandbox.launchers)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+from tests.conftest import skip_or_fail
+
+BIN = sysconfig.get_path("scripts")
+PLANTED = ("re", "argparse", "json", "sitecustomize", "usercustomize", "encodings")
+
+
+def _launcher(name: str) -> str:
+    path = os.path.join(BIN, name)
+    if not os.access(path, os.X_OK):
+        skip_or_fail(f"no installed {name} command in {BIN} (make venv writes it)")
+    return path
+
+
+@pytest.fixture
+def planted(tmp_path):
+    """A directory of modules that each leave a marker when imported; (dir, markers)."""
+    d = tmp_path / "planted"
+    d.mkdir()
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    for mod in PLANTED:
+        (d / f"{mod}.py").write_text(
+            f"open({str(marks / mod)!r}, 'w').close()\n"
+            "raise ImportError('planted module')\n")
+    # A package too, in case anything imports wrapperd or sandbox from the path first.
+    for pkg in ("wrapperd", "sandbox"):
+        (d / pkg).mkdir()
+        (d / pkg / "__init__.py").write_text(
+            f"open({str(marks / pkg)!r}, 'w').close()\n")
+    os.chmod(tmp_path, 0o755)
+    return d, marks
+
+
+def _ran(marks) -> list:
+    return sorted(os.listdir(marks))
+
+
+def test_the_launchers_start_python_isolated():
+    for name in ("wrapperd", "sandbox"):
+        with open(_launcher(name), "rb") as f:
+            first = f.readline()
+        assert first.endswith(b" -I\n"), (name, first)
+        python = first[2:-4].decode()
+        r = subprocess.run([python, "-I", "-c", "import sys; print(sys.flags.isolated)"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.stdout.strip() == "1"
+
+
+def test_python_variables_do_not_reach_root_python(planted):
+    d, marks = planted
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(d),
+           "PYTHONWARNINGS": "error", "PYTHONSTARTUP": str(d / "re.py"),
+           "PYTHONUSERBASE": str(d), "PYTHONINSPECT": "1"}
+    r = subprocess.run([_launcher("wrapperd"), "--uid", "65534", "--",
+                        "/bin/sh", "-c", "echo ran"], env=env, capture_output=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"ran\n"
+    assert _ran(marks) == []
+
+
+def test_a_bogus_pythonhome_still_runs_the_target_or_reports(tmp_path):
+    # A PYTHONHOME that cannot start Python at all once made the shim exit 1 with an
+    # empty status fd, which the status contract reads as "exec happened".
+    r_fd, w_fd = os.pipe()
+    env = {"PATH": "/usr/bin:/bin", "PYTHONHOME": str(tmp_path / "nowhere")}
+    try:
+        p = subprocess.run([_launcher("wrapperd"), "--status-fd", str(w_fd), "--",
+                            "/bin/sh", "-c", "echo ran"], env=env, capture_output=True,
+                           pass_fds=(w_fd,), timeout=60)
+        os.close(w_fd)
+        w_fd = -1
+        status = os.read(r_fd, 65536)
+    finally:
+        os.close(r_fd)
+        if w_fd >= 0:
+            os.close(w_fd)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == b"ran\n"
+    assert status == b""
+
+
+def test_sandbox_run_ignores_the_callers_directory(planted, tmp_path):
+    d, marks = planted
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"env": {"PATH": "/usr/bin:/bin"},
+                                "user": {"uid": 65534, "gid": 65534}}))
+    r = subprocess.run([_launcher("sandbox"), "run", str(spec), "/bin/sh", "-c",
+                        "echo ran"], cwd=d, env={"PATH": "/usr/bin:/bin"},
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"ran\n"
+    assert _ran(marks) == []
+
+
+def test_flags_mode_passes_the_environment_byte_for_byte(planted):
+    # LANG=C (no LC_ALL): Python's locale coercion would add LC_CTYPE=C.UTF-8 to
+    # os.environ; a value that is not UTF-8 must survive as bytes; PYTHON* variables
+    # are the service's and reach it.
+    d, marks = planted
+    env = {b"PATH": b"/usr/bin:/bin", b"LANG": b"C", b"NOT_UTF8": b"\xff\x80x",
+           b"EMPTY": b"", b"PYTHONPATH": str(d).encode(), b"PYTHONHOME": b"/nowhere",
+           b"SECRET_TOKEN": b"s3cr=t"}
+    r = subprocess.run([_launcher("wrapperd"), "--uid", "65534", "--",
+                        "/bin/cat", "/proc/self/environ"], env=env, capture_output=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"".join(k + b"=" + v + b"\0" for k, v in env.items())
+    assert _ran(marks) == []
+
+
+@pytest.mark.parametrize("how", ["cli", "plan"])
+def test_a_python_not_started_isolated_fails_closed(tmp_path, how):
+    marker = tmp_path / "target-ran"
+    r_fd, w_fd = os.pipe()
+    args = ["--status-fd", str(w_fd)]
+    if how == "plan":
+        args = ["--plan-fd", "0", *args]
+    try:
+        p = subprocess.run([sys.executable, "-m", "wrapperd", *args, "--",
+                            "/bin/touch", str(marker)], capture_output=True,
+                           pass_fds=(w_fd,), stdin=subprocess.DEVNULL, timeout=60)
+        os.close(w_fd)
+        w_fd = -1
+        status = os.read(r_fd, 65536)
+    finally:
+        os.close(r_fd)
+        if w_fd >= 0:
+            os.close(w_fd)
+    assert p.returncode == 125
+    assert p.stderr.decode().startswith("wrapperd: python: not started isolated")
+    assert json.loads(status)["step"] == "python"
+    assert not marker.exists()
