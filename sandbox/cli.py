@@ -210,15 +210,47 @@ def entry() -> None:
     if why is not None and os.geteuid() == 0:
         print(f"sandbox: python: {why}", file=sys.stderr)
         sys.exit(125)
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `sandbox inspect PID | head`: the reader is gone; nothing left to say.  Point
+        # stdout at /dev/null so the interpreter's own flush at exit is quiet too.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        code = 141          # 128 + SIGPIPE, as a shell reports a writer killed by it
+    sys.exit(code)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="sandbox", description="Inspect processes, list "
-                                "profiles, check and run spawn specs.")
-    sub = p.add_subparsers(dest="cmd", required=True)
+EPILOG = """\
+exit status: 0 success; 1 exposure above --threshold; 125 bad input (a bad spec, a
+usage error, a file that cannot be read); `run` execs wrapperd, whose status it is."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):   # a usage error is bad input: 125, as wrapperd's
+        self.print_usage(sys.stderr)
+        print(f"sandbox: usage: {message}", file=sys.stderr)
+        sys.exit(125)
+
+
+def _message(e: BaseException) -> str:
+    """What a user can act on: a SandboxError's message; for an OSError, the file and
+    the reason ("spec.json: No such file or directory"), not Python's "[Errno 2] ..."."""
+    if isinstance(e, SandboxError):
+        return getattr(e, "message", None) or str(e)
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename is not None else e.strerror
+    return str(e)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="sandbox", description="Inspect processes, list profiles, check and "
+                "run spawn specs.", epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     s = sub.add_parser("inspect", help="show a process's real privilege state")
-    s.add_argument("pid", type=int)
+    s.add_argument("pid", type=int, help="the process to inspect")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--threshold", type=float, metavar="SCORE",
                    help="exit 1 if the exposure score (0.0-10.0) is above SCORE")
@@ -232,35 +264,46 @@ def main(argv=None) -> int:
                    help="exit 1 if the score is above SCORE")
     s.set_defaults(fn=_cmd_exposure)
     s = sub.add_parser("profiles", help="list profiles, or show one fully resolved")
-    s.add_argument("action", nargs="?", choices=("list", "show"), default="list")
-    s.add_argument("name", nargs="?")
+    s.add_argument("action", nargs="?", choices=("list", "show"), default="list",
+                   help="list every profile (default), or show one")
+    s.add_argument("name", nargs="?", help="the profile to show")
     s.set_defaults(fn=_cmd_profiles)
     s = sub.add_parser("oci", help="import an OCI config.json as a spec (what cannot be "
                        "honoured on stderr), or export a spec as an OCI config")
-    s.add_argument("action", choices=("import", "export"))
+    s.add_argument("action", choices=("import", "export"),
+                   help="import: OCI config.json -> spec; export: spec -> OCI config")
     s.add_argument("file", help="config.json (import) or a spec (export)")
     s.add_argument("--strict", action="store_true",
                    help=f"exit {NOT_HONOURED_EXIT} if anything cannot be honoured")
     s.set_defaults(fn=_cmd_oci)
     s = sub.add_parser("check", help="validate a spec without running anything")
-    s.add_argument("spec")
+    s.add_argument("spec", help="the spec file")
     s.set_defaults(fn=_cmd_check)
     s = sub.add_parser("seccomp", help="list seccomp profiles and groups, compile a "
                        "spec's filter to raw BPF (for bwrap --seccomp FD), or import an "
                        "OCI/Docker seccomp profile")
-    s.add_argument("action", choices=("compile", "import", "list"))
-    s.add_argument("spec", nargs="?")
+    s.add_argument("action", choices=("compile", "import", "list"),
+                   help="compile a spec's filter, import a profile, or list profiles "
+                        "and groups")
+    s.add_argument("spec", nargs="?", help="compile: the spec; import: the OCI/Docker "
+                   "seccomp profile (JSON)")
     s.add_argument("-o", "--output", metavar="FILE", help="where to write the BPF ('-': "
                    "stdout)")
     s.set_defaults(fn=_cmd_seccomp)
     s = sub.add_parser("run", help="run ARGV under SPEC (execs wrapperd)")
-    s.add_argument("spec")
-    s.add_argument("argv", nargs=argparse.REMAINDER)
+    s.add_argument("spec", help="the spec file")
+    s.add_argument("argv", nargs=argparse.REMAINDER, help="the target and its arguments "
+                   "(replaces the spec's argv)")
     s.set_defaults(fn=_cmd_run)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    a = parser().parse_args(argv)
     try:
         return a.fn(a)
     except (SandboxError, OSError) as e:
-        msg = getattr(e, "message", None) or str(e)
-        print(f"sandbox: {msg}", file=sys.stderr)
+        if isinstance(e, BrokenPipeError):
+            raise
+        print(f"sandbox: {_message(e)}", file=sys.stderr)
         return 125

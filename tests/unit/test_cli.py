@@ -1,7 +1,10 @@
 """wrapperd's command line: Talos's flags, errors as one line and exit 125."""
 
+import argparse
 import json
+import os
 import subprocess
+import sys
 
 import pytest
 
@@ -129,3 +132,44 @@ def test_help_documents_the_talos_flags():
     for flag in ("--name", "--dropped-caps", "--cgroup-path", "--oom-score", "--uid",
                  "--spec-fd", "--status-fd", "--dry-run", "125"):
         assert flag in out
+
+
+def _sandbox(*args, stdout=subprocess.PIPE):
+    code = "from sandbox.cli import entry; entry()"
+    return subprocess.run([sys.executable, "-I", "-c", code, *args], stdout=stdout,
+                          stderr=subprocess.PIPE, timeout=60)
+
+
+def test_sandbox_reader_gone_ends_quietly():
+    r, w = os.pipe()
+    os.close(r)                 # `sandbox inspect PID | head` after head has exited
+    try:
+        p = _sandbox("inspect", str(os.getpid()), stdout=w)
+    finally:
+        os.close(w)
+    assert p.returncode == 141
+    assert p.stderr == b""
+
+
+def test_sandbox_names_a_missing_file_and_its_reason(tmp_path):
+    p = _sandbox("check", str(tmp_path / "missing.json"))
+    assert p.returncode == 125
+    assert p.stderr.decode() == f"sandbox: {tmp_path / 'missing.json'}: " \
+                                "No such file or directory\n"
+
+
+def test_sandbox_usage_errors_are_bad_input():
+    p = _sandbox("no-such-verb")
+    assert p.returncode == 125
+    assert b"sandbox: usage:" in p.stderr
+
+
+def test_sandbox_help_documents_every_argument_and_the_exit_status():
+    from sandbox import cli
+    assert b"exit status:" in _sandbox("--help").stdout
+    sub = next(a for a in cli.parser()._actions
+               if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"sandbox {name}: {action.dest} has no help"
