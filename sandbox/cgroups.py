@@ -208,7 +208,8 @@ def prepare(cg, hs: "list[Hierarchy] | None" = None) -> Prepared:
             raise SpecError("cgroup v2 is not mounted here", "cgroup.version")
         h = chosen[0]
         avail = _v2_available(h)
-        writes, enable = [], []
+        writes: "list[tuple[str, str]]" = []
+        enable: "list[str]" = []
         for field, fname, value in _v2_writes(cg):
             ctrl = LIMITS[field]
             if ctrl not in avail:
@@ -229,9 +230,9 @@ def prepare(cg, hs: "list[Hierarchy] | None" = None) -> Prepared:
             if not any(ctrl in h.controllers for h in v1):
                 raise SpecError(f"the {ctrl} controller is not mounted", f"cgroup.{field}")
         for h in chosen:
-            writes = tuple((f, v) for field, f, v in wanted if h.version == 1
-                           and _V1_CTRL.get(LIMITS[field], LIMITS[field]) in h.controllers)
-            targets.append(Target(h, writes))
+            targets.append(Target(h, tuple(
+                (f, v) for field, f, v in wanted if h.version == 1
+                and _V1_CTRL.get(LIMITS[field], LIMITS[field]) in h.controllers)))
     for t in targets:
         _check_no_file_in_the_way(t.hierarchy.mountpoint, cg.full_path)
     return Prepared(path=cg.full_path, create=cg.create, targets=tuple(targets))
@@ -360,8 +361,8 @@ class _FdNode:
         self.full_path = f"/proc/self/fd/{fd}".encode()
 
 
-def _expand_list(s: str) -> set:
-    out = set()
+def _expand_list(s: str) -> "set[int]":
+    out: "set[int]" = set()
     for part in s.split(","):
         lo, _, hi = part.partition("-")
         out.update(range(int(lo), int(hi or lo) + 1))
@@ -628,8 +629,8 @@ class Group:
     def stats(self) -> dict:
         """memory_current/memory_peak (bytes), pids_current, cpu_usage_usec; None where
         this machine's hierarchies do not say."""
-        out = {"memory_current": None, "memory_peak": None, "pids_current": None,
-               "cpu_usage_usec": None}
+        out: "dict[str, int | None]" = {"memory_current": None, "memory_peak": None,
+                                        "pids_current": None, "cpu_usage_usec": None}
         v2 = self._v2()
         if v2 is not None:
             out["memory_current"] = _int_or_none(self._read(v2, "memory.current") or "")
@@ -814,6 +815,6 @@ class Group:
                 pass
             except OSError as e:
                 raise OSError(e.errno, f"rmdir {h.mountpoint}{self.path}: "
-                              f"{os.strerror(e.errno)}") from None
+                              f"{e.strerror}") from None
             finally:
                 os.close(pfd)

@@ -32,7 +32,7 @@ def check_pass_fds(pass_fds) -> None:
         try:
             os.fstat(fd)
         except OSError as e:
-            raise SetupError("fds", e.errno, f"pass_fds: fd {fd} is not open") from None
+            raise SetupError("fds", e.errno or 0, f"pass_fds: fd {fd} is not open") from None
 
 
 def close_others(pass_fds, cloexec_keep=()) -> None:

@@ -37,7 +37,7 @@ class Process:
         self.stdin, self.stdout, self.stderr = popen.stdin, popen.stdout, popen.stderr
         self._created_cgroups = list(created_cgroups)
         self._closed = False
-        self._target_pid = None
+        self._target_pid: "int | None" = None
         # A pidfd may come with the handle: the fork server (sandbox.forkserver) opens
         # it while the process is still its unreaped child and passes it on.
         self.pidfd = pidfd
@@ -73,7 +73,10 @@ class Process:
         if (ns is None or ns.pid is False) and not getattr(self.spec, "new_session", False):
             self._target_pid = self.pid
             return self.pid
-        shim = b"\0".join(os.fsencode(a) for a in self._popen.args) + b"\0"
+        # The command line the shim was started with (a list: Popen never gets a str
+        # from the launchers).
+        shim = b"\0".join(os.fsencode(a) for a in self._popen.args  # type: ignore
+                          ) + b"\0"
         cur, found = self.pid, None
         for _ in range(3):                  # supervisor -> reaper -> target, at most
             try:

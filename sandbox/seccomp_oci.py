@@ -122,9 +122,10 @@ def import_profile(doc: dict) -> "tuple[dict, list[str]]":
     for k in ("flags", "listenerPath", "listenerMetadata"):
         if doc.get(k):
             notes.append(f"{k} {doc[k]!r} is not honoured")
+    rules: "list[dict]" = []
     out = {"default_action": _action(doc["defaultAction"], doc.get("defaultErrnoRet"),
                                      "defaultAction", notes),
-           "architectures": _arch_list(doc, notes), "syscalls": []}
+           "architectures": _arch_list(doc, notes), "syscalls": rules}
     native = native_arch()
     for i, call in enumerate(doc.get("syscalls") or ()):
         where = f"syscalls[{i}]"
@@ -167,7 +168,7 @@ def import_profile(doc: dict) -> "tuple[dict, list[str]]":
         if len(set(indexes)) < len(indexes):
             notes.append(f"{where}: several conditions on one argument: one rule each "
                          "(OR-ed, as runc does)")
-            out["syscalls"] += [dict(rule, args=[a]) for a in args]
+            rules += [dict(rule, args=[a]) for a in args]
         else:
-            out["syscalls"].append(dict(rule, args=args) if args else rule)
+            rules.append(dict(rule, args=args) if args else rule)
     return out, notes

@@ -7,4 +7,4 @@ if sys.argv[1:2] == ["--plan-fd"]:
 
 from wrapperd.cli import main  # noqa: E402
 
-sys.exit(main())
+sys.exit(main(sys.argv[1:]))
