@@ -29,7 +29,7 @@ def masks(r):
     return {k: capmask(r, "Cap" + k) for k in ("Inh", "Prm", "Eff", "Bnd", "Amb")}
 
 
-def test_issue_done_when_talos_flags_drop_sys_admin_and_set_uid():
+def test_talos_flags_drop_sys_admin_and_set_uid():
     p = subprocess.run(wrapperd_cmd("--dropped-caps", "CAP_SYS_ADMIN", "--uid", "65534", "--",
                                     "cat", "/proc/self/status"),
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=30)

@@ -1,4 +1,4 @@
-"""Unit regressions from a security review (see tests/privileged/test_review_findings.py)."""
+"""Edge cases of the spec and of the shim's checks (see privileged/test_shim_edges.py)."""
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""Regression tests for defects found in a security review, each with its control:
+"""Edge cases of the shim's steps, each with its control:
 a cwd the target's uid cannot enter, the caller's blocked signals, seccomp filters that
 kill what the shim itself calls, an unmapped wrapperd uid in a new user namespace, and
 rlimits in the top half of rlim_t's range."""
