@@ -16,7 +16,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -I -m sandbox.launchers >/dev/null   # wrapperd, sandbox: #!python -I
+	$(PY) -I -m sandbox.launchers >/dev/null   # wrapperd (static), sandbox (#!python -I)
 	@touch $@
 
 venv: $(VENV)/.installed

@@ -8,9 +8,13 @@ first line of our code runs: `PYTHONPATH`, `PYTHONHOME`, `PYTHONSTARTUP`-like va
 runs code as full root on every start of the service.  `python -I` (isolated mode)
 ignores all of them, so every way into our code as root starts that way:
 
-* the installed `wrapperd` and `sandbox` commands: the launchers this module writes, whose
-  first line is `#!PYTHON -I` (pip's console scripts carry no interpreter flags, so pip's
-  own would not do; `make venv` runs `python3 -I -m sandbox.launchers` after the install);
+* the installed `wrapperd` and `sandbox` commands: the launchers this module writes (pip's
+  console scripts carry no interpreter flags, so pip's own would not do; `make venv` runs
+  `python3 -I -m sandbox.launchers` after the install).  `sandbox` is a `#!PYTHON -I`
+  script.  `wrapperd`, which an init starts with the service's environment, is a static
+  binary (launcher.c): the dynamic loader of a dynamically linked interpreter would act
+  on LD_PRELOAD, LD_LIBRARY_PATH and friends before -I could help, so the launcher hands
+  the environment over on a memfd and starts the interpreter with a clean one;
 * `sandbox run` and `sandbox.spawn()` exec `python -I` (the lean shim `python -I -S`);
 * the fork server is `python -I -S`.
 
@@ -51,32 +55,72 @@ def require() -> "str | None":
             f"user site could run code in this process; {HOW}")
 
 
-def _launcher(python: str, module: str, func: str) -> str:
+def _script(python: str, module: str, func: str) -> bytes:
     # Linux passes everything after the interpreter path as one argument: "-I" alone.
     return (f"#!{python} -I\n"
             "# Written by sandbox.launchers: -I keeps the caller's directory, PYTHON*\n"
             "# variables and user site out of this interpreter, which may run as root.\n"
             "import sys\n"
             f"from {module} import {func}\n"
-            f"sys.exit({func}())\n")
+            f"sys.exit({func}())\n").encode()
 
 
-def write_launchers(bindir: str, python: str) -> "list[str]":
-    """Write (atomically replace) the isolated launchers in bindir; their paths."""
-    if " " in python or "\t" in python or "\n" in python:
-        raise ValueError(f"{python!r}: an interpreter path with white space cannot be "
-                         "a #! line")
+def _compile(python: str, out: str) -> None:
+    """Build the static launcher (launcher.c) for python into out."""
+    import shutil
+    import subprocess
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launcher.c")
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise OSError("no C compiler (cc) to build the static wrapperd launcher; install "
+                      "gcc and libc6-dev, or pass --script to accept a #!python -I "
+                      "launcher that leaves LD_* variables to the dynamic loader")
+    r = subprocess.run([cc, "-static", "-O2", "-Wall", "-Werror", f"-DPYTHON=\"{python}\"",
+                        "-o", out, src], capture_output=True, text=True,
+                       env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+    if r.returncode != 0:
+        raise OSError(f"building the static wrapperd launcher failed ({cc}): "
+                      f"{r.stderr.strip()}; is libc6-dev (the static libc) installed?")
+
+
+def _install(path: str, build) -> None:
+    """Write a new file beside path with build(tmp), then rename it over path."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        build(tmp)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write(data: bytes):
+    def build(tmp: str) -> None:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+    return build
+
+
+def write_launchers(bindir: str, python: str, script_only: bool = False) -> "list[str]":
+    """Write (atomically replace) the launchers in bindir; their paths.  `wrapperd` is
+    the static launcher (launcher.c), unless script_only: then a #!python -I script
+    like `sandbox`'s, which keeps PYTHON* and the directory out but not the LD_*
+    variables the dynamic loader reads."""
+    if any(c in python for c in ' \t\n"\\'):
+        raise ValueError(f"{python!r}: an interpreter path with white space, quotes or "
+                         "backslashes cannot be a #! line or a C string")
     out = []
     for name, (module, func) in COMMANDS.items():
         path = os.path.join(bindir, name)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o755)
-        try:
-            os.write(fd, _launcher(python, module, func).encode())
-            os.fchmod(fd, 0o755)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        if name == "wrapperd" and not script_only:
+            _install(path, lambda tmp: _compile(python, tmp))
+        else:
+            _install(path, _write(_script(python, module, func)))
         out.append(path)
     return out
 
@@ -87,21 +131,30 @@ def main(argv: "list[str] | None" = None) -> int:
     p = argparse.ArgumentParser(
         prog="python3 -I -m sandbox.launchers",
         description="Write the `wrapperd` and `sandbox` commands as launchers that start "
-                    "this interpreter isolated (#!PYTHON -I), replacing pip's console "
-                    "scripts of the same names.")
+                    "this interpreter isolated, replacing pip's console scripts of the "
+                    "same names: `wrapperd` a static binary (built with cc -static from "
+                    "launcher.c) that also keeps LD_* variables from the dynamic loader, "
+                    "`sandbox` a #!PYTHON -I script.")
     p.add_argument("bindir", nargs="?", default=sysconfig.get_path("scripts"),
                    help="where to write them (default: this interpreter's scripts "
                         "directory, %(default)s)")
+    p.add_argument("--script", action="store_true",
+                   help="no C compiler: write `wrapperd` as a #!PYTHON -I script too "
+                        "(LD_PRELOAD and the like in the caller's environment then reach "
+                        "the dynamic loader of root's interpreter)")
     a = p.parse_args(argv)
     if not isolated():
         print(f"sandbox.launchers: python: {require()}", file=sys.stderr)
         return 125
     try:
-        for path in write_launchers(a.bindir, sys.executable):
+        for path in write_launchers(a.bindir, sys.executable, script_only=a.script):
             print(path)
     except (OSError, ValueError) as e:
         print(f"sandbox.launchers: {e}", file=sys.stderr)
         return 125
+    if a.script:
+        print("sandbox.launchers: wrapperd is a script: LD_* variables of its caller "
+              "reach the dynamic loader", file=sys.stderr)
     return 0
 
 

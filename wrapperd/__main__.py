@@ -1,10 +1,21 @@
 import sys
 
-if sys.argv[1:2] == ["--plan-fd"]:
+args = sys.argv[1:]
+environ_fd = None
+if args[:1] == ["--environ-fd"] and len(args) > 1 and args[1].isdigit():
+    # The static launcher (sandbox/launcher.c) hands over the caller's environment on
+    # this fd; this interpreter itself started with a clean one.
+    environ_fd = int(args[1])
+    args = args[2:]
+
+if args[:1] == ["--plan-fd"]:
     # A prepared plan (sandbox.plan): the lean entry point, without argparse or attrs.
+    if environ_fd is not None:
+        import os
+        os.close(environ_fd)            # a plan carries its environment
     from wrapperd.planned import main
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(args))
 
 from wrapperd.cli import main  # noqa: E402
 
-sys.exit(main(sys.argv[1:]))
+sys.exit(main(args, environ_fd=environ_fd))

@@ -125,16 +125,38 @@ def _read_spec(opts) -> "dict | None":
     return data
 
 
-def initial_environ() -> "dict[str, str]":
-    """The environment this process was started with, as execve(2) gave it: read from
-    /proc/self/environ, the strings on the initial stack, which nothing in the
-    interpreter rewrites.  os.environ is not that: at start-up Python's locale coercion
-    (PEP 538) adds LC_CTYPE=C.UTF-8 to it when the locale is C or POSIX.  Bytes that are
-    not UTF-8 stay bytes (os.fsdecode).  An entry without '=' cannot be an environment
-    variable of the spec and is left out; of repeated names the first wins, as getenv(3)
-    finds it."""
-    with open("/proc/self/environ", "rb") as f:
-        raw = f.read()
+# The largest environment the launcher may hand over (the kernel's own limit on argv
+# plus envp is a quarter of the stack limit; this is well above the usual 2 MiB).
+MAX_ENVIRON_BYTES = 64 << 20
+
+
+def read_environ(environ_fd: "int | None") -> bytes:
+    """The caller's environment block: from the static launcher's memfd (closed here: it
+    must not reach the target), else this process's own initial one."""
+    if environ_fd is None:
+        with open("/proc/self/environ", "rb") as f:
+            return f.read()
+    try:
+        os.lseek(environ_fd, 0, os.SEEK_SET)
+        return read_all(environ_fd, MAX_ENVIRON_BYTES)
+    except OSError as e:
+        raise SetupError("python", e.errno or 0,
+                         f"--environ-fd {environ_fd}: cannot read it") from None
+    finally:
+        try:
+            os.close(environ_fd)
+        except OSError:
+            pass
+
+
+def initial_environ(raw: bytes) -> "dict[str, str]":
+    """The environment this process's caller started it with, as execve(2) gave it: the
+    launcher's copy, or /proc/self/environ, the strings on the initial stack, which
+    nothing in the interpreter rewrites.  os.environ is not that: at start-up Python's
+    locale coercion (PEP 538) adds LC_CTYPE=C.UTF-8 to it when the locale is C or POSIX.
+    Bytes that are not UTF-8 stay bytes (os.fsdecode).  An entry without '=' cannot be
+    an environment variable of the spec and is left out; of repeated names the first
+    wins, as getenv(3) finds it."""
     env: "dict[str, str]" = {}
     for entry in raw.split(b"\0"):
         name, eq, value = entry.partition(b"=")
@@ -143,13 +165,13 @@ def initial_environ() -> "dict[str, str]":
     return env
 
 
-def build_spec(opts, argv: "list[str]"):
+def build_spec(opts, argv: "list[str]", environ: bytes = b""):
     from sandbox import profile
     from sandbox.spec import Spec
     d = _read_spec(opts)
     if d is None:
         # No spec: Talos's behaviour -- the target gets wrapperd's own environment.
-        d = {"env": initial_environ()}
+        d = {"env": initial_environ(environ)}
     if opts.name is not None:
         d["name"] = opts.name
     if opts.dropped_caps:
@@ -191,10 +213,13 @@ def entry() -> None:
     sys.exit(main())
 
 
-def main(args: "list[str] | None" = None) -> int:
+def main(args: "list[str] | None" = None, environ_fd: "int | None" = None) -> int:
+    """environ_fd: the static launcher's copy of the caller's environment."""
     args = sys.argv[1:] if args is None else args
     status_fd = None
     try:
+        # Read first, and close: the fd must not reach the target even if parsing fails.
+        environ = read_environ(environ_fd)
         from sandbox import launchers
         why = launchers.require()
         if why is not None:
@@ -212,7 +237,7 @@ def main(args: "list[str] | None" = None) -> int:
             except OSError as e:
                 status_fd = None
                 raise SpecError(f"--status-fd {opts.status_fd}: {e.strerror}") from None
-        spec = build_spec(opts, argv)
+        spec = build_spec(opts, argv, environ)
         from sandbox import bpfcache
         bpfcache.enabled = True      # a repeated start skips the seccomp compile
         from wrapperd import shim

@@ -55,14 +55,43 @@ def _ran(marks) -> list:
 
 
 def test_the_launchers_start_python_isolated():
-    for name in ("wrapperd", "sandbox"):
-        with open(_launcher(name), "rb") as f:
-            first = f.readline()
-        assert first.endswith(b" -I\n"), (name, first)
-        python = first[2:-4].decode()
-        r = subprocess.run([python, "-I", "-c", "import sys; print(sys.flags.isolated)"],
-                           capture_output=True, text=True, timeout=30)
-        assert r.stdout.strip() == "1"
+    from tests.unit.test_launchers import static_elf
+    with open(_launcher("sandbox"), "rb") as f:
+        first = f.readline()
+    assert first == f"#!{sys.executable} -I\n".encode()
+    # wrapperd: no dynamic loader, which would read LD_* before -I could help.
+    assert static_elf(_launcher("wrapperd"))
+
+
+def test_ld_variables_do_not_reach_root_python(tmp_path):
+    # The dynamic loader acts on LD_PRELOAD before any interpreter flag can help.  The
+    # library leaves a marker only when loaded into a process running as root: the
+    # target (uid 65534, which gets the variable as its environment says) does not.
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    src = tmp_path / "preload.c"
+    src.write_text('#include <stdio.h>\n#include <unistd.h>\n'
+                   '__attribute__((constructor)) static void planted(void) {\n'
+                   f'  if (geteuid() == 0) {{ FILE *f = fopen("{marks}/preload", "w");'
+                   ' if (f) fclose(f); }\n}\n')
+    so = tmp_path / "preload.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(so), str(src)], check=True,
+                   timeout=120)
+    os.chmod(tmp_path, 0o755)
+    env = {"PATH": "/usr/bin:/bin", "LD_PRELOAD": str(so), "LD_LIBRARY_PATH": str(tmp_path)}
+    r = subprocess.run([_launcher("wrapperd"), "--uid", "65534", "--", "/bin/sh", "-c",
+                        'echo "$LD_PRELOAD"'], env=env, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == f"{so}\n".encode()
+    assert _ran(marks) == []
+
+
+def test_the_environment_fd_does_not_reach_the_target():
+    r = subprocess.run([_launcher("wrapperd"), "--uid", "65534", "--", "/bin/sh", "-c",
+                        'for f in /proc/$$/fd/*; do readlink "$f"; done; true'],
+                       env={"PATH": "/usr/bin:/bin"}, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert b"memfd" not in r.stdout
 
 
 def test_python_variables_do_not_reach_root_python(planted):

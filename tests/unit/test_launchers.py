@@ -10,16 +10,58 @@ import sys
 from sandbox import launchers
 
 
+def static_elf(path: str) -> bool:
+    """An ELF executable with no PT_INTERP program header: no dynamic loader runs."""
+    import struct
+    with open(path, "rb") as f:
+        data = f.read()
+    if data[:4] != b"\x7fELF" or data[4] != 2:           # 64-bit only, as built here
+        return False
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", data, 0x36)
+    types = [struct.unpack_from("<I", data, phoff + i * phentsize)[0] for i in range(phnum)]
+    return 3 not in types                                 # PT_INTERP
+
+
 def test_write_launchers_writes_isolated_commands(tmp_path):
     paths = launchers.write_launchers(str(tmp_path), sys.executable)
     assert sorted(os.path.basename(p) for p in paths) == ["sandbox", "wrapperd"]
+    with open(tmp_path / "sandbox") as f:
+        assert f.readline() == f"#!{sys.executable} -I\n"
+    assert static_elf(str(tmp_path / "wrapperd"))
     for p in paths:
-        with open(p) as f:
-            assert f.readline() == f"#!{sys.executable} -I\n"
         assert os.stat(p).st_mode & 0o777 == 0o755
     r = subprocess.run([os.path.join(tmp_path, "wrapperd"), "--help"], capture_output=True,
                        env={"PATH": "/usr/bin:/bin"}, timeout=60)
     assert r.returncode == 0 and b"usage: wrapperd" in r.stdout
+
+
+def test_write_launchers_script_only(tmp_path):
+    launchers.write_launchers(str(tmp_path), sys.executable, script_only=True)
+    with open(tmp_path / "wrapperd") as f:
+        assert f.readline() == f"#!{sys.executable} -I\n"
+    assert sorted(os.listdir(tmp_path)) == ["sandbox", "wrapperd"]
+
+
+def test_a_launcher_that_cannot_exec_python_fails_closed(tmp_path):
+    launchers._compile("/nonexistent/python3", str(tmp_path / "wrapperd"))
+    r_fd, w_fd = os.pipe()
+    try:
+        p = subprocess.run([str(tmp_path / "wrapperd"), "--status-fd", str(w_fd), "--",
+                            "/bin/true"], capture_output=True, pass_fds=(w_fd,), timeout=60)
+        os.close(w_fd)
+        w_fd = -1
+        status = os.read(r_fd, 4096)
+    finally:
+        os.close(r_fd)
+        if w_fd >= 0:
+            os.close(w_fd)
+    assert p.returncode == 125
+    assert p.stderr == b"wrapperd: python: execve /nonexistent/python3: " \
+                       b"No such file or directory\n"
+    import json
+    assert json.loads(status) == {"step": "python", "errno": 2,
+                                  "message": "execve /nonexistent/python3"}
 
 
 def test_launchers_refuse_an_interpreter_path_with_white_space(tmp_path):
@@ -27,6 +69,12 @@ def test_launchers_refuse_an_interpreter_path_with_white_space(tmp_path):
         launchers.write_launchers(str(tmp_path), "/opt/my python/bin/python3")
     except ValueError as e:
         assert "white space" in str(e)
+    else:
+        raise AssertionError("accepted")
+    try:
+        launchers.write_launchers(str(tmp_path), '/opt/x"/python3')
+    except ValueError as e:
+        assert "quotes" in str(e)
     else:
         raise AssertionError("accepted")
     assert os.listdir(tmp_path) == []
