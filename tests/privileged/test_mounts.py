@@ -230,12 +230,17 @@ def test_mqueue_and_devpts_mounts(tree):
 @pytest.mark.parametrize("readonly_root", [True, False])      # False: the control
 def test_readonly_root_covers_every_host_mount(tree, host_tmpfs, host_shm, readonly_root):
     # A host tmpfs and the host's /dev/shm are mounts of their own below /: a read-only
-    # root must cover them too, while the spec's own tmpfs stays writable.
+    # root must cover them too, while the spec's own mounts stay writable -- its tmpfs,
+    # and a bind without `ro` (its source is cloned before / is made read-only).
     victim, new = host_shm
     r = run_try(f"write:{host_tmpfs}/x", f"write:{victim}", f"write:{new}",
-                f"write:{tree}/secretdir/x", namespaces=MNT, readonly_root=readonly_root,
-                mounts=[{"type": "tmpfs", "destination": str(tree / "secretdir")}])
-    assert r[f"write:{tree}/secretdir/x"] == "ok"
+                f"write:{tree}/secretdir/x", f"write:{tree}/dst/y", namespaces=MNT,
+                readonly_root=readonly_root,
+                mounts=[{"type": "tmpfs", "destination": str(tree / "secretdir")},
+                        {"type": "bind", "source": str(tree / "src"),
+                         "destination": str(tree / "dst")}])
+    assert r[f"write:{tree}/secretdir/x"] == r[f"write:{tree}/dst/y"] == "ok"
+    assert (tree / "src" / "y").read_text() == "x"
     if readonly_root:
         assert r[f"write:{host_tmpfs}/x"] == r[f"write:{victim}"] == r[f"write:{new}"] \
             == "EROFS"
