@@ -5,23 +5,40 @@ a new pid namespace, so a fresh /proc shows that namespace.  In order:
 
   1. every mount becomes private, recursively: without it, a mount made here would
      propagate back to the host's shared mounts (systemd makes / shared);
-  2. a fresh /proc when the pid namespace is new (unless the spec mounts one itself);
-  3. the spec's `mounts`, in order;
-  4. `masked_paths`: /dev/null bound over a file, an empty read-only tmpfs over a
+  2. every bind source (and the host's device nodes a `dev` mount binds) is cloned
+     into a detached mount (open_tree(2) OPEN_TREE_CLONE) and given the bind's flags
+     there: an earlier mount cannot hide or swap it, and step 3 does not touch it;
+  3. `readonly_root`: every mount below / made read-only, recursively
+     (mount_setattr(2) AT_RECURSIVE) -- the host's tmpfs mounts, /dev, /dev/shm, a
+     separate /var, /home or /run included;
+  4. a fresh /proc when the pid namespace is new (unless the spec mounts one itself);
+  5. the spec's `mounts`, in order, on top of that: a new filesystem (tmpfs, proc, ...)
+     is writable unless its options say `ro`; a bind has its source's flags plus its
+     options (step 2);
+  6. `masked_paths`: /dev/null bound over a file, an empty read-only tmpfs over a
      directory (as OCI runtimes do for /proc/kcore, /sys/firmware, ...);
-  5. `readonly_paths`: bound onto themselves, then made read-only, nosuid, nodev, noexec;
-  6. `readonly_root`: / itself made read-only (the mounts on top of it keep their own
-     flags).
+  7. `readonly_paths`: bound onto themselves (recursively), then made read-only,
+     nosuid, nodev, noexec, recursively.
 
-Bind sources and the host's device nodes are opened (O_PATH) before anything is mounted
-and bound from /proc/self/fd/N, so an earlier mount cannot hide or swap them.  Flags
-are changed with mount_setattr(2) (5.12+), which needs no knowledge of the flags a
-user namespace locks; older kernels get a bind remount that repeats the locked flags.
+Destinations are opened one component at a time from / (O_PATH|O_NOFOLLOW): a symlink
+in any component is refused, `..` never reaches here (prepare() refuses it), and a
+missing component is created (mkdirat, or openat O_CREAT|O_EXCL|O_NOFOLLOW, relative to
+its parent's fd) only when the parent is on a filesystem a spec mount made here.  The
+mount goes onto the opened fd (/proc/self/fd/N, or move_mount(2) for a clone), so no
+path is looked up twice.  Bind sources are the spec author's choice and are followed as
+given, symlinks included.
+
+Flags are changed with mount_setattr(2) (5.12+), which needs no knowledge of the flags a
+user namespace locks; for a path (readonly_root, readonly_paths) older kernels get a bind
+remount that repeats the locked flags, but a bind's clone needs 5.12 (open_tree and
+move_mount are 5.2).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 
 from . import _ct as ctypes  # the ctypes subset, without ctypes' import cost
 from . import _libc
@@ -42,6 +59,7 @@ OCI_READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys",
                       "/proc/sysrq-trigger")
 # A minimal /dev (type "dev"): bound from the host's, as bubblewrap's --dev does.
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+DEV_SHM_SIZE = 64 << 20             # bytes, as runc's default /dev/shm
 DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
              ("ptmx", "pts/ptmx"))
@@ -80,6 +98,18 @@ MOUNT_ATTR_NOATIME = 0x10
 _MS_TO_ATTR = {MS_RDONLY: MOUNT_ATTR_RDONLY, MS_NOSUID: MOUNT_ATTR_NOSUID,
                MS_NODEV: MOUNT_ATTR_NODEV, MS_NOEXEC: MOUNT_ATTR_NOEXEC,
                MS_NOATIME: MOUNT_ATTR_NOATIME}
+AT_EMPTY_PATH = 0x1000
+
+# open_tree(2) and move_mount(2) (5.2+): the same numbers on every architecture but alpha
+SYS_open_tree = 428
+SYS_move_mount = 429
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+
+# How a destination's components are opened: the object itself, never a symlink's target.
+_O_WALK = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 _c_mount = _libc._libc.mount
 _c_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
@@ -102,17 +132,38 @@ def mount(source, target, fstype, flags: int, data=None) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def mount_setattr(path: str, attr_set: int, recursive: bool) -> None:
-    attr = _MountAttr(attr_set, MOUNT_ATTR__ATIME if attr_set & MOUNT_ATTR__ATIME else 0, 0, 0)
+def _syscall(*args) -> int:
     syscall = _libc._libc.syscall
     syscall.restype = ctypes.c_long
-    ret = syscall(ctypes.c_long(SYS_mount_setattr), ctypes.c_int(AT_FDCWD),
-                  ctypes.c_char_p(os.fsencode(path)),
-                  ctypes.c_uint(AT_RECURSIVE if recursive else 0), ctypes.byref(attr),
-                  ctypes.c_size_t(ctypes.sizeof(attr)))
-    if ret != 0:
+    ret = syscall(*args)
+    if ret < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+    return ret
+
+
+def mount_setattr(path: str, attr_set: int, recursive: bool, dirfd: int = AT_FDCWD) -> None:
+    """Set attr_set on the mount at path (relative to dirfd; "" with a dirfd: that fd's
+    own mount, a detached one included)."""
+    attr = _MountAttr(attr_set, MOUNT_ATTR__ATIME if attr_set & MOUNT_ATTR__ATIME else 0, 0, 0)
+    flags = (AT_RECURSIVE if recursive else 0) | (AT_EMPTY_PATH if not path else 0)
+    _syscall(ctypes.c_long(SYS_mount_setattr), ctypes.c_int(dirfd),
+             ctypes.c_char_p(os.fsencode(path)), ctypes.c_uint(flags), ctypes.byref(attr),
+             ctypes.c_size_t(ctypes.sizeof(attr)))
+
+
+def open_tree_clone(path: str, recursive: bool) -> int:
+    """A detached copy of the mount (with recursive: the mount tree) at path, as an fd."""
+    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0)
+    return _syscall(ctypes.c_long(SYS_open_tree), ctypes.c_int(AT_FDCWD),
+                    ctypes.c_char_p(os.fsencode(path)), ctypes.c_uint(flags))
+
+
+def move_mount_fd(from_fd: int, to_fd: int) -> None:
+    """Attach the (detached) mount from_fd onto the object to_fd is open on."""
+    _syscall(ctypes.c_long(SYS_move_mount), ctypes.c_int(from_fd), ctypes.c_char_p(b""),
+             ctypes.c_int(to_fd), ctypes.c_char_p(b""),
+             ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH))
 
 
 # --------------------------------------------------------------------------- prepare
@@ -130,6 +181,16 @@ def _under(path: str, dirs) -> bool:
     return any(path == d or path.startswith(d.rstrip("/") + "/") for d in dirs)
 
 
+def _check_destination(dest: str, field: str) -> None:
+    """One spelling per place: absolute, no '.' or '..' component, no '//' or trailing
+    '/'.  A '..' would climb out of the tmpfs a missing destination is made in (apply()
+    never follows one either); the rest keeps `mounts` keyed by one string per place."""
+    if not dest.startswith("/") or "\0" in dest or \
+            any(c in ("", ".", "..") for c in dest[1:].split("/")):
+        raise SpecError(f"{dest!r} is not a normal absolute path (no '.' or '..' "
+                        "component, no '//' or trailing '/')", field)
+
+
 def prepare(spec) -> "Prepared | None":
     """None unless the spec asks for a new mount namespace (namespaces.prepare has
     already refused mount fields without one)."""
@@ -140,6 +201,8 @@ def prepare(spec) -> "Prepared | None":
     for i, m in enumerate(spec.mounts):
         path = f"mounts[{i}]"
         opts = set(m.options)
+        if m.destination != "/":
+            _check_destination(m.destination, f"{path}.destination")
         if m.destination == "/":
             raise SpecError("cannot mount over / (use readonly_root)", f"{path}.destination")
         if {"ro", "rw"} <= opts:
@@ -184,32 +247,54 @@ def _open_path(path: str) -> int:
         raise _fail(f"open {path}", e) from None
 
 
+def _clone(path: str, recursive: bool, ms_flags: int) -> int:
+    """A detached copy of the mount (tree) at path, with ms_flags added: the bind's
+    source as the host has it now, which no later mount and no read-only root touches."""
+    try:
+        fd = open_tree_clone(path, recursive)
+    except OSError as e:
+        raise _fail(f"clone {path} (open_tree)", e) from None
+    attr = _attr(ms_flags)
+    if attr:
+        try:
+            mount_setattr("", attr, recursive, dirfd=fd)
+        except OSError as e:
+            os.close(fd)
+            raise _fail(f"mount_setattr {path} ({_names(ms_flags)})", e) from None
+    return fd
+
+
 def apply(p: Prepared) -> None:
     try:
         mount(None, "/", None, MS_REC | MS_PRIVATE)
     except OSError as e:
         raise _fail("make every mount private (MS_REC|MS_PRIVATE on /)", e) from None
-    # Open, from the host's view, everything that will be bound.
+    # Clone, from the host's view, everything that will be bound: before the read-only
+    # root, so a bind keeps its source's own flags (plus its options).
     fds, devs, null = {}, {}, -1
+    ours = set()    # st_dev of the filesystems the spec's mounts made: creation allowed
     try:
         for i, m in enumerate(p.mounts):
             if m.type == "bind":
-                fds[i] = _open_path(m.source)
+                fds[i] = _clone(m.source, "recursive" in m.options, _flags(m))
         if any(m.type == "dev" for m in p.mounts):
             for n in DEV_NODES:
-                devs[n] = _open_path(f"/dev/{n}")
+                devs[n] = _clone(f"/dev/{n}", False, 0)
         if p.masked_paths:
             null = _open_path("/dev/null")
+        if p.readonly_root:
+            # Every mount the host's tree holds, not / alone: a host tmpfs, /dev/shm, a
+            # separate /var would otherwise stay writable.  The spec's own mounts go on
+            # top afterwards and keep their flags.
+            set_flags("/", MS_RDONLY, recursive=True)
         if p.fresh_proc:
             _mount_fs("proc", "/proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
         for i, m in enumerate(p.mounts):
-            _one(m, fds.get(i), devs)
+            _one(m, fds.get(i), devs, ours)
         for path in p.masked_paths:
             _mask(path, null)
         for path in p.readonly_paths:
             _readonly(path)
-        if p.readonly_root:
-            set_flags("/", MS_RDONLY, recursive=False)
     finally:
         for fd in [*fds.values(), *devs.values(), null]:
             if fd != -1:
@@ -220,9 +305,11 @@ def _fd_path(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
-def _mount_fs(fstype: str, dest: str, flags: int, data: "str | None" = None) -> None:
+def _mount_fs(fstype: str, dest: str, flags: int, data: "str | None" = None,
+              fd: int = -1) -> None:
+    """Mount a new fstype on dest -- on the object fd is open on, when given."""
     try:
-        mount(fstype, dest, fstype, flags, data)
+        mount(fstype, dest if fd == -1 else _fd_path(fd), fstype, flags, data)
     except OSError as e:
         raise _fail(f"mount {fstype} on {dest}" + (f" ({data})" if data else ""), e) \
             from None
@@ -235,67 +322,171 @@ def _bind(fd: int, dest: str, recursive: bool, what: str) -> None:
         raise _fail(f"bind {what} on {dest}", e) from None
 
 
-def _make_dest(dest: str, is_dir: bool) -> None:
-    if os.path.lexists(dest):
-        return
+def _attach(clone: int, to: int, what: str, dest: str) -> None:
+    """Attach a detached clone onto the object `to` is open on."""
+    if stat.S_ISDIR(os.fstat(clone).st_mode) != stat.S_ISDIR(os.fstat(to).st_mode):
+        # what mount(2) says; move_mount(2) says only EINVAL
+        raise SetupError(STEP, errno.ENOTDIR, f"bind {what} on {dest}")
+    try:
+        move_mount_fd(clone, to)
+    except OSError as e:
+        raise _fail(f"bind {what} on {dest}", e) from None
+
+
+class _Dest:
+    """A destination opened without following a symlink: fd (O_PATH) on the object,
+    parent the directory it is in, name its name there."""
+
+    def __init__(self, parent: int, name: str, fd: int):
+        self.parent, self.name, self.fd = parent, name, fd
+
+    def top(self, dest: str) -> int:
+        """An fd on what is mounted there now (a lookup by name crosses into the mount
+        on top; self.fd stays on what is underneath)."""
+        try:
+            return os.open(self.name, _O_WALK, dir_fd=self.parent)
+        except OSError as e:
+            raise _fail(f"open {dest} after mounting", e) from None
+
+    def close(self) -> None:
+        os.close(self.fd)
+        os.close(self.parent)
+
+
+def _walk(start: int, start_path: str, parts, ours, is_dir: bool) -> _Dest:
+    """Open start/parts[0]/parts[1]/... one component at a time with O_NOFOLLOW (mounts
+    are crossed, symlinks refused), creating a missing one only on a filesystem the
+    spec mounted (st_dev in ours), relative to its parent's fd.  start is dup'ed."""
+    dest = start_path.rstrip("/") + "/" + "/".join(parts)
+    parent, fd = -1, os.dup(start)
+    try:
+        for i, name in enumerate(parts):
+            here = start_path.rstrip("/") + "/" + "/".join(parts[:i + 1])
+            last = i == len(parts) - 1
+            if name in ("", ".", ".."):      # prepare() refuses these; never walk one
+                raise SetupError(STEP, errno.EINVAL, f"{dest}: {name!r} in the path")
+            if parent != -1:
+                os.close(parent)
+            parent, fd = fd, -1
+            try:
+                fd = os.open(name, _O_WALK, dir_fd=parent)
+            except FileNotFoundError:
+                fd = _create(parent, name, here, dest, ours, is_dir or not last)
+            except OSError as e:
+                raise _fail(f"open {here}", e) from None
+            mode = os.fstat(fd).st_mode
+            if stat.S_ISLNK(mode):
+                raise SetupError(STEP, errno.ELOOP, f"{dest}: {here} is a symlink (a "
+                                 "destination is never followed through one)")
+            if not last and not stat.S_ISDIR(mode):
+                raise SetupError(STEP, errno.ENOTDIR, f"{dest}: {here}")
+        return _Dest(parent, parts[-1], fd)
+    except BaseException:
+        for f in (parent, fd):
+            if f != -1:
+                os.close(f)
+        raise
+
+
+def _create(parent: int, name: str, here: str, dest: str, ours, is_dir: bool) -> int:
+    if os.fstat(parent).st_dev not in ours:
+        raise SetupError(STEP, errno.ENOENT, f"{dest}: {here} does not exist (it is created "
+                         "only on a tmpfs this spec mounts)")
     try:
         if is_dir:
-            os.makedirs(dest, 0o755, exist_ok=True)
+            os.mkdir(name, 0o755, dir_fd=parent)
         else:
-            os.makedirs(os.path.dirname(dest), 0o755, exist_ok=True)
-            os.close(os.open(dest, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+            os.close(os.open(name, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_WRONLY |
+                             os.O_CLOEXEC, 0o644, dir_fd=parent))
+        return os.open(name, _O_WALK, dir_fd=parent)
     except OSError as e:
-        raise _fail(f"create {dest}", e) from None
+        raise _fail(f"create {here}", e) from None
 
 
-def _one(m, fd, devs) -> None:
+def _open_dest(dest: str, ours, is_dir: bool) -> _Dest:
+    root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return _walk(root, "/", dest[1:].split("/"), ours, is_dir)
+    finally:
+        os.close(root)
+
+
+def _flags(m) -> int:
     flags = 0
     for o in m.options:
         flags |= OPTION_FLAGS.get(o, 0)
+    return flags
+
+
+def _one(m, clone, devs, ours) -> None:
     dest = m.destination
     if m.type == "bind":
-        import stat
-        _make_dest(dest, stat.S_ISDIR(os.fstat(fd).st_mode))
-        _bind(fd, dest, "recursive" in m.options, m.source)
-        if flags:
-            set_flags(dest, flags, recursive="recursive" in m.options)
+        d = _open_dest(dest, ours, stat.S_ISDIR(os.fstat(clone).st_mode))
+        try:
+            _attach(clone, d.fd, m.source, dest)
+        finally:
+            d.close()
         return
-    _make_dest(dest, True)
-    if m.type == "tmpfs":
-        data = [f"mode={m.mode}"] if m.mode is not None else []
-        if m.size is not None:
-            data.append(f"size={m.size}")
-        _mount_fs("tmpfs", dest, flags, ",".join(data) or None)
-    elif m.type == "proc":
-        _mount_fs("proc", dest, flags | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    elif m.type == "mqueue":
-        _mount_fs("mqueue", dest, flags | MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    elif m.type == "devpts":
-        _mount_fs("devpts", dest, flags | MS_NOSUID | MS_NOEXEC,
-                  "newinstance,ptmxmode=0666,mode=0620")
-    elif m.type == "dev":
-        _dev(dest, flags, devs)
-    else:   # the spec model knows no other type
-        raise SetupError(STEP, 0, f"unknown mount type {m.type!r}")
+    flags = _flags(m)
+    d = _open_dest(dest, ours, True)
+    try:
+        if m.type == "tmpfs":
+            data = [f"mode={m.mode}"] if m.mode is not None else []
+            if m.size is not None:
+                data.append(f"size={m.size}")
+            _mount_fs("tmpfs", dest, flags, ",".join(data) or None, d.fd)
+            _add_ours(d, dest, ours)
+        elif m.type == "proc":
+            _mount_fs("proc", dest, flags | MS_NOSUID | MS_NODEV | MS_NOEXEC, fd=d.fd)
+        elif m.type == "mqueue":
+            _mount_fs("mqueue", dest, flags | MS_NOSUID | MS_NODEV | MS_NOEXEC, fd=d.fd)
+        elif m.type == "devpts":
+            _mount_fs("devpts", dest, flags | MS_NOSUID | MS_NOEXEC,
+                      "newinstance,ptmxmode=0666,mode=0620", d.fd)
+        elif m.type == "dev":
+            _dev(d, dest, flags, devs, ours)
+        else:   # the spec model knows no other type
+            raise SetupError(STEP, 0, f"unknown mount type {m.type!r}")
+    finally:
+        d.close()
 
 
-def _dev(dest: str, flags: int, devs) -> None:
+def _add_ours(d: _Dest, dest: str, ours) -> int:
+    """Record the filesystem just mounted at d as one of ours; an fd on its root."""
+    top = d.top(dest)
+    ours.add(os.fstat(top).st_dev)
+    return top
+
+
+def _dev(d: _Dest, dest: str, flags: int, devs, ours) -> None:
     """A tmpfs with the harmless device nodes bound from the host (a user namespace
     cannot mknod), its own devpts and shm, and the usual links."""
-    _mount_fs("tmpfs", dest, flags | MS_NOSUID | MS_NODEV, "mode=0755")
-    for name, fd in devs.items():
-        _make_dest(os.path.join(dest, name), False)
-        _bind(fd, os.path.join(dest, name), False, f"/dev/{name}")
-    for sub, fstype, fl, data in (
-            ("shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"),
-            ("pts", "devpts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")):
-        _make_dest(os.path.join(dest, sub), True)
-        _mount_fs(fstype, os.path.join(dest, sub), fl, data)
-    for name, target in DEV_LINKS:
-        try:
-            os.symlink(target, os.path.join(dest, name))
-        except OSError as e:
-            raise _fail(f"symlink {dest}/{name}", e) from None
+    _mount_fs("tmpfs", dest, flags | MS_NOSUID | MS_NODEV, "mode=0755", d.fd)
+    root = _add_ours(d, dest, ours)
+    try:
+        for name, clone in devs.items():
+            node = _walk(root, dest, [name], ours, False)
+            try:
+                _attach(clone, node.fd, f"/dev/{name}", f"{dest}/{name}")
+            finally:
+                node.close()
+        for sub, fstype, fl, data in (
+                # runc's /dev/shm: bounded (it is memory), and nothing executed from it
+            ("shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, f"mode=1777,size={DEV_SHM_SIZE}"),
+                ("pts", "devpts", MS_NOSUID | MS_NOEXEC,
+                 "newinstance,ptmxmode=0666,mode=0620")):
+            sd = _walk(root, dest, [sub], ours, True)
+            try:
+                _mount_fs(fstype, f"{dest}/{sub}", fl, data, sd.fd)
+            finally:
+                sd.close()
+        for name, target in DEV_LINKS:
+            try:
+                os.symlink(target, name, dir_fd=root)
+            except OSError as e:
+                raise _fail(f"symlink {dest}/{name}", e) from None
+    finally:
+        os.close(root)
 
 
 def _mask(path: str, null: int) -> None:
@@ -305,7 +496,6 @@ def _mask(path: str, null: int) -> None:
         return          # nothing to hide (OCI runtimes skip these too)
     except OSError as e:
         raise _fail(f"masked path {path}", e) from None
-    import stat
     if stat.S_ISDIR(st.st_mode):
         _mount_fs("tmpfs", path, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
                   "size=0k,nr_inodes=1,mode=0555")
@@ -323,14 +513,18 @@ def _readonly(path: str) -> None:
     set_flags(path, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, recursive=True)
 
 
-def set_flags(path: str, ms_flags: int, recursive: bool) -> None:
-    """Add ms_flags (ro nosuid nodev noexec noatime) to the mount at path."""
+def _attr(ms_flags: int) -> int:
     attr = 0
     for ms, a in _MS_TO_ATTR.items():
         if ms_flags & ms:
             attr |= a
+    return attr
+
+
+def set_flags(path: str, ms_flags: int, recursive: bool) -> None:
+    """Add ms_flags (ro nosuid nodev noexec noatime) to the mount at path."""
     try:
-        mount_setattr(path, attr, recursive)
+        mount_setattr(path, _attr(ms_flags), recursive)
         return
     except OSError as e:
         if e.errno != 38:    # ENOSYS: a kernel before 5.12

@@ -392,7 +392,7 @@ MOUNT_OPTIONS = ("ro", "rw", "nosuid", "nodev", "noexec", "recursive", "noatime"
 @attrs.frozen
 class Mount:
     type: str = _field("bind, tmpfs, proc, mqueue, devpts or dev (a minimal /dev)")
-    destination: str = _field("absolute path inside")
+    destination: str = _field("normal absolute path inside, no symlink in it")
     source: Optional[str] = _field("host path (bind)", default=None)
     options: tuple = _field("ro rw nosuid nodev noexec recursive noatime", default=())
     size: Optional[int] = _field("tmpfs size in bytes", default=None)
@@ -660,7 +660,8 @@ class Spec:
                                  default=())
     readonly_paths: tuple = _field("made read-only (recursively) in the new mount "
                                    "namespace", default=())
-    readonly_root: bool = _field("/ made read-only in the new mount namespace",
+    readonly_root: bool = _field("/ and every mount below it made read-only in the new "
+                                 "mount namespace (the spec's mounts go on top)",
                                  default=False)
     # Not a field of the format: with a profile, the dict the spec was loaded from, so
     # the profile can be merged under exactly the fields given (to_dict() fills in

@@ -1,7 +1,10 @@
 import os
+import subprocess
+import uuid
 
 import pytest
 
+from sandbox import mounts
 from tests.conftest import skip_or_fail
 
 
@@ -9,3 +12,40 @@ from tests.conftest import skip_or_fail
 def _need_root():
     if os.geteuid() != 0:
         skip_or_fail("needs real root")
+
+
+@pytest.fixture
+def host_tmpfs():
+    """A tmpfs of our own, mounted on the host at a unique directory under /var/tmp
+    (mode 1777: any uid may write there unless the mount is read-only); unmounted and
+    removed after, even when the test fails."""
+    d = f"/var/tmp/wrapperd-test-{uuid.uuid4().hex[:10]}"
+    os.mkdir(d, 0o755)
+    try:
+        mounts.mount("tmpfs", d, "tmpfs", 0, "size=1m,mode=1777")
+        try:
+            yield d
+        finally:
+            subprocess.run(["umount", "--lazy", d], check=True)
+    finally:
+        os.rmdir(d)
+
+
+@pytest.fixture
+def host_shm():
+    """A file in the host's /dev/shm as another service leaves it (0600, owned by nobody,
+    the `service` profile's uid -- the uid an `untrusted` target has on the host), and a
+    unique name nothing may create there; both removed after."""
+    tag = uuid.uuid4().hex[:10]
+    victim = f"/dev/shm/wrapperd-test-victim-{tag}"
+    new = f"/dev/shm/wrapperd-test-new-{tag}"
+    fd = os.open(victim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    os.write(fd, b"host")
+    os.close(fd)
+    try:
+        os.chown(victim, 65534, 65534)
+        yield victim, new
+    finally:
+        for p in (victim, new):
+            if os.path.lexists(p):
+                os.unlink(p)

@@ -4,6 +4,7 @@ that the host's mount table never shows them."""
 import json
 import os
 import subprocess
+import uuid
 
 import pytest
 
@@ -224,3 +225,103 @@ def test_mqueue_and_devpts_mounts(tree):
     assert r[f"flags:{tree}/mq"] & os.ST_NOSUID and r[f"flags:{tree}/mq"] & os.ST_NOEXEC
     with open("/proc/self/mountinfo") as f:
         assert str(tree) not in f.read()
+
+
+@pytest.mark.parametrize("readonly_root", [True, False])      # False: the control
+def test_readonly_root_covers_every_host_mount(tree, host_tmpfs, host_shm, readonly_root):
+    # A host tmpfs and the host's /dev/shm are mounts of their own below /: a read-only
+    # root must cover them too, while the spec's own mounts stay writable -- its tmpfs,
+    # and a bind without `ro` (its source is cloned before / is made read-only).
+    victim, new = host_shm
+    r = run_try(f"write:{host_tmpfs}/x", f"write:{victim}", f"write:{new}",
+                f"write:{tree}/secretdir/x", f"write:{tree}/dst/y", namespaces=MNT,
+                readonly_root=readonly_root,
+                mounts=[{"type": "tmpfs", "destination": str(tree / "secretdir")},
+                        {"type": "bind", "source": str(tree / "src"),
+                         "destination": str(tree / "dst")}])
+    assert r[f"write:{tree}/secretdir/x"] == r[f"write:{tree}/dst/y"] == "ok"
+    assert (tree / "src" / "y").read_text() == "x"
+    if readonly_root:
+        assert r[f"write:{host_tmpfs}/x"] == r[f"write:{victim}"] == r[f"write:{new}"] \
+            == "EROFS"
+        # What the host sees: nothing written, nothing created.
+        assert os.listdir(host_tmpfs) == []
+        assert open(victim, "rb").read() == b"host" and not os.path.lexists(new)
+    else:
+        assert r[f"write:{host_tmpfs}/x"] == r[f"write:{victim}"] == r[f"write:{new}"] \
+            == "ok"
+        assert os.listdir(host_tmpfs) == ["x"] and os.path.exists(new)
+
+
+def test_dotdot_destination_is_refused_and_creates_nothing(tree):
+    escape = f"/wrapperd-escape-{uuid.uuid4().hex[:10]}"
+    marker = tree / "ran"
+    try:
+        spec = try_spec(namespaces=MNT, mounts=[
+            {"type": "tmpfs", "destination": str(tree / "dst")},
+            {"type": "tmpfs", "destination": f"{tree}/dst/..{escape}"},
+            {"type": "tmpfs", "destination": f"/tmp/..{escape}"}])
+        spec["argv"] = ["/usr/bin/touch", str(marker)]
+        p = run_wrapperd(spec)
+        assert p.returncode == 125
+        assert p.stderr.decode() == (
+            f"wrapperd: spec: mounts[1].destination: '{tree}/dst/..{escape}' is not a "
+            "normal absolute path (no '.' or '..' component, no '//' or trailing '/')\n")
+        assert not os.path.lexists(escape) and not os.path.lexists(tree / escape[1:])
+        assert not marker.exists()
+    finally:
+        for p in (escape, str(tree / escape[1:])):
+            if os.path.isdir(p) and not os.path.ismount(p):
+                os.rmdir(p)
+
+
+@pytest.fixture
+def foreign(tree):
+    """A directory owned by another (unprivileged) user, as one bound into a sandbox
+    would be; it holds a symlink to a unique host directory."""
+    shared = tree / "shared"
+    shared.mkdir()
+    target = tree / "target"
+    target.mkdir()
+    (shared / "link").symlink_to(target)
+    os.lchown(shared / "link", 65534, 65534)
+    os.chown(shared, 65534, 65534)
+    return shared, target
+
+
+@pytest.mark.parametrize("kind", ["tmpfs", "bind-file"])
+def test_symlink_in_a_bound_directory_is_not_followed(tree, foreign, kind):
+    # Our tmpfs at dst, the other user's directory bound at dst/shared: a destination
+    # through dst/shared/link must not create anything where the link points.
+    shared, target = foreign
+    dest = f"{tree}/dst/shared/link/nologin"
+    last = ({"type": "tmpfs", "destination": dest} if kind == "tmpfs" else
+            {"type": "bind", "source": str(tree / "secret"), "destination": dest})
+    spec = try_spec(namespaces=MNT, mounts=[
+        {"type": "tmpfs", "destination": str(tree / "dst")},
+        {"type": "bind", "source": str(shared), "destination": f"{tree}/dst/shared"},
+        last])
+    spec["argv"] = ["/usr/bin/touch", str(tree / "ran")]
+    p = run_wrapperd(spec)
+    assert os.listdir(target) == []                 # seen from the host: nothing made
+    assert p.returncode == 125
+    assert p.stderr.decode() == (f"wrapperd: mounts: {dest}: {tree}/dst/shared/link is a "
+                                 "symlink (a destination is never followed through one): "
+                                 "Too many levels of symbolic links\n")
+    assert not (tree / "ran").exists()
+
+
+def test_nothing_is_created_in_a_bound_host_directory(tree, foreign):
+    # Lexically under our tmpfs, but dst/shared is the host's directory bound there: a
+    # missing destination is made only on a filesystem the spec mounted.
+    shared, _ = foreign
+    spec = try_spec(namespaces=MNT, mounts=[
+        {"type": "tmpfs", "destination": str(tree / "dst")},
+        {"type": "bind", "source": str(shared), "destination": f"{tree}/dst/shared"},
+        {"type": "tmpfs", "destination": f"{tree}/dst/shared/new"}])
+    p = run_wrapperd(spec)
+    assert sorted(os.listdir(shared)) == ["link"]
+    assert p.returncode == 125
+    assert p.stderr.decode() == (
+        f"wrapperd: mounts: {tree}/dst/shared/new: {tree}/dst/shared/new does not exist "
+        "(it is created only on a tmpfs this spec mounts): No such file or directory\n")

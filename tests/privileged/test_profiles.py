@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 import sandbox
-from sandbox import caps, cgroups, profile
+from sandbox import caps, cgroups, mounts, profile
 from sandbox.spawning import PIPE
 from tests.conftest import ROOTLESS, SYSTEM_PYTHON, TARGET_ENV, needs_host_root
 
@@ -51,6 +51,8 @@ def run_under(name, probe, cg_root, *actions, **fields):
         with open(f"/proc/{p.target_pid}/status") as f:
             host["proc_status"] = dict(ln.rstrip("\n").split(":\t", 1) for ln in f
                                        if ":\t" in ln)
+        with open(f"/proc/{p.target_pid}/mountinfo") as f:
+            host["mountinfo"] = [ln.split() for ln in f]
         cg = cgroups.cgroup_of(p.target_pid)
         cg["v1"] = any(k and v.endswith(cg_root + "/probe") for k, v in cg.items())
         cg["limits"] = {}
@@ -149,6 +151,46 @@ def test_strict_root_is_read_only_and_has_no_network(probe, cg_root, shared_dir)
         os.chmod(shared_dir, 0o755)
         if os.path.exists(path):
             os.unlink(path)
+
+
+@pytest.mark.parametrize("name", ["strict", "untrusted", "service"])   # service: control
+def test_host_mounts_read_only_and_dev_shm_private(name, probe, cg_root, host_tmpfs,
+                                                   host_shm):
+    # A tmpfs of the host's and its /dev/shm are mounts below /: under `strict` and
+    # `untrusted` the target (nobody on the host) can write neither; its /dev/shm is
+    # its own.  Both are mode 1777 and the /dev/shm file belongs to nobody, so only
+    # the mount flags and the private /dev/shm stand in the way (the control shows it).
+    _needs_v1_limits(name)
+    victim, new = host_shm
+    report, _d, host, *_ = run_under(name, probe, cg_root, f"touch:{host_tmpfs}/x",
+                                     f"openw:{victim}", f"touch:{new}", "touch:/tmp/x")
+    a = report["actions"]
+    assert a["touch:/tmp/x"] == "ok"                            # its own /tmp, writable
+    if name == "service":
+        assert a[f"touch:{host_tmpfs}/x"] == a[f"openw:{victim}"] == a[f"touch:{new}"] \
+            == "ok"
+        assert os.listdir(host_tmpfs) == ["x"] and os.path.exists(new)
+        return
+    assert a[f"touch:{host_tmpfs}/x"] == "EROFS"
+    assert a[f"openw:{victim}"] == "ENOENT"             # not in the target's /dev/shm
+    assert a[f"touch:{new}"] == "ok"                    # which takes its own files
+    # Seen from the host: nothing written, nothing created.
+    assert os.listdir(host_tmpfs) == [] and not os.path.lexists(new)
+    with open(victim, "rb") as f:
+        assert f.read() == b"host"
+    # Every mount in the target's table is read-only but those the profile makes (and
+    # a `dev` mount's device nodes, bound one by one: writing a device needs no rw mount).
+    own = {"/tmp", "/dev/shm", "/proc"}
+    if name == "strict":
+        own |= {"/dev", "/dev/pts"} | {f"/dev/{n}" for n in mounts.DEV_NODES}
+    writable = {ln[4] for ln in host["mountinfo"] if "ro" not in ln[5].split(",")}
+    assert writable == own
+    # The /dev/shm on top (the last mounted there): a 64 MiB tmpfs, nosuid,nodev,noexec.
+    shm = [ln for ln in host["mountinfo"] if ln[4] == "/dev/shm"][-1]
+    sep = shm.index("-")
+    assert shm[sep + 1] == "tmpfs"
+    assert {"nosuid", "nodev", "noexec"} <= set(shm[5].split(","))
+    assert "size=65536k" in shm[sep + 3].split(",")
 
 
 def test_untrusted_is_nobody_seen_from_the_host(probe, cg_root):

@@ -105,6 +105,11 @@ def test_mount_checks():
             mounts=[{"type": "proc", "destination": "/proc"}])
     refused("mounts[0]", namespaces=ns,
             mounts=[{"type": "bind", "source": "/tmp", "destination": "/tmp", "size": 1}])
+    # One spelling per place, and never a '..' (it would climb out of our own tmpfs).
+    for bad in ("/tmp/../x", "/tmp/..", "/tmp/./x", "/tmp//x", "/tmp/", "/tmp/x/.."):
+        refused("mounts[1].destination", namespaces=ns,
+                mounts=[{"type": "tmpfs", "destination": "/tmp"},
+                        {"type": "tmpfs", "destination": bad}])
 
 
 def test_missing_destination_under_our_own_tmpfs_is_allowed():

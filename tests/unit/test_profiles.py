@@ -40,7 +40,7 @@ def test_chain_and_inherited_fields():
     assert r["seccomp"] == {"profile": "strict"}                               # strict's
     assert r["rlimits"] == {"CORE": [0, 0], "NOFILE": [256, 256], "MEMLOCK": [65536, 65536],
                             "MSGQUEUE": [0, 0]}
-    assert [m["destination"] for m in r["mounts"]] == ["/tmp"]     # merge: replace
+    assert [m["destination"] for m in r["mounts"]] == ["/tmp", "/dev/shm"]  # merge: replace
     assert [m["destination"] for m in profile.resolve("strict")["mounts"]] == ["/tmp", "/dev"]
     n = profile.resolve("network-service")
     assert n["capabilities"] == {"keep": ["CAP_NET_BIND_SERVICE"],
