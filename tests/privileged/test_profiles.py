@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 import sandbox
-from sandbox import caps, cgroups, profile
+from sandbox import caps, cgroups, dynamicuser, profile
 from sandbox.spawning import PIPE
 from tests.conftest import ROOTLESS, SYSTEM_PYTHON, TARGET_ENV, needs_host_root
 
@@ -83,7 +83,9 @@ def test_profile_runs_the_probe_and_verify_finds_no_difference(name, probe, cg_r
         assert host["uids"]["real"] == 0 and host["no_new_privs"]
         assert "CAP_SYS_MODULE" not in bnd and "CAP_SYS_ADMIN" in bnd
     if name in ("service", "network-service", "strict", "untrusted"):
-        assert host["uids"]["real"] == 65534 and host["no_new_privs"]
+        lo, hi = dynamicuser.DYNAMIC_RANGE                      # a uid of its own
+        assert lo <= host["uids"]["real"] <= hi and host["no_new_privs"]
+        assert host["dynamic_user"] == {"uid": host["uids"]["real"], "name": "probe"}
         assert report["status"]["Seccomp"] == "2"
         assert not host["namespaces"]["mnt"]["caller"]        # the private /tmp
     if name in ("service", "strict", "untrusted"):
@@ -151,15 +153,18 @@ def test_strict_root_is_read_only_and_has_no_network(probe, cg_root, shared_dir)
             os.unlink(path)
 
 
-def test_untrusted_is_nobody_seen_from_the_host(probe, cg_root):
+def test_untrusted_is_its_dynamic_id_seen_from_the_host(probe, cg_root):
     _needs_v1_limits("untrusted")
     r, diffs, host, *_ = run_under("untrusted", probe, cg_root)
     assert diffs == []
-    assert host["uids"] == {k: 65534 for k in ("real", "effective", "saved", "fs")}
-    assert host["gids"]["real"] == 65534
+    uid = host["uids"]["real"]
+    lo, hi = dynamicuser.DYNAMIC_RANGE
+    assert lo <= uid <= hi
+    assert host["uids"] == {k: uid for k in ("real", "effective", "saved", "fs")}
+    assert host["gids"]["real"] == uid
     # What the host's /proc itself says, against the target's own view (root inside).
-    assert host["proc_status"]["Uid"].split() == ["65534"] * 4
-    assert host["proc_status"]["Gid"].split()[0] == "65534"
+    assert host["proc_status"]["Uid"].split() == [str(uid)] * 4
+    assert host["proc_status"]["Gid"].split()[0] == str(uid)
     assert r["status"]["Uid"].split() == ["0"] * 4
 
 
