@@ -107,10 +107,14 @@ def _open_dir(path: str, create: bool) -> int:
             last = i == len(parts) - 1
             if part in (".", ".."):
                 raise SetupError(STEP, 0, f"registry {path}: '.' or '..' in the path")
+            where = "/" + "/".join(parts[:i + 1])
             try:
                 nfd = os.open(part, flags, dir_fd=fd)
-            except FileNotFoundError:
-                if not create:
+            except OSError as e:
+                if e.errno in (20, 40):          # ENOTDIR, ELOOP: O_NOFOLLOW said no
+                    raise SetupError(STEP, e.errno, f"registry {where}: a symlink or not "
+                                     "a directory") from None
+                if not isinstance(e, FileNotFoundError) or not create:
                     raise
                 try:
                     os.mkdir(part, 0o700 if last else 0o755, dir_fd=fd)
@@ -120,7 +124,6 @@ def _open_dir(path: str, create: bool) -> int:
             os.close(fd)
             fd = nfd
             st = os.fstat(fd)
-            where = "/" + "/".join(parts[:i + 1])
             if st.st_uid != 0:
                 raise SetupError(STEP, 0, f"registry {where}: not owned by root")
             if last:
@@ -299,11 +302,17 @@ def allocate(name: "str | None") -> int:
 
 def _allocate_locked(dfd: int, name, me) -> int:
     records = _read_records(dfd)
-    in_use = _ids_in_use()
     lo, hi = DYNAMIC_RANGE
+    scanned: list = []
+
+    def in_use() -> set:
+        # The /proc scan is the costly part (a read per process): only when needed.
+        if not scanned:
+            scanned.append(_ids_in_use())
+        return scanned[0]
 
     def stale(uid, rec) -> bool:
-        return uid not in in_use and not (rec is not None and _live(rec[1]))
+        return not (rec is not None and _live(rec[1])) and uid not in in_use()
 
     if name is not None:
         for uid, rec in records.items():
@@ -311,7 +320,8 @@ def _allocate_locked(dfd: int, name, me) -> int:
                     and not stale(uid, rec):
                 # Held by the name already: share it.  Our pid joins the record, so it
                 # stays held even if every other holder ends before we setuid.
-                _write_record(dfd, uid, name, _live(rec[1]) + [me])
+                holders = [h for h in _live(rec[1]) if h != me] + [me]
+                _write_record(dfd, uid, name, holders)
                 return uid
     uid_map, gid_map = _mapped("/proc/self/uid_map"), _mapped("/proc/self/gid_map")
     start = first_candidate(name)
@@ -320,7 +330,7 @@ def _allocate_locked(dfd: int, name, me) -> int:
         uid = lo + (start - lo + k) % size
         if uid in records and not stale(uid, records[uid]):
             continue
-        if uid in in_use or not _in_map(uid_map, uid) or not _in_map(gid_map, uid) \
+        if uid in in_use() or not _in_map(uid_map, uid) or not _in_map(gid_map, uid) \
                 or _in_databases(uid):
             continue
         _write_record(dfd, uid, name, [me])

@@ -332,5 +332,7 @@ def test_an_unsound_registry_is_refused_and_the_target_never_runs(
     assert r.returncode == 125
     lines = r.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("wrapperd: dynamic_user: registry "), lines
+    assert {"mode": "mode 0755, not 0700", "symlink": "a symlink",
+            "owner": "not owned by root"}[bad] in lines[0]
     assert not marker.exists()
     assert os.listdir(reg) == []                 # nothing recorded
