@@ -92,10 +92,26 @@ def registry_dir() -> str:
     return os.environ.get(ENV) or REGISTRY_DIR
 
 
+def _outside_owner(uid: int) -> bool:
+    """In a user namespace other than the host's (a rootless container), the host's root
+    -- owner of /, /run, /tmp -- is unmapped and shows as the overflow uid: accepted as
+    the owner of a directory on the way (never of the registry itself, which must be
+    our own root's).  The host's user namespace maps every id: there, never."""
+    try:
+        with open("/proc/self/uid_map") as f:
+            if f.read().split() == ["0", "0", "4294967295"]:
+                return False
+        with open("/proc/sys/kernel/overflowuid") as f:
+            return uid == int(f.read())
+    except (OSError, ValueError):
+        return False
+
+
 def _open_dir(path: str, create: bool) -> int:
     """The registry directory, opened component by component without following a
-    symlink.  Each directory on the way must be root's and not writable by others
-    (unless sticky, like /tmp); the last one root's with mode 0700 exactly."""
+    symlink.  Each directory on the way must be root's (or, in a rootless container,
+    the host's: _outside_owner) and not writable by others (unless sticky, like
+    /tmp); the last one root's with mode 0700 exactly."""
     import stat
     if not path.startswith("/"):
         raise SetupError(STEP, 0, f"{ENV}={path!r}: not an absolute path")
@@ -124,7 +140,7 @@ def _open_dir(path: str, create: bool) -> int:
             os.close(fd)
             fd = nfd
             st = os.fstat(fd)
-            if st.st_uid != 0:
+            if st.st_uid != 0 and (last or not _outside_owner(st.st_uid)):
                 raise SetupError(STEP, 0, f"registry {where}: not owned by root")
             if last:
                 if stat.S_IMODE(st.st_mode) != 0o700:
