@@ -58,9 +58,9 @@ def prepare(spec) -> "Prepared | None":
     user = spec.user
     if user is None or not user.dynamic:
         return None
-    if os.geteuid() != 0:
-        raise SpecError("a dynamic user needs wrapperd to run as root (it sets an "
-                        "arbitrary uid)", "user.dynamic")
+    # Not refused here when we are not root: `sandbox check` validates a spec as
+    # anyone.  A non-root shim fails at its dynamic_user step (the registry must be
+    # root's), before any id changes.
     ns = spec.namespaces
     userns = getattr(ns, "user", False) if ns is not None else False
     if isinstance(userns, str):
