@@ -30,6 +30,10 @@ def _cmd_inspect(a) -> int:
     print("  uids      " + " ".join(f"{k}={v}" for k, v in info["uids"].items()))
     print("  gids      " + " ".join(f"{k}={v}" for k, v in info["gids"].items()))
     print(f"  groups    {info['groups']}")
+    dyn = info.get("dynamic_user")
+    if dyn is not None:
+        name = "an unnamed spec" if dyn["name"] is None else repr(dyn["name"])
+        print(f"  dynamic user {dyn['uid']}, allocated for {name}")
     for k, v in info["capabilities"].items():
         shown = "all" if len(v) > 30 else (", ".join(v) or "-")
         print(f"  cap {k:<11} {shown}")
@@ -179,7 +183,7 @@ def _cmd_seccomp(a) -> int:
     spec = Spec.from_dict(profile.apply_profile(d))
     if spec.seccomp is None:
         raise SpecError("the spec has no seccomp filter", "seccomp")
-    cr = creds.prepare(spec.user, spec.securebits)
+    cr = creds.prepare(spec.user, spec.securebits, spec.namespaces)
     cp = caps.prepare(spec.capabilities, creds.target_is_root(cr),
                       cr.securebits if cr else 0)
     prepared = seccomp.prepare(spec.seccomp, cp)

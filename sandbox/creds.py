@@ -47,7 +47,13 @@ class Prepared:
     keep_caps: bool       # keep the permitted set across setresuid, for the later steps
 
 
-def prepare(user, securebits_names=()) -> "Prepared | None":
+# The id of a dynamic user until the shim's dynamic_user step allocates it: apply()
+# refuses it, so a plan that skipped the step can never setresuid(-1) ("unchanged").
+UNALLOCATED = -1
+
+
+def prepare(user, securebits_names=(), namespaces=None) -> "Prepared | None":
+    """namespaces: the spec's, for a dynamic user (see sandbox.dynamicuser)."""
     bits = 0
     for name in securebits_names:
         bits |= caps.SECUREBITS[name]
@@ -59,6 +65,15 @@ def prepare(user, securebits_names=()) -> "Prepared | None":
         if len({ruid, euid, suid}) != 1 or len({rgid, egid, sgid}) != 1:
             raise SpecError("wrapperd runs with mixed ids: give a 'user' explicitly", "user")
         return Prepared(euid, egid, tuple(os.getgroups()), bits, False)
+    if getattr(user, "dynamic", False):
+        userns = getattr(namespaces, "user", False) if namespaces is not None else False
+        if userns is True or isinstance(userns, dict):
+            from . import dynamicuser
+            # The target's ids inside its user namespace; the host id is dynamic.
+            uid, gid = dynamicuser.inside_ids(namespaces)
+        else:
+            uid = gid = UNALLOCATED
+        return Prepared(uid, gid, (), bits, os.geteuid() == 0 and uid != 0)
     uid, primary = resolve_uid(user.uid)
     if user.gid is not None:
         gid = resolve_gid(user.gid, "user.gid")
@@ -79,6 +94,8 @@ def target_is_root(p: "Prepared | None") -> bool:
 
 def apply(p: Prepared) -> None:
     step = "identity"
+    if p.uid < 0 or p.gid < 0:
+        raise SetupError(step, 0, "the dynamic user was not allocated")
 
     def call(what, fn, *a):
         try:

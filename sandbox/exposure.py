@@ -137,6 +137,26 @@ class _Facts:
     pids_limit: bool
     cgroup: "str | None"
     caps_ns_only: bool = False   # in its own user namespace: caps reach only its namespaces
+    shared_uid: bool = False     # the host sees it as nobody, whom every such service is
+    dynamic_uid: bool = False    # a dynamic user: an id no other sandbox runs with
+
+
+# The uid and name systemd-analyze's UserOrDynamicUser check calls shared ("nobody"):
+# whoever runs as it can read, ptrace and signal every other service running as it.
+SHARED_UID = 65534
+SHARED_USER = "nobody"
+
+
+def _shared(uid) -> bool:
+    if uid == SHARED_UID or uid == SHARED_USER:
+        return True
+    if isinstance(uid, int):
+        import pwd
+        try:
+            return pwd.getpwuid(uid).pw_name == SHARED_USER
+        except KeyError:
+            pass
+    return False
 
 
 def _all_caps() -> frozenset:
@@ -174,6 +194,9 @@ def _spec_facts(spec) -> _Facts:
         uid, gid, groups = None, None, ()
         # No user: the target keeps the caller's identity -- root when an init spawns it.
         root, uid_text = True, "the caller's uid (root when an init spawns it)"
+    elif spec.user.dynamic:
+        uid, gid, groups = None, None, ()
+        root, uid_text = False, "a dynamic uid of its own"
     else:
         uid = spec.user.uid
         if isinstance(uid, str):
@@ -196,11 +219,16 @@ def _spec_facts(spec) -> _Facts:
                for f, *_ in NS_CHECKS}
     # Caps are computed for the uid inside; "root" is judged by the uid outside.
     held, bnd = _spec_caps(spec, root)
-    if private["user"] and isinstance(ns.user, dict):
+    dynamic = spec.user is not None and spec.user.dynamic
+    outside_uid = uid if not private["user"] else None
+    if dynamic:
+        pass          # the host sees its dynamic id, whether or not in a user namespace
+    elif private["user"] and isinstance(ns.user, dict):
         inside = 0 if spec.user is None else uid
         outside = _map_id(ns.user.get("uid_map", ()), inside) \
             if isinstance(inside, int) else None
         root = outside == 0
+        outside_uid = outside
         uid_text = f"uid {inside} inside, {outside} outside its user namespace"
     rw = tuple(m.source for m in spec.mounts
                if m.type == "bind" and "ro" not in m.options) if private["mount"] else ()
@@ -216,7 +244,8 @@ def _spec_facts(spec) -> _Facts:
                   memory_limit=cg is not None and cg.memory_max is not None,
                   pids_limit=cg is not None and cg.pids_max is not None,
                   cgroup=cg.full_path if cg is not None else None,
-                  caps_ns_only=private["user"])
+                  caps_ns_only=private["user"],
+                  shared_uid=not dynamic and _shared(outside_uid), dynamic_uid=dynamic)
 
 
 def _map_id(maps, inside: int) -> "int | None":
@@ -293,7 +322,9 @@ def _live_facts(info: dict) -> _Facts:
                   seccomp=filtered or info.get("seccomp") == "strict",
                   seccomp_arch=True if info.get("seccomp") == "strict" else None,
                   private_ns=private, rw_binds=(), memory_limit=mem, pids_limit=pids,
-                  cgroup=cg, caps_ns_only=private["user"])
+                  cgroup=cg, caps_ns_only=private["user"],
+                  shared_uid=_shared(uids["effective"]),
+                  dynamic_uid=info.get("dynamic_user") is not None)
 
 
 # --------------------------------------------------------------------------- checks
@@ -305,6 +336,20 @@ def _checks(f: _Facts) -> "list[Check]":
                                           "root-owned file and setting"))
     else:
         out.append(Check("root", 10, 0.0, f"runs as {f.uid_text}, not root"))
+    if f.root:
+        # As systemd-analyze's UserOrDynamicUser: root is the most shared uid of all.
+        out.append(Check("uid_shared", 4, 1.0, "runs as root: the uid of every "
+                                              "privileged process on the host"))
+    elif f.shared_uid:
+        out.append(Check("uid_shared", 4, 1.0, f"runs as {f.uid_text}, {SHARED_USER}: "
+                                              "shared with other services, which can read "
+                                              "its environ and memory, ptrace and kill it"))
+    elif f.dynamic_uid:
+        out.append(Check("uid_shared", 4, 0.0, "a dynamic uid: no other service runs "
+                                              "with it"))
+    else:
+        out.append(Check("uid_shared", 4, 0.0, f"runs as {f.uid_text}, not shared with "
+                                              f"every other service as {SHARED_USER} is"))
     out.append(Check("root_group", 2, 1.0 if f.root_group else 0.0,
                      "gid or a supplementary group is 0 (root's files by group)"
                      if f.root_group else "no root group"))

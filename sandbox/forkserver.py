@@ -50,10 +50,11 @@ serve(int(sys.argv[2]))
 def _preload() -> None:
     """Everything a child may import, imported once here: a forked child then needs no
     file access for code (see wrapperd/shim.py) and pays nothing for imports."""
-    for name in ("_json", "_signal", "fcntl", "resource", "sandbox._libc", "sandbox.caps",
-                 "sandbox.cgroups", "sandbox.creds", "sandbox.fds", "sandbox.mounts",
-                 "sandbox.namespaces", "sandbox.plan", "sandbox.procattr", "sandbox.rlimits",
-                 "sandbox.seccomp", "wrapperd.planned", "wrapperd.shim"):
+    for name in ("_json", "_signal", "fcntl", "grp", "resource", "sandbox._libc",
+                 "sandbox.caps", "sandbox.cgroups", "sandbox.creds", "sandbox.dynamicuser",
+                 "sandbox.fds", "sandbox.mounts", "sandbox.namespaces", "sandbox.plan",
+                 "sandbox.procattr", "sandbox.rlimits", "sandbox.seccomp", "wrapperd.planned",
+                 "wrapperd.shim"):
         __import__(name)
     # ctypes resolves (dlsym) and caches a libc function on first use: once here, not
     # in every child.
@@ -605,7 +606,7 @@ class ForkServer:
         import subprocess
         import sys
 
-        from .spawning import lean_path, package_root
+        from .spawning import _shim_env, lean_path, package_root
         with self._lock:
             if self._proc is not None and self._proc.poll() is None:
                 return self
@@ -625,7 +626,7 @@ class ForkServer:
                 proc = subprocess.Popen(self.args, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL,
                                         pass_fds=(theirs.fileno(),), close_fds=True,
-                                        env={"PATH": _SHIM_PATH})
+                                        env=_shim_env())   # PATH, registry dir
             except BaseException:
                 ours.close()
                 raise

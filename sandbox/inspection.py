@@ -4,7 +4,8 @@ Named inspection.py, not inspect.py, so the module never shadows the function.
 
 Works on any process, not only ours: capability sets by name, NoNewPrivs, seccomp mode
 and filter count, the four uids and gids, groups, namespaces (and whether each is the
-host's, i.e. pid 1's), cgroups, rlimits, oom_score_adj, nice, open fds and environment
+host's, i.e. pid 1's), a dynamic user's registered name, cgroups, rlimits,
+oom_score_adj, nice, open fds and environment
 keys.  Nothing here changes anything.
 """
 
@@ -95,12 +96,17 @@ def inspect(pid) -> dict:
     except OSError:
         cgroup = []
     uids, gids = ids("Uid"), ids("Gid")
+    from . import dynamicuser
+    lo, hi = dynamicuser.DYNAMIC_RANGE
+    # The registry's word on a uid of the dynamic range: which spec name holds it.
+    dyn = dynamicuser.lookup(uids[0]) if lo <= uids[0] <= hi else None
     return {
         "pid": int(pid) if str(pid).isdigit() else os.getpid(),
         "name": st.get("Name"),
         "uids": dict(zip(("real", "effective", "saved", "fs"), uids, strict=True)),
         "gids": dict(zip(("real", "effective", "saved", "fs"), gids, strict=True)),
         "groups": [int(g) for g in st.get("Groups", "").split()],
+        "dynamic_user": None if dyn is None else {"uid": uids[0], "name": dyn["name"]},
         "capabilities": capsets,
         "no_new_privs": st.get("NoNewPrivs") == "1",
         "seccomp": SECCOMP_MODES.get(int(st.get("Seccomp", "0")), "unknown"),

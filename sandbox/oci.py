@@ -291,6 +291,12 @@ def export_spec(spec, notes: "list | None" = None) -> dict:
     proc: dict = {"args": d["argv"], "env": [f"{k}={v}" for k, v in d["env"].items()],
                   "cwd": d["cwd"], "noNewPrivileges": d["no_new_privs"]}
     user = d.get("user") or {"uid": 0, "gid": 0}
+    if user.get("dynamic"):
+        ns = spec.namespaces
+        inside = 0 if ns is not None and ns.user is not False else 65534
+        user = dict(user, uid=inside, gid=inside)
+        notes.append("user.dynamic: OCI has no dynamic user; exported as uid/gid 65534 "
+                     "(nobody) on the host, which other services share")
     if not isinstance(user["uid"], int) or not isinstance(user.get("gid") or 0, int):
         raise SpecError("export needs numeric uid/gid", "user")
     proc["user"] = {"uid": user["uid"], "gid": user.get("gid") or 0,

@@ -16,7 +16,8 @@ Format (version 1), one JSON object:
   {"wrapperd_plan": 1, "executable": str,
    "spec": {"argv", "env", "cwd", "umask", "oom_score_adj", "nice", "pdeathsig",
             "no_new_privs", "new_session", "pass_fds"},
-   "rlimits" | "cgroup" | "creds" | "caps" | "namespaces" | "mounts" | "seccomp": value}
+   "rlimits" | "cgroup" | "dynamic_user" | "creds" | "caps" | "namespaces" | "mounts" |
+   "seccomp": value}
 Values: JSON scalars; lists (decoded as tuples); {"@bytes": hex}; {"@": "module.Class",
 "f": {field: value}} for a facility record; {"@": "rec", "f": {...}} for a spec-model
 object a step reads attributes of (such as spec.Mount), decoded as a plain record.
@@ -37,9 +38,11 @@ MAX_PLAN_BYTES = 8 << 20
 # that no step reads any other), and the Plan attributes holding Prepared records.
 SPEC_FIELDS = ("argv", "env", "cwd", "umask", "oom_score_adj", "nice", "pdeathsig",
                "no_new_privs", "new_session", "pass_fds")
-PLAN_FIELDS = ("rlimits", "cgroup", "creds", "caps", "namespaces", "mounts", "seccomp")
+PLAN_FIELDS = ("rlimits", "cgroup", "dynamic_user", "creds", "caps", "namespaces", "mounts",
+               "seccomp")
 # The facility record types a plan may hold: "module.Class" under sandbox.
-RECORDS = ("caps.Prepared", "creds.Prepared", "seccomp.Prepared", "namespaces.Prepared",
+RECORDS = ("caps.Prepared", "creds.Prepared", "dynamicuser.Prepared", "seccomp.Prepared",
+           "namespaces.Prepared",
            "mounts.Prepared", "cgroups.Prepared", "cgroups.Target", "cgroups.Hierarchy")
 
 
@@ -308,6 +311,7 @@ def decode(data: bytes):
 
 def _check_plan(plan) -> None:
     expect = {"cgroup": "cgroups.Prepared", "creds": "creds.Prepared",
+              "dynamic_user": "dynamicuser.Prepared",
               "caps": "caps.Prepared", "namespaces": "namespaces.Prepared",
               "mounts": "mounts.Prepared", "seccomp": "seccomp.Prepared"}
     for name, tag in expect.items():

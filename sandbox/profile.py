@@ -17,6 +17,9 @@ then the spec.  How a field of an upper layer combines with the layer below:
     (the result is never less confined than either layer); a `drop` over a `drop`
     follows the drop rule (union).  An `ambient` inherited from below is cut to what
     the new layer still allows.
+  * user.uid and user.dynamic are alternatives: a layer giving `uid` drops a `dynamic`
+    from below (a spec's own uid beats its profile's dynamic user), and a layer setting
+    `dynamic` drops the `uid`, `gid` and `groups` from below.
   * a `cgroup` without a `path` (profiles set limits, never a shared path) gets the
     spec's `name` as its path, relative to `cgroup.root` (default /wrapperd); neither
     given is an error naming cgroup.path.
@@ -174,6 +177,15 @@ def _merge_caps(old: dict, new: dict, rules: dict) -> dict:
     return out
 
 
+def _user_below(old: dict, new: dict) -> dict:
+    """The user table below, without what the new layer's choice of identity replaces."""
+    if new.get("uid") is not None:
+        return {k: x for k, x in old.items() if k != "dynamic"}
+    if new.get("dynamic") is True:
+        return {k: x for k, x in old.items() if k not in ("uid", "gid", "groups")}
+    return old
+
+
 def merge(base: dict, top: dict, rules: "dict | None" = None, _path: str = "") -> dict:
     """`top` over `base` by the compose rules (module docstring); neither is changed."""
     rules = DEFAULT_RULES if rules is None else rules
@@ -188,6 +200,8 @@ def merge(base: dict, top: dict, rules: "dict | None" = None, _path: str = "") -
             out[k] = v
         elif path == "capabilities" and isinstance(v, dict) and isinstance(old, dict):
             out[k] = _merge_caps(old, v, rules)
+        elif path == "user" and isinstance(v, dict) and isinstance(old, dict):
+            out[k] = merge(_user_below(old, v), v, rules, path)
         elif isinstance(v, dict) and isinstance(old, dict):
             out[k] = merge(old, v, rules, path)
         elif isinstance(v, list) and isinstance(old, list) and rule is not None:

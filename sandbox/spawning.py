@@ -157,11 +157,14 @@ _shim_lock = threading.Lock()
 
 def _shim_env() -> dict:
     """The shim's own environment (the target gets exactly spec.env, never this): a PATH,
-    and where the caller moved wrapperd's BPF cache, that setting."""
+    and where the caller moved wrapperd's BPF cache or dynamic-user registry, that
+    setting."""
     from .bpfcache import ENV
+    from .dynamicuser import ENV as DYNAMIC_ENV
     env = {"PATH": _SHIM_PATH}
-    if ENV in os.environ:
-        env[ENV] = os.environ[ENV]
+    for name in (ENV, DYNAMIC_ENV):
+        if name in os.environ:
+            env[name] = os.environ[name]
     return env
 
 

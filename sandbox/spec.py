@@ -121,20 +121,37 @@ class User:
     """Who the target runs as.  Set in the order setgroups, setresgid, setresuid, so the
     real, effective, saved and filesystem ids all change."""
 
-    uid: Union[int, str] = _field("uid or user name: real, effective, saved and fs uid")
+    uid: Optional[Union[int, str]] = _field(
+        "uid or user name: real, effective, saved and fs uid; required unless dynamic",
+        default=None)
     gid: Optional[Union[int, str]] = _field(
         "gid or group name; default: the user's primary group from /etc/passwd, else the uid",
         default=None)
     groups: tuple = _field("supplementary groups (ids or names); default: none", default=())
     umask: Optional[str] = _field("octal umask, e.g. '0022'; default: inherited", default=None)
+    dynamic: bool = _field("a uid (= gid, no groups) of its own from 61184-65519, the same "
+                           "for the same spec name while any process holds it; with a new "
+                           "user namespace, the host id its one mapped id stands for",
+                           default=False)
 
-    KEYS = ("uid", "gid", "groups", "umask")
+    KEYS = ("uid", "gid", "groups", "umask", "dynamic")
 
     @classmethod
     def load(cls, v: Any, path: str) -> "User":
         d = _obj(v, path, cls.KEYS)
-        if "uid" not in d:
-            raise SpecError("missing required key 'uid'", path)
+        dynamic = _opt(d, "dynamic", _bool, path) or False
+        if dynamic:
+            # The id is picked at run time: an id, a group or a group list given beside
+            # it would be ignored or shared, so it is refused.
+            for k in ("uid", "gid"):
+                if d.get(k) is not None:
+                    raise SpecError(f"cannot be given with dynamic: true (the {k} is "
+                                    "picked at run time)", f"{path}.{k}")
+            if d.get("groups"):
+                raise SpecError("cannot be given with dynamic: true (a dynamic user has "
+                                "no supplementary groups)", f"{path}.groups")
+        elif d.get("uid") is None:
+            raise SpecError("missing required key 'uid' (or dynamic: true)", path)
         umask = _opt(d, "umask", _str, path)
         if umask is not None:
             if not (1 <= len(umask) <= 4 and all(c in "01234567" for c in umask)):
@@ -143,12 +160,12 @@ class User:
         if len(groups) > NGROUPS_MAX:
             raise SpecError(f"more than {NGROUPS_MAX} groups (the kernel's NGROUPS_MAX)",
                             f"{path}.groups")
-        return cls(uid=_id(d["uid"], f"{path}.uid"), gid=_opt(d, "gid", _id, path),
-                   groups=groups, umask=umask)
+        return cls(uid=_opt(d, "uid", _id, path), gid=_opt(d, "gid", _id, path),
+                   groups=groups, umask=umask, dynamic=dynamic)
 
     def dump(self) -> dict:
         return {"uid": self.uid, "gid": self.gid, "groups": list(self.groups),
-                "umask": self.umask}
+                "umask": self.umask, "dynamic": self.dynamic}
 
 
 @attrs.frozen
@@ -625,7 +642,8 @@ class Spec:
     argv: tuple = _field("the target's argv; argv[0] is looked up in env PATH if it has "
                          "no '/'", default=())
     version: int = _field("spec format version, 1", default=SPEC_VERSION)
-    name: Optional[str] = _field("service name, used in messages", default=None)
+    name: Optional[str] = _field("service name, used in messages; a dynamic user's key",
+                                 default=None)
     profile: Optional[str] = _field("named profile merged under this spec", default=None)
     env: dict = _field("the target's whole environment: nothing is inherited",
                        factory=dict)

@@ -50,7 +50,7 @@ def expected(spec) -> dict:
     from . import caps, creds
     from .spawning import resolve
     spec = resolve(spec)
-    cp = creds.prepare(spec.user, spec.securebits)
+    cp = creds.prepare(spec.user, spec.securebits, spec.namespaces)
     nsp = None
     if spec.namespaces is not None and spec.namespaces.any():
         from . import namespaces as nsmod
@@ -91,6 +91,11 @@ def expected(spec) -> dict:
         "rlimits": {name: [r.soft, r.hard] for name, r in spec.rlimits.items()},
         "env_keys": sorted(spec.env),
     }
+    if spec.user is not None and spec.user.dynamic:
+        # Which id is picked at run time; verify() checks it is one from the dynamic
+        # range, the same for all four uids and gids, registered to the spec's name.
+        del out["uids"], out["gids"]
+        out["dynamic_user"] = {"name": spec.name}
     if cp is None and (os.getresuid()[0] != os.geteuid() or
                        os.getresgid()[0] != os.getegid()):
         del out["uids"], out["gids"]       # we run with mixed ids: the target too
@@ -153,7 +158,8 @@ def verify(process, spec=None, *, seccomp: bool = False, namespaces: bool = Fals
     """The differences between what the kernel shows for `process` (a Process or a pid)
     and what `spec` (default: the spec it was spawned with) implies; [] when they agree.
 
-    Always compared: the four uids and gids, groups, the five capability sets exactly,
+    Always compared: the four uids and gids (for a dynamic user: one id of the dynamic
+    range, recorded in the registry for the spec's name), groups, the five capability sets exactly,
     NoNewPrivs, every rlimit the spec sets, oom_score_adj, nice, umask, the cgroup in
     every hierarchy joined, and the environment's keys.  With seccomp=True the seccomp
     mode and filter count; with namespaces=True each namespace is new, the caller's, or
@@ -176,6 +182,18 @@ def verify(process, spec=None, *, seccomp: bool = False, namespaces: bool = Fals
         if key in want:
             for k, v in want[key].items():
                 cmp(f"{key}.{k}", v, got[key][k])
+    if "dynamic_user" in want:
+        from . import dynamicuser
+        uid = got["uids"]["real"]
+        lo, hi = dynamicuser.DYNAMIC_RANGE
+        if not lo <= uid <= hi:
+            diffs.append(Difference("uids.real", f"a dynamic id in {lo}-{hi}", uid))
+        for key in ("uids", "gids"):
+            for k, v in got[key].items():
+                cmp(f"{key}.{k}", uid, v)
+        rec = dynamicuser.lookup(uid)
+        cmp("dynamic_user.name", want["dynamic_user"]["name"],
+            rec["name"] if rec is not None else "no record")
     cmp("groups", want["groups"], sorted(set(got["groups"])))
     for s in CAP_SETS:
         cmp(f"capabilities.{s}", want["capabilities"][s], got["capabilities"][s])

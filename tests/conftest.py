@@ -80,6 +80,22 @@ def _own_bpf_cache():
     shutil.rmtree(d, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _own_dynamic_user_registry():
+    """Keep the dynamic-user registry (sandbox.dynamicuser) in a directory of the test
+    run's own, not in the machine's /run/wrapperd: nothing is left behind in /run.  The
+    wrapperd CLI inherits it; spawn() and the fork server pass it on to the shim."""
+    from sandbox import dynamicuser
+    if dynamicuser.ENV in os.environ:
+        yield os.environ[dynamicuser.ENV]
+        return
+    d = tempfile.mkdtemp(prefix="wrapperd-dynamic-users-")   # mode 0700, ours
+    os.environ[dynamicuser.ENV] = d
+    yield d
+    del os.environ[dynamicuser.ENV]
+    shutil.rmtree(d, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def shared_dir():
     """A directory every uid can read and traverse (the work tree may be under /root).

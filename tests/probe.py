@@ -15,6 +15,12 @@ standard library.  Optional actions, each one argument, run before the report:
                       pid namespace /proc was mounted for): what opening their
                       /proc/PID/exe for reading and for writing, and /proc/PID/mem for
                       reading and writing, gives, under "ancestors"
+  attack:PID          what one sandbox can do to another process PID (a host pid, as
+                      this /proc names it): read its environ, open its mem for
+                      writing and write one byte back where it was (a write that
+                      lands, harmlessly), PTRACE_SEIZE it, kill(PID, 0) and SIGSTOP
+                      (a stop that lands is undone at once with SIGCONT); "ok" or the
+                      errno name of each, under "attack"
 """
 
 import ctypes
@@ -70,6 +76,56 @@ def ancestors(n):
                     "exe_r": _try_open(f"/proc/{pid}/exe", os.O_RDONLY),
                     "exe_w": _try_open(f"/proc/{pid}/exe", os.O_WRONLY),
                     "mem_rw": _try_open(f"/proc/{pid}/mem", os.O_RDWR)})
+    return out
+
+
+def _errname(e):
+    return errno.errorcode.get(e.errno, str(e.errno))
+
+
+def attack(pid):
+    out = {}
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            f.read()
+        out["environ"] = "ok"
+    except OSError as e:
+        out["environ"] = _errname(e)
+    try:
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDWR)
+    except OSError as e:
+        out["mem_open"] = out["mem_write"] = _errname(e)
+    else:
+        out["mem_open"] = "ok"
+        try:
+            addr = None
+            with open(f"/proc/{pid}/maps") as f:
+                for line in f:
+                    span, perms = line.split()[:2]
+                    if perms.startswith("rw"):
+                        addr = int(span.split("-")[0], 16)
+                        break
+            byte = os.pread(fd, 1, addr)
+            out["mem_write"] = "ok" if os.pwrite(fd, byte, addr) == 1 else "short"
+        except OSError as e:
+            out["mem_write"] = _errname(e)
+        finally:
+            os.close(fd)
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+    # PTRACE_SEIZE attaches without stopping; the tracee is let go when we exit.
+    if libc.ptrace(0x4206, pid, None, None) == 0:
+        out["ptrace"] = "ok"
+    else:
+        out["ptrace"] = errno.errorcode.get(ctypes.get_errno(), "?")
+    for name, sig in (("kill0", 0), ("sigstop", 19)):
+        try:
+            os.kill(pid, sig)
+            out[name] = "ok"
+            if sig:
+                os.kill(pid, 18)       # SIGCONT
+        except OSError as e:
+            out[name] = _errname(e)
     return out
 
 
@@ -130,6 +186,8 @@ def main(args):
                 report["actions"][a] = errno.errorcode[e.errno]
         elif verb == "ancestors":
             report["ancestors"] = ancestors(int(arg))
+        elif verb == "attack":
+            report["attack"] = attack(int(arg))
         elif verb == "sleep":
             sleep = float(arg)
     libc = ctypes.CDLL(None)

@@ -28,7 +28,7 @@ class Plan:
         self.spec = spec
         self.ppid = os.getppid()
         self.status_fd = None
-        self.rlimits = self.cgroup = self.creds = self.caps = None
+        self.rlimits = self.cgroup = self.dynamic_user = self.creds = self.caps = None
         self.namespaces = self.mounts = self.seccomp = None
         self.executable = None
 
@@ -48,7 +48,10 @@ def prepare(spec) -> Plan:
         from sandbox import cgroups
         plan.cgroup = cgroups.prepare(spec.cgroup)
     from sandbox import caps, creds
-    plan.creds = creds.prepare(spec.user, spec.securebits)
+    if spec.user is not None and spec.user.dynamic:
+        from sandbox import dynamicuser
+        plan.dynamic_user = dynamicuser.prepare(spec)    # allocated by its step, not here
+    plan.creds = creds.prepare(spec.user, spec.securebits, spec.namespaces)
     # namespaces also for the session step, which may fork with its supervisor.
     from sandbox import mounts, namespaces
     # Also refuses hostname/mount fields without the namespace they need.
@@ -87,6 +90,8 @@ def import_step_modules(plan: Plan) -> None:
         from sandbox import mounts  # noqa: F401
     if plan.creds is not None:
         from sandbox import creds  # noqa: F401
+    if plan.dynamic_user is not None:
+        from sandbox import dynamicuser  # noqa: F401
     if plan.seccomp is not None:
         from sandbox import seccomp  # noqa: F401
 
@@ -148,6 +153,16 @@ def _cgroup(plan):
     if plan.cgroup is not None:
         from sandbox import cgroups
         cgroups.apply(plan.cgroup, parent_too=_premade_reaper())
+
+
+def _dynamic_user(plan):
+    # Before the namespaces step: the registry under /run and the host's /proc are
+    # still in view, and this process (or the supervisor it becomes, which outlives
+    # the target) is the one recorded as holding the id.
+    if plan.dynamic_user is not None:
+        from sandbox import dynamicuser
+        plan.creds, plan.namespaces = dynamicuser.apply(plan.dynamic_user, plan.creds,
+                                                        plan.namespaces)
 
 
 def _before_fork(plan) -> int:
@@ -276,6 +291,7 @@ STEPS = (
     ("nice", _nice),                     # a negative nice needs CAP_SYS_NICE
     ("rlimits", _rlimits),               # raising a hard limit needs CAP_SYS_RESOURCE
     ("cgroup", _cgroup),                 # joined before anything else can fork or run
+    ("dynamic_user", _dynamic_user),     # allocated in the host's /run and /proc
     ("namespaces", _namespaces),         # user first (id maps), then the others
     ("mounts", _mounts),                 # inside the new mount namespace
     ("session", _session),               # setsid: off the caller's tty (TIOCSTI); may fork

@@ -33,9 +33,10 @@ def host_tmpfs():
 
 @pytest.fixture
 def host_shm():
-    """A file in the host's /dev/shm as another service leaves it (0600, owned by nobody,
-    the `service` profile's uid -- the uid an `untrusted` target has on the host), and a
-    unique name nothing may create there; both removed after."""
+    """A file in the host's /dev/shm as another service leaves it (owned by nobody, and
+    mode 0666 so that only the mount flags and a private /dev/shm stand in the way of a
+    target of any uid -- the control under `service` writes it), and a unique name
+    nothing may create there; both removed after."""
     tag = uuid.uuid4().hex[:10]
     victim = f"/dev/shm/wrapperd-test-victim-{tag}"
     new = f"/dev/shm/wrapperd-test-new-{tag}"
@@ -44,6 +45,7 @@ def host_shm():
     os.close(fd)
     try:
         os.chown(victim, 65534, 65534)
+        os.chmod(victim, 0o666)
         yield victim, new
     finally:
         for p in (victim, new):

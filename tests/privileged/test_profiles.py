@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 import sandbox
-from sandbox import caps, cgroups, mounts, profile
+from sandbox import caps, cgroups, dynamicuser, mounts, profile
 from sandbox.spawning import PIPE
 from tests.conftest import ROOTLESS, SYSTEM_PYTHON, TARGET_ENV, needs_host_root
 
@@ -85,7 +85,9 @@ def test_profile_runs_the_probe_and_verify_finds_no_difference(name, probe, cg_r
         assert host["uids"]["real"] == 0 and host["no_new_privs"]
         assert "CAP_SYS_MODULE" not in bnd and "CAP_SYS_ADMIN" in bnd
     if name in ("service", "network-service", "strict", "untrusted"):
-        assert host["uids"]["real"] == 65534 and host["no_new_privs"]
+        lo, hi = dynamicuser.DYNAMIC_RANGE                      # a uid of its own
+        assert lo <= host["uids"]["real"] <= hi and host["no_new_privs"]
+        assert host["dynamic_user"] == {"uid": host["uids"]["real"], "name": "probe"}
         assert report["status"]["Seccomp"] == "2"
         assert not host["namespaces"]["mnt"]["caller"]        # the private /tmp
     if name in ("service", "strict", "untrusted"):
@@ -157,8 +159,8 @@ def test_strict_root_is_read_only_and_has_no_network(probe, cg_root, shared_dir)
 def test_host_mounts_read_only_and_dev_shm_private(name, probe, cg_root, host_tmpfs,
                                                    host_shm):
     # A tmpfs of the host's and its /dev/shm are mounts below /: under `strict` and
-    # `untrusted` the target (nobody on the host) can write neither; its /dev/shm is
-    # its own.  Both are mode 1777 and the /dev/shm file belongs to nobody, so only
+    # `untrusted` the target (its dynamic id on the host) can write neither; its /dev/shm is
+    # its own.  Both are mode 1777 and the /dev/shm file mode 0666, so only
     # the mount flags and the private /dev/shm stand in the way (the control shows it).
     _needs_v1_limits(name)
     victim, new = host_shm
@@ -193,15 +195,18 @@ def test_host_mounts_read_only_and_dev_shm_private(name, probe, cg_root, host_tm
     assert "size=65536k" in shm[sep + 3].split(",")
 
 
-def test_untrusted_is_nobody_seen_from_the_host(probe, cg_root):
+def test_untrusted_is_its_dynamic_id_seen_from_the_host(probe, cg_root):
     _needs_v1_limits("untrusted")
     r, diffs, host, *_ = run_under("untrusted", probe, cg_root)
     assert diffs == []
-    assert host["uids"] == {k: 65534 for k in ("real", "effective", "saved", "fs")}
-    assert host["gids"]["real"] == 65534
+    uid = host["uids"]["real"]
+    lo, hi = dynamicuser.DYNAMIC_RANGE
+    assert lo <= uid <= hi
+    assert host["uids"] == {k: uid for k in ("real", "effective", "saved", "fs")}
+    assert host["gids"]["real"] == uid
     # What the host's /proc itself says, against the target's own view (root inside).
-    assert host["proc_status"]["Uid"].split() == ["65534"] * 4
-    assert host["proc_status"]["Gid"].split()[0] == "65534"
+    assert host["proc_status"]["Uid"].split() == [str(uid)] * 4
+    assert host["proc_status"]["Gid"].split()[0] == str(uid)
     assert r["status"]["Uid"].split() == ["0"] * 4
 
 

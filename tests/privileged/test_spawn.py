@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import sandbox
-from sandbox import ExecError, SetupError, SpecError, cgroups
+from sandbox import ExecError, SetupError, SpecError, cgroups, dynamicuser
 from sandbox.spawning import DEVNULL, PIPE, build_spec
 from tests.conftest import SYSTEM_PYTHON, TARGET_ENV, nspid, probe_spec, skip_or_fail
 
@@ -71,7 +71,9 @@ def test_spawn_returns_after_the_target_was_execd(probe):
         assert argv[:3] == [SYSTEM_PYTHON.encode(), b"-I", probe.encode()]
         report = json.loads(p.stdout.readline())
         assert report["pid"] == p.pid
-        assert report["status"]["Uid"].split() == ["65534"] * 4
+        uids = report["status"]["Uid"].split()                 # service: a dynamic user
+        lo, hi = dynamicuser.DYNAMIC_RANGE
+        assert len(set(uids)) == 1 and lo <= int(uids[0]) <= hi
         assert sorted(int(fd) for fd in report["fds"]) == [0, 1, 2]   # no spec/status fd
         assert p.returncode is None
     assert p.returncode == -signal.SIGTERM
@@ -99,7 +101,7 @@ def test_build_spec_shorthands_and_resolve_is_idempotent():
     assert s.rlimits["CORE"].hard == 0
     assert build_spec(s) == s                                       # resolving again
     raw = sandbox.Spec.from_dict({"argv": ["/bin/true"], "profile": "service"})
-    assert raw.user is None and build_spec(raw).user.uid == 65534
+    assert raw.user is None and build_spec(raw).user.dynamic
     with pytest.raises(TypeError):
         build_spec("/bin/true")
 

@@ -13,7 +13,7 @@ import pytest
 import sandbox
 from sandbox import cgroups, profile
 from sandbox.spawning import DEVNULL, PIPE, build_spec
-from sandbox.spec import Capabilities, IdMap, Rlimit
+from sandbox.spec import Capabilities, IdMap, Rlimit, User
 from sandbox.verification import expected
 from tests.conftest import ROOTLESS, TARGET_ENV, capmask, needs_host_root, probe_spec
 
@@ -50,9 +50,11 @@ def test_verify_is_empty_for_each_shipped_profile(name, cgroup_root):
             "no_new_privs": attrs.evolve(spec, no_new_privs=not spec.no_new_privs),
             "uids.real": build_spec(spec, user={"uid": 4242, "gid": 4242})
             if not isinstance(getattr(spec.namespaces, "user", None), dict) else
-            # in its own user namespace (untrusted) only the map can move the host's uid
-            attrs.evolve(spec, namespaces=attrs.evolve(spec.namespaces, user={
-                **spec.namespaces.user, "uid_map": (IdMap(0, 4242, 1),)})),
+            # in its own user namespace (untrusted) only the map can move the host's
+            # uid -- once the spec names a uid, not a dynamic one
+            attrs.evolve(spec, user=User(uid=0, gid=0), namespaces=attrs.evolve(
+                spec.namespaces, user={**spec.namespaces.user,
+                                       "uid_map": (IdMap(0, 4242, 1),)})),
             "capabilities.bounding": attrs.evolve(spec, capabilities=Capabilities(
                 drop=("CAP_SYS_BOOT", "CAP_SYS_MODULE", "CAP_CHOWN"))),
             "cgroup": build_spec(spec, cgroup={"path": f"{cgroup_root}/elsewhere",
@@ -115,8 +117,10 @@ MAPS = {"uid_map": [{"inside": 0, "outside": 100000, "count": 65536}],
 def test_verify_in_new_namespaces(ns):
     if "user" in ns:
         needs_host_root("maps host ids 100000+, which a rootless container does not have")
+    # With maps of its own, the spec names its uid (a dynamic user maps one id only).
+    user = {"user": {"uid": 65534}} if "user" in ns else {}
     p = sandbox.spawn(["/bin/sleep", "30"], profile="service", namespaces=ns,
-                      stdout=DEVNULL)
+                      stdout=DEVNULL, **user)
     with p:
         diffs = sandbox.verify(p, namespaces=True, seccomp=True)
         assert diffs == [], "\n".join(map(str, diffs))
@@ -127,7 +131,8 @@ def test_verify_in_new_namespaces(ns):
             assert uids["real"] == 165534            # nobody inside, seen from the host
             assert kernel_uids == ["165534"] * 4
         else:
-            assert kernel_uids == ["65534"] * 4
+            assert len(set(kernel_uids)) == 1                   # the dynamic user's
+            assert kernel_uids[0] == str(sandbox.inspect(p.target_pid)["dynamic_user"]["uid"])
         # Control: the same spec without the namespaces is told apart.
         plain = attrs.evolve(p.spec, namespaces=None)
         found = [d.field for d in sandbox.verify(p, plain, namespaces=True)]

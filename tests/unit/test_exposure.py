@@ -140,3 +140,28 @@ def test_a_user_namespace_scopes_caps_and_root_is_judged_outside():
     assert by["root"].exposure == 0.0 and "100000 outside" in by["root"].explanation
     assert 0 < by["cap_sys_admin"].exposure < 1
     assert "own user namespace" in by["cap_sys_admin"].explanation
+
+
+def test_nobody_is_penalised_as_shared_and_a_dynamic_uid_is_not():
+    # systemd-analyze's UserOrDynamicUser: User=nobody is shared with every other such
+    # service (each can read, ptrace and kill the others); DynamicUser= is not.
+    nobody = exposure.score(spec(profile="service", name="svc", user={"uid": 65534}))
+    dynamic = exposure.score(spec(profile="service", name="svc"))
+    other = exposure.score(spec(profile="service", name="svc", user={"uid": 4242}))
+    assert nobody.score > dynamic.score == other.score
+    by = {r: {c.name: c for c in x.checks} for r, x in
+          (("nobody", nobody), ("dynamic", dynamic))}
+    assert by["nobody"]["uid_shared"].exposure == 1.0
+    assert "shared" in by["nobody"]["uid_shared"].explanation
+    assert by["dynamic"]["uid_shared"].exposure == 0.0
+    assert "dynamic" in by["dynamic"]["uid_shared"].explanation
+    # In a user namespace, judged by the id the host sees: nobody outside is shared.
+    maps = {k: [{"inside": 0, "outside": 65534, "count": 1}] for k in ("uid_map", "gid_map")}
+    mapped = exposure.score(spec(user={"uid": 0}, namespaces={"user": maps}))
+    assert {c.name: c.exposure for c in mapped.checks}["uid_shared"] == 1.0
+    # Live: what /proc shows.
+    live = {c.name: c.exposure for c in exposure.score(_info()).checks}
+    assert live["uid_shared"] == 1.0
+    info = dict(_info(uid=61200), dynamic_user={"uid": 61200, "name": "svc"})
+    assert {c.name: c.exposure for c in exposure.score(info).checks}["uid_shared"] == 0.0
+    assert exposure.score(info).score < exposure.score(_info()).score

@@ -5,8 +5,8 @@ from wrapperd import shim
 
 def test_step_order_is_pinned():
     assert [name for name, _ in shim.STEPS] == [
-        "dumpable", "oom_score_adj", "nice", "rlimits", "cgroup", "namespaces", "mounts",
-        "session", "fds", "umask", "identity", "capabilities", "cwd", "pdeathsig",
+        "dumpable", "oom_score_adj", "nice", "rlimits", "cgroup", "dynamic_user", "namespaces",
+        "mounts", "session", "fds", "umask", "identity", "capabilities", "cwd", "pdeathsig",
         "no_new_privs", "signals", "seccomp", "exec",
     ]
 
@@ -26,3 +26,7 @@ def test_privilege_dropping_comes_after_everything_that_needs_privilege():
     # A new session (it may fork) inside the namespaces, before fds and the uid change.
     assert names.index("mounts") < names.index("session") < names.index("fds")
     assert names.index("session") < names.index("identity")
+    # A dynamic id is allocated while /run and /proc are the host's (before any new
+    # mount or pid namespace), and before the identity step uses it.
+    assert names.index("dynamic_user") < names.index("namespaces")
+    assert names.index("dynamic_user") < names.index("identity")
