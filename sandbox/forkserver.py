@@ -77,6 +77,10 @@ def serve(ctl_fd: int) -> None:
     import socket
     global _OWN_PIDNS
     _preload()
+    # The server stays alive beside its targets, and every reaper it forks is one's
+    # pid 1: none keeps an environment to show (see procattr.erase_environment).
+    from . import procattr
+    procattr.erase_environment("spawn")
     try:
         _OWN_PIDNS = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:

@@ -635,6 +635,10 @@ def _fork(reaper: bool, step: str = STEP, what: str = "pid: fork into the pid na
     handlers before unblocking them; each child restores the caller's dispositions and
     mask, since both survive execve.
     """
+    # Whatever stays behind is a helper beside the target: it keeps nothing of the
+    # caller's environment (done before the fork, so there is no moment it has it).
+    from . import procattr
+    procattr.erase_environment(step)
     saved = {s: signal.getsignal(s) for s in FORWARDED_SIGNALS}
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
     # The reaper arms PDEATHSIG and then checks that the shim outside did not already

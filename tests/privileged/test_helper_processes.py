@@ -7,6 +7,13 @@ ahead of the request).
 * pid 1 is in every namespace the target is in: else a target would read the host's
   interfaces, routes and sockets (/proc/1/net/*) and mount table (/proc/1/mountinfo)
   through it.
+* None keeps anything of the caller's environment (a secret in it, here) or an
+  auxiliary vector for /proc/PID/environ and /proc/PID/auxv to show -- not even to a
+  root target keeping CAP_SYS_PTRACE, which passes the kernel's ptrace read check
+  whatever the helper's dumpable flag says.
+  The session step's supervisor too (no pid namespace; the target's parent).
+* None holds an fd beyond the one the supervisor outside needs (the write end of the
+  pipe whose EOF tells the reaper it is gone).
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import pytest
 import sandbox
 from sandbox.forkserver import ForkServer
 from sandbox.spawning import DEVNULL, PIPE
-from tests.conftest import nspid, probe_spec, wrapperd_cmd
+from tests.conftest import SYSTEM_PYTHON, TARGET_ENV, nspid, probe_spec, wrapperd_cmd
 
 ALL_BUT_USER = {"pid": True, "net": True, "mount": True, "ipc": True, "uts": True,
                 "cgroup": True}
@@ -31,6 +38,7 @@ INSIDE = ("/proc/1/net/dev", "/proc/1/mountinfo", "/proc/self/mountinfo",
           "/proc/1/environ", "/proc/1/auxv")
 VIAS = ["wrapperd", "spawn", "fork server"]
 SECRET_NAME = "WRAPPERD_TEST_HELPER_SECRET"
+READY_THEN_SLEEP = "import time; print('ready', flush=True); time.sleep(60)"
 
 
 def _children(pid: int) -> list:
@@ -146,3 +154,72 @@ def test_pid_1_is_in_every_namespace_of_the_target(probe, secret, monkeypatch, v
         assert inside["/proc/1/mountinfo"] == inside["/proc/self/mountinfo"]
     finally:
         run.stop()
+
+
+@pytest.mark.parametrize("via", VIAS)
+def test_helpers_keep_nothing_of_the_callers_environment(probe, secret, monkeypatch, via):
+    run = _launch(via, probe, secret, monkeypatch)
+    try:
+        helpers = run.helpers()
+        for name, pid in helpers.items():
+            # From the host (root, every capability): empty, and no auxiliary vector
+            # but its terminator.
+            assert _read(f"/proc/{pid}/environ") == b"", name
+            assert _read(f"/proc/{pid}/auxv").strip(b"\0") == b"", name
+            # and no fd but the supervisor's end of the is-the-shim-alive pipe.
+            fds = sorted(os.readlink(f"/proc/{pid}/fd/{fd}")
+                         for fd in os.listdir(f"/proc/{pid}/fd"))
+            if name == "supervisor":
+                assert len(fds) == 1 and fds[0].startswith("pipe:"), fds
+            elif name == "reaper":
+                assert fds == [], fds
+        # From inside, as root keeping CAP_SYS_PTRACE: read, and empty.
+        inside = run.report["read"]
+        assert inside["/proc/1/environ"] == {"data": ""}
+        assert inside["/proc/1/auxv"]["data"].strip("\0") == ""
+        assert secret not in json.dumps(run.report)
+        # The target's own environment is the spec's, as always.
+        assert run.report["env"] == TARGET_ENV
+    finally:
+        run.stop()
+
+
+def test_control_a_process_started_with_the_secret_shows_it(secret):
+    # The reads above can see an environment: an ordinary child of ours, started with
+    # the secret, shows it in the same file.
+    p = subprocess.Popen([SYSTEM_PYTHON, "-I", "-c", READY_THEN_SLEEP],
+                         env={SECRET_NAME: secret},
+                         stdout=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"ready\n"          # running: past its execve
+        assert secret.encode() in _read(f"/proc/{p.pid}/environ")
+        assert _read(f"/proc/{p.pid}/auxv").strip(b"\0") != b""
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
+
+
+def test_the_session_forks_supervisor_keeps_nothing_of_the_callers_environment(
+        probe, secret):
+    # wrapperd leading its process group forks once for setsid and supervises: in the
+    # host's pid namespace, a target's parent.
+    spec = probe_spec(probe, "sleep:60", **ROOT_WITH_PTRACE)
+    r, w = os.pipe()
+    os.write(w, json.dumps(spec).encode())
+    os.close(w)
+    try:
+        p = subprocess.Popen(wrapperd_cmd("--spec-fd", str(r)), pass_fds=(r,),
+                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                             process_group=0, env=dict(os.environ, **{SECRET_NAME: secret}))
+    finally:
+        os.close(r)
+    try:
+        report = json.loads(p.stdout.readline())
+        assert report["stat"]["ppid"] == p.pid           # the supervisor is its parent
+        assert _read(f"/proc/{p.pid}/environ") == b""
+        assert _read(f"/proc/{p.pid}/auxv").strip(b"\0") == b""
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()
