@@ -12,7 +12,7 @@ should use the real ctypes.
 from __future__ import annotations
 
 import _ctypes
-from _ctypes import Structure, byref, get_errno, sizeof  # noqa: F401  (re-exported)
+from _ctypes import Structure, addressof, byref, get_errno, sizeof  # noqa: F401  (re-exported)
 
 
 class c_int(_ctypes._SimpleCData):

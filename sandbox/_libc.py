@@ -33,6 +33,8 @@ PR_CAP_AMBIENT_IS_SET = 1
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_LOWER = 3
 PR_CAP_AMBIENT_CLEAR_ALL = 4
+PR_SET_MM = 35
+PR_SET_MM_MAP = 14
 
 # <linux/capability.h>
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
@@ -94,6 +96,40 @@ def unshare(flags: int) -> None:
 
 def setns(fd: int, nstype: int = 0) -> None:
     _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
+class PrctlMmMap(ctypes.Structure):       # struct prctl_mm_map <linux/prctl.h>
+    _fields_ = [(name, ctypes.c_uint64) for name in (
+        "start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
+        "start_stack", "arg_start", "arg_end", "env_start", "env_end", "auxv")] + \
+        [("auxv_size", ctypes.c_uint32), ("exe_fd", ctypes.c_uint32)]
+
+
+def set_mm_map(mm: PrctlMmMap) -> None:
+    """prctl(PR_SET_MM, PR_SET_MM_MAP): rewrite this process's memory map descriptors
+    (what /proc/PID/stat, environ, cmdline and auxv are read from).  Needs no
+    capability (CONFIG_CHECKPOINT_RESTORE; exe_fd -1 leaves /proc/PID/exe alone)."""
+    _check(_prctl(PR_SET_MM, PR_SET_MM_MAP, ctypes.addressof(mm), ctypes.sizeof(mm), 0),
+           "prctl(PR_SET_MM_MAP)")
+
+
+def program_break() -> int:
+    """sbrk(0): the heap's current end (brk), which /proc/PID/stat does not show."""
+    sbrk = _libc.sbrk
+    sbrk.restype = ctypes.c_ulong
+    sbrk.argtypes = [ctypes.c_long]
+    brk = sbrk(0)
+    if brk == 2**64 - 1:
+        err = ctypes.get_errno()
+        raise OSError(err, f"sbrk: {os.strerror(err)}")
+    return brk
+
+
+def zero_memory(address: int, size: int) -> None:
+    """memset(address, 0, size) in this process."""
+    memset = _libc.memset
+    memset.argtypes = [ctypes.c_ulong, ctypes.c_int, ctypes.c_size_t]
+    memset(address, 0, size)
 
 
 class _SockFprog(ctypes.Structure):       # struct sock_fprog <linux/filter.h>

@@ -78,6 +78,10 @@ def serve(ctl_fd: int) -> None:
     import socket
     global _OWN_PIDNS
     _preload()
+    # The server stays alive beside its targets, and every reaper it forks is one's
+    # pid 1: none keeps an environment to show (see procattr.erase_environment).
+    from . import procattr
+    procattr.erase_environment("spawn")
     try:
         _OWN_PIDNS = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
@@ -266,19 +270,32 @@ def _own_pidns() -> None:
 
 def _reaper_spare(chan: int) -> None:
     """Pid 1 of a premade namespace: fork the worker (pid 2) that takes the request,
-    then reap and forward signals as the shim's reaper does (namespaces._supervise)."""
+    join the namespaces the worker's steps make, then reap and forward signals as the
+    shim's reaper does (namespaces._supervise)."""
     import _signal as signal
+    import socket
 
     from . import namespaces, procattr
     try:
         # As the shim's own reaper is (the dumpable step comes first): not ptraceable,
         # its /proc/PID/mem and exe not reachable, by a target without CAP_SYS_PTRACE.
         procattr.set_dumpable(False)
+        # The worker asks on this once it has made the target's other namespaces
+        # (namespaces.REAPER_CHANNEL): a reaper left in the server's would show a
+        # target the host's network and mounts through /proc/1.
+        ours, theirs = (s.detach() for s in socket.socketpair(socket.AF_UNIX,
+                                                              socket.SOCK_SEQPACKET))
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, namespaces.FORWARDED_SIGNALS)
         worker = os.fork()
         if worker == 0:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            _spare(chan, "pid")                # never returns
+            os.close(ours)
+            _spare(chan, "pid", theirs)        # never returns
+        # Nothing of the server's from here on (its channel to the worker): only ours.
+        os.closerange(0, ours)
+        os.closerange(ours + 1, 1 << 20)
+        # Forwarded signals stay blocked (queued) until _supervise handles them.
+        namespaces.join_for_worker(ours)
         namespaces._supervise(worker, old_mask, pid_1=True)    # never returns
     except BaseException:              # noqa: B036 -- the child must never return
         pass
@@ -306,14 +323,18 @@ def _warm() -> None:
         pass
 
 
-def _spare(chan: int, kind: "str | None") -> None:
+def _spare(chan: int, kind: "str | None", reaper: int = -1) -> None:
+    """reaper: with kind "pid", our end of the socket to the reaper above us."""
     code = 125
     try:
         import socket
         # Drop every fd of the server's (its socket, other requests' reply sockets and
-        # pidfds): only the channel stays.
-        os.closerange(0, chan)
-        os.closerange(chan + 1, 1 << 20)
+        # pidfds): only the channel (and the reaper's) stays.
+        lo = 0
+        for fd in sorted({chan, reaper} - {-1}):
+            os.closerange(lo, fd)
+            lo = fd + 1
+        os.closerange(lo, 1 << 20)
         _warm()
         sock = socket.socket(fileno=chan)
         msg, anc, flags, _ = sock.recvmsg(4096, socket.CMSG_SPACE(4 * MAX_FDS),
@@ -325,7 +346,7 @@ def _spare(chan: int, kind: "str | None") -> None:
             code = 0                   # the server closed: nothing to do
         else:
             os.close(chan)
-            _child(fds, _parse_request(msg, len(fds)), kind)     # never returns
+            _child(fds, _parse_request(msg, len(fds)), kind, reaper)     # never returns
     except BaseException:              # noqa: B036 -- the child must never return
         pass
     finally:
@@ -377,10 +398,10 @@ def _parse_request(msg: bytes, nfds: int) -> "tuple[tuple, tuple]":
     return stdio, passed
 
 
-def _child(fds: list, layout, premade: "str | None") -> None:
+def _child(fds: list, layout, premade: "str | None", reaper: int = -1) -> None:
     """In the forked child: put the fds in place, decode the plan (unless the server
     had, before this child was forked), run the steps.  premade: the pid namespace this
-    child was born in (see _prefork)."""
+    child was born in (see _prefork); reaper: then, the socket to its reaper."""
     status = None
     code = 125
     try:
@@ -394,9 +415,11 @@ def _child(fds: list, layout, premade: "str | None") -> None:
         # Move everything above any fd number in play, then into place: a source may
         # sit on another's target number.  The status fd first, so that whatever fails
         # from here on is reported on it (EOF without a record would read "exec'd").
-        high = max([*fds, *targets, 2]) + 1
+        high = max([*fds, *targets, 2, reaper]) + 1
         import fcntl
         status = fcntl.fcntl(status_src, fcntl.F_DUPFD_CLOEXEC, high)
+        if reaper >= 0:                # out of the way of the targets too
+            reaper = fcntl.fcntl(reaper, fcntl.F_DUPFD_CLOEXEC, high)
         data = _read_plan(plan_fd)
         moved = {t: fcntl.fcntl(s, fcntl.F_DUPFD_CLOEXEC, high) for t, s in targets.items()}
         for t, s in moved.items():
@@ -405,7 +428,10 @@ def _child(fds: list, layout, premade: "str | None") -> None:
         if final != status:
             os.dup2(status, final, inheritable=False)
             status = final
-        keep = sorted({*targets, status})
+        if reaper >= 0 and reaper != final + 1:    # just above the status fd
+            os.dup2(reaper, final + 1, inheritable=False)
+            reaper = final + 1
+        keep = sorted({*targets, status} | ({reaper} if reaper >= 0 else set()))
         lo = 0
         for fd in keep:                # everything else goes now: the server's socket,
             if fd > lo:                # the plan memfd, every high copy
@@ -425,6 +451,7 @@ def _child(fds: list, layout, premade: "str | None") -> None:
                 raise SetupError("namespaces", 0, f"this child was born in a {premade!r} "
                                  "pid namespace the plan does not ask for")
             namespaces.PREMADE = premade
+            namespaces.REAPER_CHANNEL = reaper
         shim.run(plan)                 # execs; raises on failure
     except BaseException as e:         # noqa: B036 -- the child must never return
         try:

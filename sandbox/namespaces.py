@@ -285,6 +285,14 @@ def premade_kind(p: "Prepared | None") -> "str | None":
 # the lean shim started by sandbox.spawn, see spawning).  apply() then neither
 # unshares CLONE_NEWPID nor forks more than that needs.
 PREMADE: "str | None" = None
+# With PREMADE "pid": this worker's end of a socket to the reaper above it (set by
+# the fork server, see sandbox.forkserver._reaper_spare).  The reaper was forked before
+# the request, in the server's other namespaces; apply() has it join the ones it made
+# (_share_with_reaper).
+REAPER_CHANNEL = -1
+# What the reaper may be asked to join: every kind but user (never with a premade pid
+# namespace) and pid (its own already).
+REAPER_JOINS = ("mount", "net", "ipc", "uts", "cgroup")
 
 
 def parent_pid_in_proc() -> int:
@@ -372,10 +380,87 @@ def apply(p: Prepared) -> None:
                 socket.sethostname(p.hostname)
             except OSError as e:
                 raise _fail(f"sethostname {p.hostname!r}", e, "uts") from None
+    if PREMADE == "pid":
+        _share_with_reaper(p)
     if p.forks and not PREMADE:
         _fork(reaper="pid" in p.new and not p.as_pid_1)
     elif PREMADE == "reaper":
         _fork(reaper=True, outside=False)
+
+
+def _share_with_reaper(p: Prepared) -> None:
+    """In a fork server's worker: have pid 1 of our namespace, the reaper forked before
+    the request, join the namespaces just made or joined here -- else it would stay in
+    the server's, and a target could read the host's network (/proc/1/net/*) and mount
+    table (/proc/1/mountinfo) through it.  Sent over REAPER_CHANNEL: their names and,
+    by SCM_RIGHTS, an fd for each (our /proc/self/ns/*: the reaper knows us by our pid
+    in the new namespace, which its /proc, the server's, does not show); answered
+    with an errno (0: joined).
+    Then the reaper closes its end, and EOF here means it holds no fd any more.
+    Always asked, if only for nothing, so the reaper never waits past this step."""
+    import socket
+    global REAPER_CHANNEL
+    fd, REAPER_CHANNEL = REAPER_CHANNEL, -1
+    if fd < 0:
+        raise SetupError(STEP, 0, "pid: no channel to the reaper made ahead of time")
+    joined = {k for k, _ in p.join}
+    kinds = [k for k in REAPER_JOINS if k in p.new or k in joined]
+    ns_fds = []
+    chan = socket.socket(fileno=fd)
+    try:
+        for k in kinds:
+            ns_fds.append(os.open(f"/proc/self/ns/{PROC_NAMES[k]}",
+                                  os.O_RDONLY | os.O_CLOEXEC))
+        socket.send_fds(chan, [",".join(kinds).encode() or b"-"], ns_fds)
+        answer = chan.recv(32)
+        while chan.recv(32):
+            pass
+    except OSError as e:
+        raise _fail("have the reaper join our namespaces", e, "pid") from None
+    finally:
+        chan.close()
+        for nfd in ns_fds:
+            os.close(nfd)
+    if answer != b"0":
+        err = int(answer) if answer.isdigit() else 0
+        raise SetupError(STEP, err, "pid: the reaper made ahead of time could not join "
+                         "the target's namespaces" + ("" if answer else " (it is gone)"))
+
+
+def join_for_worker(fd: int) -> None:
+    """In the reaper made ahead of time (sandbox.forkserver): wait on fd until the
+    worker asks (_share_with_reaper), join the namespaces it sends, answer with the
+    errno, close fd.  EOF instead: the worker ended without asking."""
+    import socket
+    chan = socket.socket(fileno=fd)
+    ns_fds: list = []
+    try:
+        try:
+            msg, ns_fds, _flags, _addr = socket.recv_fds(chan, 64, len(REAPER_JOINS))
+        except OSError:
+            return
+        if not msg:
+            return
+        kinds = [] if msg == b"-" else msg.decode("ascii", "replace").split(",")
+        err = 0
+        if len(kinds) != len(ns_fds) or not set(kinds) <= set(REAPER_JOINS):
+            err = 22                             # EINVAL
+        else:
+            for kind, nfd in zip(kinds, ns_fds, strict=True):
+                try:
+                    # nstype: the kernel refuses an fd of another kind of namespace.
+                    _libc.setns(nfd, CLONE_FLAGS[kind])
+                except OSError as e:
+                    err = e.errno or 1
+                    break
+        try:
+            chan.send(b"%d" % err)
+        except OSError:
+            pass
+    finally:
+        chan.close()
+        for nfd in ns_fds:
+            os.close(nfd)
 
 
 def _setns(kind: str, fd: int, p: Prepared) -> None:
@@ -550,6 +635,10 @@ def _fork(reaper: bool, step: str = STEP, what: str = "pid: fork into the pid na
     handlers before unblocking them; each child restores the caller's dispositions and
     mask, since both survive execve.
     """
+    # Whatever stays behind is a helper beside the target: it keeps nothing of the
+    # caller's environment (done before the fork, so there is no moment it has it).
+    from . import procattr
+    procattr.erase_environment(step)
     saved = {s: signal.getsignal(s) for s in FORWARDED_SIGNALS}
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
     # The reaper arms PDEATHSIG and then checks that the shim outside did not already

@@ -1,5 +1,6 @@
 """Per-process attributes: oom_score_adj, nice, session, umask, cwd, pdeathsig,
-dumpable, no_new_privs.  Each a small side-effect function; the shim decides when."""
+dumpable, no_new_privs, the environment a helper keeps.  Each a small side-effect
+function; the shim decides when."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from . import _libc
 from .errors import SetupError
 
 __all__ = ["set_oom_score_adj", "set_nice", "new_session", "set_pdeathsig",
-           "set_dumpable", "set_no_new_privs"]
+           "set_dumpable", "set_no_new_privs", "erase_environment"]
 
 
 def set_oom_score_adj(value: int, pid: "int | str" = "self") -> None:
@@ -83,3 +84,52 @@ def set_no_new_privs() -> None:
         _libc.prctl(_libc.PR_SET_NO_NEW_PRIVS, 1)
     except OSError as e:
         raise SetupError("no_new_privs", e.errno, "PR_SET_NO_NEW_PRIVS") from None
+
+
+def erase_environment(step: str) -> None:
+    """Leave nothing of the caller's environment, and no auxiliary vector, for
+    /proc/PID/environ and /proc/PID/auxv to show: for a process about to fork a helper
+    that stays alive beside a target (a supervisor, a pid namespace's reaper) or that
+    is one (the fork server).  The forked child inherits the result; the target's own
+    environment is the spec's, given to execve.
+
+    Being non-dumpable does not keep these files from a target: one that passes the
+    kernel's ptrace read check (CAP_SYS_PTRACE) reads both -- and on the 6.18 kernel
+    these tests run on, so does a root target without it -- so the data must go.
+    /proc/PID/environ is read from the process's memory, between env_start and env_end
+    of its first stack, where execve put the strings -- os.environ is a copy, and
+    changing it changes nothing there.  So the strings are zeroed in place (this needs
+    nothing but the addresses), then PR_SET_MM_MAP makes the range empty and replaces
+    the kernel's copy of the auxiliary vector (the addresses of the stack's random
+    bytes, of the vDSO and the program headers) by its terminator alone.  That prctl
+    needs no capability, only CONFIG_CHECKPOINT_RESTORE; without it the range reads as
+    NUL bytes and the vector stays.  Every other descriptor is passed back as it is
+    (/proc/self/stat shows them to this process; the brk, which it does not, comes
+    from sbrk(0)).  os.environ, the interpreter's copy, is emptied too."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            rest = f.read().rsplit(b")", 1)[1].split()
+        # stat(5) numbers the fields from 1, pid and comm before the split.
+        stat = {n: int(rest[n - 3]) for n in (26, 27, 28, 45, 46, 47, 48, 49, 50, 51)}
+    except (OSError, IndexError, ValueError) as e:
+        raise SetupError(step, getattr(e, "errno", 0) or 0,
+                         "read /proc/self/stat to erase the environment a supervising "
+                         "process would keep") from None
+    env_start, env_end = stat[50], stat[51]
+    if not env_start:       # (shown to every process for itself: not to be seen here)
+        raise SetupError(step, 0, "/proc/self/stat shows no environment to erase")
+    os.environ.clear()
+    if env_end > env_start:
+        _libc.zero_memory(env_start, env_end - env_start)
+    ct = _libc.ctypes
+    auxv = (ct.c_uint64 * 2)()                       # AT_NULL, 0
+    mm = _libc.PrctlMmMap(start_code=stat[26], end_code=stat[27], start_stack=stat[28],
+                          start_data=stat[45], end_data=stat[46], start_brk=stat[47],
+                          arg_start=stat[48], arg_end=stat[49], env_start=env_start,
+                          env_end=env_start, auxv=ct.addressof(auxv),
+                          auxv_size=ct.sizeof(auxv), exe_fd=2**32 - 1)
+    try:
+        mm.brk = _libc.program_break()     # last: nothing may move it before the prctl
+        _libc.set_mm_map(mm)
+    except OSError:
+        pass                # the zeroed strings stay: NUL bytes, nothing of the caller's

@@ -11,6 +11,8 @@ standard library.  Optional actions, each one argument, run before the report:
                       terminal on stdin; "ok" or the errno name under "tiocsti"
   openw:PATH          open PATH for writing (O_WRONLY, nothing written); "ok" or the
                       errno name under actions
+  read:PATH           read PATH: {"data": its bytes as latin-1 text} or {"errno": the
+                      errno name}, under "read" by PATH
   ancestors:N         for up to N ancestors (followed through /proc/PID/stat, so in the
                       pid namespace /proc was mounted for): what opening their
                       /proc/PID/exe for reading and for writing, and /proc/PID/mem for
@@ -184,6 +186,12 @@ def main(args):
                 report["actions"][a] = "ok"
             except OSError as e:
                 report["actions"][a] = errno.errorcode[e.errno]
+        elif verb == "read":
+            try:
+                with open(arg, "rb") as f:
+                    report.setdefault("read", {})[arg] = {"data": f.read().decode("latin-1")}
+            except OSError as e:
+                report.setdefault("read", {})[arg] = {"errno": errno.errorcode[e.errno]}
         elif verb == "ancestors":
             report["ancestors"] = ancestors(int(arg))
         elif verb == "attack":
