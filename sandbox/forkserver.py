@@ -81,7 +81,13 @@ def serve(ctl_fd: int) -> None:
     # The server stays alive beside its targets, and every reaper it forks is one's
     # pid 1: none keeps an environment to show (see procattr.erase_environment).
     from . import procattr
+    # What the steps read from the environment -- where the caller moved the BPF cache
+    # or the dynamic-user registry (spawning._shim_env) -- is wrapperd's own setting, not
+    # the caller's: put back into os.environ, on the heap, which /proc/PID/environ (the
+    # first stack's strings) does not show.
+    settings = {k: v for k, v in os.environ.items() if k.startswith("WRAPPERD_")}
     procattr.erase_environment("spawn")
+    os.environ.update(settings)
     try:
         _OWN_PIDNS = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
