@@ -386,7 +386,8 @@ class Namespaces:
 
 
 MOUNT_TYPES = ("bind", "tmpfs", "proc", "mqueue", "devpts", "dev")
-MOUNT_OPTIONS = ("ro", "rw", "nosuid", "nodev", "noexec", "recursive", "noatime")
+MOUNT_OPTIONS = ("ro", "rw", "nosuid", "nodev", "noexec", "recursive", "noatime",
+                 "strictatime")
 
 
 @attrs.frozen
@@ -394,9 +395,10 @@ class Mount:
     type: str = _field("bind, tmpfs, proc, mqueue, devpts or dev (a minimal /dev)")
     destination: str = _field("absolute path inside")
     source: Optional[str] = _field("host path (bind)", default=None)
-    options: tuple = _field("ro rw nosuid nodev noexec recursive noatime", default=())
-    size: Optional[int] = _field("tmpfs size in bytes", default=None)
-    mode: Optional[str] = _field("tmpfs mode, octal", default=None)
+    options: tuple = _field("ro rw nosuid nodev noexec recursive noatime strictatime",
+                            default=())
+    size: Optional[int] = _field("tmpfs (or dev) size in bytes", default=None)
+    mode: Optional[str] = _field("tmpfs (or dev) mode, octal", default=None)
 
     KEYS = ("type", "destination", "source", "options", "size", "mode")
 
