@@ -248,8 +248,11 @@ class SeccompRule:
     if_caps: tuple = _field("apply only when the target keeps all these caps", default=())
     unless_caps: tuple = _field("apply only when the target keeps none of these caps",
                                 default=())
+    replace_profile_rules: bool = _field(
+        "replace the seccomp profile's rules for these syscalls (else they still apply, "
+        "and the stricter action wins)", default=False)
 
-    KEYS = ("names", "action", "args", "if_caps", "unless_caps")
+    KEYS = ("names", "action", "args", "if_caps", "unless_caps", "replace_profile_rules")
 
     @classmethod
     def load(cls, v: Any, path: str) -> "SeccompRule":
@@ -263,27 +266,35 @@ class SeccompRule:
         return cls(names=names, action=_action(d["action"], f"{path}.action"),
                    args=_opt(d, "args", _list, path, SeccompArg.load) or (),
                    if_caps=_opt(d, "if_caps", _list, path, _capname) or (),
-                   unless_caps=_opt(d, "unless_caps", _list, path, _capname) or ())
+                   unless_caps=_opt(d, "unless_caps", _list, path, _capname) or (),
+                   replace_profile_rules=_opt(d, "replace_profile_rules", _bool, path)
+                   or False)
 
     def dump(self) -> dict:
         return {"names": list(self.names), "action": self.action,
                 "args": [a.dump() for a in self.args], "if_caps": list(self.if_caps),
-                "unless_caps": list(self.unless_caps)}
+                "unless_caps": list(self.unless_caps),
+                "replace_profile_rules": self.replace_profile_rules}
 
 
 @attrs.frozen
 class Seccomp:
     """A seccomp filter, loaded last, right before execve.  Either a named `profile`
     (profiles/seccomp/*.toml) or explicit rules; `syscalls` given with a profile are added
-    to it and win over its rules for the same syscall."""
+    to it: for a syscall both name, a call gets the stricter of the two actions, unless
+    the rule (or this section) says replace_profile_rules."""
 
     profile: Optional[str] = _field("named seccomp profile", default=None)
     default_action: Optional[str] = _field("action for syscalls no rule names", default=None)
     architectures: tuple = _field("ABIs allowed; 'native' is the default. Any other ABI "
                                   "is killed", default=("native",))
     syscalls: tuple = _field("rules, in order", default=())
+    replace_profile_rules: bool = _field(
+        "every rule here replaces the profile's rules for the syscalls it names",
+        default=False)
 
-    KEYS = ("profile", "default_action", "architectures", "syscalls")
+    KEYS = ("profile", "default_action", "architectures", "syscalls",
+            "replace_profile_rules")
 
     @classmethod
     def load(cls, v: Any, path: str) -> "Seccomp":
@@ -295,12 +306,15 @@ class Seccomp:
         arches = _opt(d, "architectures", _list, path, _str, nonempty=True)
         return cls(profile=profile, default_action=default_action,
                    architectures=arches if arches else ("native",),
-                   syscalls=_opt(d, "syscalls", _list, path, SeccompRule.load) or ())
+                   syscalls=_opt(d, "syscalls", _list, path, SeccompRule.load) or (),
+                   replace_profile_rules=_opt(d, "replace_profile_rules", _bool, path)
+                   or False)
 
     def dump(self) -> dict:
         return {"profile": self.profile, "default_action": self.default_action,
                 "architectures": list(self.architectures),
-                "syscalls": [r.dump() for r in self.syscalls]}
+                "syscalls": [r.dump() for r in self.syscalls],
+                "replace_profile_rules": self.replace_profile_rules}
 
 
 @attrs.frozen
