@@ -6,11 +6,18 @@ kernel.  Names (users, groups) are resolved later, in each facility's prepare().
 
 JSON is strict: duplicate keys, unknown keys, NaN/Infinity, and a bool where a number
 is expected (or the reverse) are errors, never coerced.
+
+A string is bytes in UTF-8.  A byte that is not UTF-8 is written as a lone surrogate
+U+DC80-U+DCFF (Python's surrogateescape, what os.fsdecode gives for argv, environment
+and paths) and means that byte; any other lone surrogate is a SpecError naming the
+field.  Everything that turns a spec string into bytes uses os.fsencode (or JSON's
+ASCII escapes), so a loaded spec never raises UnicodeEncodeError.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Optional, Union
 
 import attrs
@@ -59,8 +66,9 @@ def _str(v: Any, path: str, nonempty: bool = False) -> str:
         raise SpecError("contains a NUL byte", path)
     try:
         v.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        raise SpecError("is not valid UTF-8 text", path) from None
+    except UnicodeEncodeError as e:
+        raise SpecError(f"a lone surrogate {v[e.start]!r} that stands for no byte (only "
+                        "U+DC80-U+DCFF, a non-UTF-8 byte, may appear)", path) from None
     if nonempty and not v:
         raise SpecError("must not be empty", path)
     return v
@@ -720,7 +728,7 @@ class Spec:
         if len(set(pass_fds)) != len(pass_fds):
             raise SpecError("an fd is listed twice", "pass_fds")
         hostname = _opt(d, "hostname", _str, "", nonempty=True)
-        if hostname is not None and len(hostname.encode()) > 64:
+        if hostname is not None and len(os.fsencode(hostname)) > 64:
             raise SpecError("longer than 64 bytes", "hostname")
         return cls(
             version=version,
