@@ -193,7 +193,20 @@ def open_stdio_path(path, for_input: bool) -> int:
 
 
 def _trusted_uids() -> set:
-    return {0, os.geteuid()}
+    """Root and the caller.  In a user namespace other than the host's (a rootless
+    container) also the overflow uid: every file of an owner unmapped there -- /, /usr,
+    /var/tmp of the host's root -- shows as that uid, and cannot be told apart; such a
+    caller holds no more than its host uid, which is all a link could reach."""
+    uids = {0, os.geteuid()}
+    try:
+        with open("/proc/self/uid_map") as f:
+            initial = f.read().split() == ["0", "0", "4294967295"]
+        if not initial:
+            with open("/proc/sys/kernel/overflowuid") as f:
+                uids.add(int(f.read()))
+    except (OSError, ValueError):
+        pass
+    return uids
 
 
 def _shared_dir(st) -> bool:

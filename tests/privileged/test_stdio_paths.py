@@ -1,7 +1,7 @@
 """stdio paths are opened by the caller (root): never through anything a less privileged
 user could have planted.  The attack is tried for real: a service's log directory owned
-by nobody, holding a link to a root-owned file, a FIFO, or a file nobody owns in a
-sticky directory; the root file's bytes and the caller's fds are the judge."""
+by another user, holding a link to a root-owned file, a FIFO, or a file another user
+owns in a sticky directory; the root file's bytes and the caller's fds are the judge."""
 
 import os
 import threading
@@ -13,7 +13,9 @@ from sandbox import SetupError
 from sandbox.forkserver import ForkServer
 from tests.conftest import TARGET_ENV
 
-NOBODY = 65534
+# The less privileged user: not 65534, which a user namespace also shows for files of
+# unmapped owners (the host's root), trusted there (sandbox.spawning._trusted_uids).
+OTHER = 4243
 SH = "/bin/sh"
 
 
@@ -36,10 +38,10 @@ def root_file(tmp_path):
 
 @pytest.fixture
 def service_dir(tmp_path):
-    """A log directory the service's user (nobody) owns, as a service's own is."""
+    """A log directory the service's user owns, as a service's own is."""
     d = tmp_path / "svc-logs"
     d.mkdir(mode=0o755)
-    os.chown(d, NOBODY, NOBODY)
+    os.chown(d, OTHER, OTHER)
     return d
 
 
@@ -58,7 +60,7 @@ def test_a_link_planted_in_the_services_log_dir_is_refused(mode, server, root_fi
                                                          service_dir):
     link = service_dir / "out.log"
     os.symlink(root_file, link)
-    os.lchown(link, NOBODY, NOBODY)             # as the service would have made it
+    os.lchown(link, OTHER, OTHER)             # as the service would have made it
     before = set(os.listdir("/proc/self/fd"))
     for where in ("stdout", "stderr"):
         with pytest.raises(SetupError) as e:
@@ -114,7 +116,7 @@ def test_a_file_another_user_owns_in_a_sticky_directory_is_refused(mode, server,
     os.chmod(sticky, 0o1777)
     theirs = sticky / "out.log"
     theirs.write_bytes(b"")
-    os.chown(theirs, NOBODY, NOBODY)
+    os.chown(theirs, OTHER, OTHER)
     with pytest.raises(SetupError):
         _starts(mode, server)([SH, "-c", "echo x"], env=TARGET_ENV, stdout=str(theirs))
     assert theirs.read_bytes() == b""
