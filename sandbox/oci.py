@@ -42,8 +42,13 @@ _FLAG_OPTS = {"ro": "ro", "rw": "rw", "nosuid": "nosuid", "nodev": "nodev",
               "noexec": "noexec", "rbind": "recursive", "noatime": "noatime",
               "strictatime": "strictatime"}
 # Options that change nothing for us: our mounts are always private (nothing propagates
-# to the host), relatime is the kernel's default, suid/dev/exec are the defaults.
+# to the host), relatime is the kernel's default, suid/dev/exec are the defaults -- of a
+# fresh mount, and unless we force the opposite (_FORCED); a bind mount keeps its
+# source's flags (we only add flags), so there they are listed.
 _NOOP_OPTS = ("bind", "private", "rprivate", "relatime", "suid", "dev", "exec")
+_FORCED = {"proc": ("suid", "dev", "exec"), "mqueue": ("suid", "dev", "exec"),
+           "devpts": ("suid", "exec"), "dev": ("suid", "dev"),
+           "bind": ("suid", "dev", "exec", "relatime")}
 # What our devpts is mounted with (sandbox.mounts passes exactly this data): options
 # that say the same are honoured.  Anything else (gid=5 too: ours has no gid=) is listed.
 _DEVPTS_SAME = ("newinstance", "ptmxmode=0666", "mode=0620", "mode=620")
@@ -157,6 +162,9 @@ def _mounts(mounts: list, d: dict, lost: list) -> None:
         for o in opts:
             if o == "strictatime" and t == "bind":
                 lost.append(f"{where}: option {o!r} is not supported on a bind mount")
+            elif o in _FORCED.get(t, ()):
+                lost.append(f"{where}: option {o!r} is not supported on a {t} mount "
+                            f"(ours is no{o} or keeps the source's flag)")
             elif o in _FLAG_OPTS:
                 kept.append(_FLAG_OPTS[o])
             elif o in _NOOP_OPTS:

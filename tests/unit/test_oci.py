@@ -209,6 +209,8 @@ CARRIED = [
     ("mqueue", "/dev/mqueue", "nodev", lambda m: "nodev" in m.options),
     ("bind", "/mnt", "ro", lambda m: "ro" in m.options),
     ("bind", "/mnt", "rbind", lambda m: "recursive" in m.options),
+    ("tmpfs", "/tmp", "exec", lambda m: "noexec" not in m.options),
+    ("tmpfs", "/tmp", "relatime", lambda m: "strictatime" not in m.options),
 ]
 NOT_CARRIED = [
     ("devpts", "/dev/pts", "gid=5"), ("devpts", "/dev/pts", "mode=0600"),
@@ -217,6 +219,8 @@ NOT_CARRIED = [
     ("tmpfs", "/tmp", "nr_inodes=10"), ("bind", "/mnt", "strictatime"),
     ("bind", "/mnt", "rslave"), ("proc", "/proc", "hidepid=2"),
     ("mqueue", "/dev/mqueue", "size=1k"), ("proc", "/proc", "mode=700"),
+    ("proc", "/proc", "exec"), ("devpts", "/dev/pts", "suid"), ("tmpfs", "/dev", "dev"),
+    ("bind", "/mnt", "exec"), ("bind", "/mnt", "relatime"),
 ]
 
 
