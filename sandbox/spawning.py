@@ -138,10 +138,11 @@ def open_stdio_path(path, for_input: bool) -> int:
     /etc/passwd or a FIFO between two starts, and root would then append to
     /etc/passwd or block.  So the path is walked one component at a time from "/" with
     O_NOFOLLOW (the kernel's view, no check-then-open race) and refused where a less
-    privileged user could have planted something (see _refuse_planted):
+    privileged user could have planted something (see _walk_to_parent):
       * every directory on the way must be writable only by root and the caller; a
-        sticky directory (/tmp) others may write is allowed, but only through an entry
-        root or the caller owns (which others cannot rename or remove there);
+        sticky directory (/tmp) of root or the caller that others may write is
+        allowed, but only through an entry root or the caller owns (which others
+        cannot rename or remove there), and a file there must not be hard-linked;
       * the final component must not be a symlink (symlinks in directories are
         followed: only root or the caller can have made them);
       * it must be a regular file or a character device (/dev/null, a tty): a FIFO
@@ -152,7 +153,8 @@ def open_stdio_path(path, for_input: bool) -> int:
     flags |= os.O_CLOEXEC | os.O_NOCTTY | os.O_NOFOLLOW | os.O_NONBLOCK
     parent, name, parent_shared = -1, "", False
     try:
-        parent, name, parent_shared = _walk_to_parent(os.fsencode(path), shown)
+        trusted = _trusted_uids()
+        parent, name, parent_shared = _walk_to_parent(os.fsencode(path), shown, trusted)
         try:
             # A first look, for the message only (the fstat below decides): opening a
             # FIFO with no reader for writing fails ENXIO, which says nothing useful.
@@ -179,7 +181,7 @@ def open_stdio_path(path, for_input: bool) -> int:
         if not (stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode)):
             raise SetupError("spawn", 0, f"open {shown}: not a regular file or a "
                              "character device, refused")
-        if parent_shared and (st.st_uid not in _trusted_uids() or
+        if parent_shared and (st.st_uid not in trusted or
                               (stat.S_ISREG(st.st_mode) and st.st_nlink != 1)):
             raise SetupError("spawn", 0, f"open {shown}: in a directory others may "
                              "write, owned by another user or hard-linked, refused")
@@ -210,15 +212,13 @@ def _trusted_uids() -> set:
 
 
 def _shared_dir(st) -> bool:
-    """Whether someone other than root and the caller may create or replace entries in
-    this directory: its owner is someone else, or it is group- (non-root group) or
-    world-writable.  ACLs are not read."""
-    if st.st_uid not in _trusted_uids():
-        return True
+    """Whether someone other than root and the caller may create entries in this
+    directory (a directory of root or the caller that is group- (non-root group) or
+    world-writable).  ACLs are not read."""
     return bool(st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid != 0))
 
 
-def _walk_to_parent(path: bytes, shown: str) -> "tuple[int, bytes, bool]":
+def _walk_to_parent(path: bytes, shown: str, trusted: set) -> "tuple[int, bytes, bool]":
     """(an O_PATH fd of the last directory, the final name, whether that directory is
     shared), having walked every directory of path without following a link anyone but
     root or the caller could have made.  Relative paths start at the working directory,
@@ -238,7 +238,11 @@ def _walk_to_parent(path: bytes, shown: str) -> "tuple[int, bytes, bool]":
         while True:
             here = stack[-1]
             here_st = os.fstat(here)
-            if _shared_dir(here_st) and not here_st.st_mode & stat.S_ISVTX:
+            shared = _shared_dir(here_st)
+            # Its owner may replace any entry (sticky or not), and without the sticky
+            # bit so may anyone who can write it.
+            if here_st.st_uid not in trusted or (shared and
+                                                 not here_st.st_mode & stat.S_ISVTX):
                 raise SetupError("spawn", _errno.EPERM, f"open {shown}: a directory on "
                                  "the way may be written by another user (refused: "
                                  "they could plant a link)")
@@ -256,7 +260,7 @@ def _walk_to_parent(path: bytes, shown: str) -> "tuple[int, bytes, bool]":
             except OSError as e:
                 raise SetupError("spawn", e.errno or 0, f"open {shown}") from None
             st = os.fstat(fd)
-            if _shared_dir(here_st) and st.st_uid not in _trusted_uids():
+            if shared and st.st_uid not in trusted:
                 os.close(fd)
                 raise SetupError("spawn", _errno.EPERM, f"open {shown}: "
                                  f"{os.fsdecode(name)} belongs to another user in a "
@@ -277,7 +281,7 @@ def _walk_to_parent(path: bytes, shown: str) -> "tuple[int, bytes, bool]":
                 raise SetupError("spawn", _errno.ENOTDIR, f"open {shown}")
             stack.append(fd)
         last = stack.pop()
-        return last, final, _shared_dir(os.fstat(last))
+        return last, final, shared
     finally:
         for fd in stack:
             os.close(fd)

@@ -120,6 +120,17 @@ def test_a_file_another_user_owns_in_a_sticky_directory_is_refused(mode, server,
     with pytest.raises(SetupError):
         _starts(mode, server)([SH, "-c", "echo x"], env=TARGET_ENV, stdout=str(theirs))
     assert theirs.read_bytes() == b""
+    # A sticky directory another user owns: its owner may replace any entry.
+    their_sticky = tmp_path / "their-sticky"
+    their_sticky.mkdir()
+    os.chmod(their_sticky, 0o1777)
+    root_owned = their_sticky / "out.log"
+    root_owned.write_bytes(b"")
+    os.chown(their_sticky, OTHER, OTHER)
+    with pytest.raises(SetupError, match="may be written by another user"):
+        _starts(mode, server)([SH, "-c", "echo x"], env=TARGET_ENV,
+                              stdout=str(root_owned))
+    assert root_owned.read_bytes() == b""
     # Control: a file root creates there itself is fine, and so is a root-owned
     # directory reached through a root-owned symlink.
     mine = sticky / "mine.log"
