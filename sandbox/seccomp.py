@@ -545,7 +545,9 @@ def _compile(default: str, arches, entries) -> "tuple[bytes, int]":
     native = pyseccomp.system_arch()
     by_name: "dict[str, list[_Entry]]" = {}
     for e in entries:
-        nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, e.name)
+        # (pyseccomp encodes the name strictly: a lone surrogate would raise there)
+        nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, e.name) \
+            if e.name.isascii() else -1
         if nr == -1:                      # __NR_SCMP_ERROR: no ABI knows this name
             raise SpecError(f"unknown syscall {e.name!r}", e.where)
         by_name.setdefault(e.name, []).append(e)
