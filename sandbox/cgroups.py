@@ -316,7 +316,7 @@ def _init_cpuset(parent_fd: int, child: str) -> None:
 def _write_at(dirfd: int, name: str, value: str) -> None:
     fd = os.open(name, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
     try:
-        os.write(fd, value.encode())
+        os.write(fd, os.fsencode(value))
     finally:
         os.close(fd)
 

@@ -78,12 +78,13 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
 # statvfs f_flag bit -> MS_ flag, for repeating locked flags on a bind remount.
 _ST_TO_MS = {0x1: MS_RDONLY, 0x2: MS_NOSUID, 0x4: MS_NODEV, 0x8: MS_NOEXEC,
              0x10: MS_SYNCHRONOUS, 0x40: MS_MANDLOCK, 0x400: MS_NOATIME,
              0x800: MS_NODIRATIME, 0x1000: MS_RELATIME}
 OPTION_FLAGS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV,
-                "noexec": MS_NOEXEC, "noatime": MS_NOATIME}
+                "noexec": MS_NOEXEC, "noatime": MS_NOATIME, "strictatime": MS_STRICTATIME}
 
 # mount_setattr(2)
 SYS_mount_setattr = 442          # the same number on every architecture
@@ -209,8 +210,14 @@ def prepare(spec) -> "Prepared | None":
             raise SpecError("give 'ro' or 'rw', not both", f"{path}.options")
         if "recursive" in opts and m.type != "bind":
             raise SpecError("'recursive' applies to bind mounts only", f"{path}.options")
-        if m.type not in ("tmpfs",) and (m.size is not None or m.mode is not None):
-            raise SpecError("'size' and 'mode' apply to tmpfs only", path)
+        if m.type not in ("tmpfs", "dev") and (m.size is not None or m.mode is not None):
+            raise SpecError("'size' and 'mode' apply to tmpfs and dev only", path)
+        if "strictatime" in opts and m.type == "bind":
+            # set_flags (mount_setattr) carries no atime mode: it would be dropped.
+            raise SpecError("'strictatime' applies to fresh mounts, not bind",
+                            f"{path}.options")
+        if {"strictatime", "noatime"} <= opts:
+            raise SpecError("give 'strictatime' or 'noatime', not both", f"{path}.options")
         if m.type == "bind":
             try:
                 os.stat(m.source)
@@ -444,7 +451,7 @@ def _one(m, clone, devs, ours) -> None:
             _mount_fs("devpts", dest, flags | MS_NOSUID | MS_NOEXEC,
                       "newinstance,ptmxmode=0666,mode=0620", d.fd)
         elif m.type == "dev":
-            _dev(d, dest, flags, devs, ours)
+            _dev(d, dest, flags, devs, ours, m.mode, m.size)
         else:   # the spec model knows no other type
             raise SetupError(STEP, 0, f"unknown mount type {m.type!r}")
     finally:
@@ -458,10 +465,12 @@ def _add_ours(d: _Dest, dest: str, ours) -> int:
     return top
 
 
-def _dev(d: _Dest, dest: str, flags: int, devs, ours) -> None:
+def _dev(d: _Dest, dest: str, flags: int, devs, ours, mode: "str | None" = None,
+         size: "int | None" = None) -> None:
     """A tmpfs with the harmless device nodes bound from the host (a user namespace
     cannot mknod), its own devpts and shm, and the usual links."""
-    _mount_fs("tmpfs", dest, flags | MS_NOSUID | MS_NODEV, "mode=0755", d.fd)
+    data = f"mode={mode or '0755'}" + (f",size={size}" if size is not None else "")
+    _mount_fs("tmpfs", dest, flags | MS_NOSUID | MS_NODEV, data, d.fd)
     root = _add_ours(d, dest, ours)
     try:
         for name, clone in devs.items():

@@ -16,7 +16,9 @@ returned as a line naming the OCI field and why (`import_config`), and
   hostname                          hostname
   mounts                            mounts: bind/rbind, tmpfs (size, mode), proc, mqueue,
                                     devpts; a tmpfs on /dev is our `dev` (a minimal /dev,
-                                    what runc makes of it); sysfs, cgroup, ... are listed
+                                    what runc makes of it; size, mode too), /dev/pts and
+                                    /dev/shm mounts go on top of it; sysfs, cgroup, and
+                                    every option not carried (gid=5 too) are listed
   linux.namespaces                  namespaces (a path joins); a new pid namespace makes
                                     the target pid 1 (as_pid_1), as in any OCI runtime
   linux.uidMappings/gidMappings     namespaces.user maps
@@ -37,14 +39,19 @@ __all__ = ["import_config", "export_spec"]
 _NS = {"pid": "pid", "network": "net", "mount": "mount", "ipc": "ipc", "uts": "uts",
        "user": "user", "cgroup": "cgroup"}
 _FLAG_OPTS = {"ro": "ro", "rw": "rw", "nosuid": "nosuid", "nodev": "nodev",
-              "noexec": "noexec", "rbind": "recursive", "noatime": "noatime"}
+              "noexec": "noexec", "rbind": "recursive", "noatime": "noatime",
+              "strictatime": "strictatime"}
 # Options that change nothing for us: our mounts are always private (nothing propagates
-# to the host), relatime is the kernel's default, suid/dev/exec are the defaults.
+# to the host), relatime is the kernel's default, suid/dev/exec are the defaults -- of a
+# fresh mount, and unless we force the opposite (_FORCED); a bind mount keeps its
+# source's flags (we only add flags), so there they are listed.
 _NOOP_OPTS = ("bind", "private", "rprivate", "relatime", "suid", "dev", "exec")
-# What our devpts (and the one in `dev`) is mounted with: runc's usual options say the same.
-_DEVPTS_SAME = ("newinstance", "ptmxmode=0666", "mode=0620", "mode=620", "gid=5")
-# Mounts our `dev` mount already makes under /dev.
-_DEV_CHILDREN = {"/dev/pts": "devpts", "/dev/shm": "tmpfs"}
+_FORCED = {"proc": ("suid", "dev", "exec"), "mqueue": ("suid", "dev", "exec"),
+           "devpts": ("suid", "exec"), "dev": ("suid", "dev"),
+           "bind": ("suid", "dev", "exec", "relatime")}
+# What our devpts is mounted with (sandbox.mounts passes exactly this data): options
+# that say the same are honoured.  Anything else (gid=5 too: ours has no gid=) is listed.
+_DEVPTS_SAME = ("newinstance", "ptmxmode=0666", "mode=0620", "mode=620")
 
 
 def import_config(config: Any) -> "tuple[Any, list[str]]":
@@ -130,8 +137,12 @@ def _process(proc: dict, d: dict, lost: list) -> None:
 
 
 def _mounts(mounts: list, d: dict, lost: list) -> None:
+    """Every option is either carried into the mount (a flag, size, mode), a no-op for
+    our always-private fresh mounts, the same as what we mount with, or listed: nothing
+    in between, so --strict never passes a config whose mount we make differently.
+    /dev/pts and /dev/shm under a tmpfs /dev become mounts of their own on top of what
+    our `dev` makes there, so their options (noexec, size=, ...) apply as given."""
     out = []
-    dev = False
     for i, m in enumerate(mounts):
         where = f"mounts[{i}] ({m.get('destination')})"
         opts = list(m.get("options") or [])
@@ -139,10 +150,8 @@ def _mounts(mounts: list, d: dict, lost: list) -> None:
         if "bind" in opts or "rbind" in opts:
             t = "bind"                       # runc: a bind option makes it a bind mount
         dest = m.get("destination")
-        if dev and _DEV_CHILDREN.get(dest) == t:
-            continue                         # our `dev` mount makes these itself
         if t == "tmpfs" and dest == "/dev":
-            t, dev = "dev", True
+            t = "dev"
         if t not in ("bind", "tmpfs", "proc", "mqueue", "devpts", "dev"):
             lost.append(f"{where}: type {t!r} is not supported")
             continue
@@ -151,17 +160,21 @@ def _mounts(mounts: list, d: dict, lost: list) -> None:
             mine["source"] = m.get("source")
         kept = []
         for o in opts:
-            if o in _FLAG_OPTS:
+            if o == "strictatime" and t == "bind":
+                lost.append(f"{where}: option {o!r} is not supported on a bind mount")
+            elif o in _FORCED.get(t, ()):
+                lost.append(f"{where}: option {o!r} is not supported on a {t} mount "
+                            f"(ours is no{o} or keeps the source's flag)")
+            elif o in _FLAG_OPTS:
                 kept.append(_FLAG_OPTS[o])
             elif o in _NOOP_OPTS:
                 pass
-            elif t == "tmpfs" and o.startswith("size="):
+            elif t in ("tmpfs", "dev") and o.startswith("size="):
                 mine["size"] = _size(o[5:])
-            elif t == "tmpfs" and o.startswith("mode="):
+            elif t in ("tmpfs", "dev") and o.startswith("mode="):
                 mine["mode"] = o[5:]
-            elif t in ("devpts", "dev") and (o in _DEVPTS_SAME or (t == "dev" and (
-                    o == "strictatime" or o.startswith(("mode=", "size="))))):
-                pass                         # what our devpts / dev tmpfs is made with
+            elif t == "devpts" and o in _DEVPTS_SAME:
+                pass                         # what our devpts is made with
             else:
                 lost.append(f"{where}: option {o!r} is not supported")
         mine["options"] = sorted(set(kept))
@@ -390,8 +403,12 @@ def _export_mount(m: dict, notes: list) -> dict:
         return {"destination": m["destination"], "type": "bind", "source": m["source"],
                 "options": opts}
     if m["type"] == "dev":
+        # Our `dev` is a tmpfs, nosuid and nodev, mode 0755 unless given.
+        opts = sorted({"nosuid", "nodev", *opts}) + [f"mode={m.get('mode') or '755'}"]
+        if m.get("size"):
+            opts.append(f"size={m['size']}")
         return {"destination": m["destination"], "type": "tmpfs", "source": "tmpfs",
-                "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}
+                "options": opts}
     if m["type"] == "tmpfs":
         if m.get("size"):
             opts.append(f"size={m['size']}")

@@ -107,8 +107,11 @@ def encode(plan) -> bytes:
                     "pass_fds": list(s.pass_fds)}}
     for name in PLAN_FIELDS:
         doc[name] = _enc(getattr(plan, name), name)
+    # ASCII: a spec string may hold lone surrogates U+DC80-U+DCFF (bytes that are not
+    # UTF-8, as os.fsdecode gives them); JSON escapes them and the decoder gives the
+    # same string back, which os.fsencode turns into the same bytes at execve.
     return json.dumps(doc, separators=(",", ":"), allow_nan=False,
-                      ensure_ascii=False).encode()
+                      ensure_ascii=True).encode("ascii")
 
 
 # --------------------------------------------------------------------------- decode

@@ -6,12 +6,18 @@ runs ldconfig) build and export the raw program.  apply() is a single
 seccomp(SECCOMP_SET_MODE_FILTER) on those bytes, so the process that loads the filter
 never needs libseccomp, and the program can be exported for bwrap --seccomp FD.
 
-Rule semantics, per syscall, in the order rules are given (a spec's own rules come after
-its profile's, and replace the profile's rules for the syscalls they name):
+Rule semantics, per syscall, in the order rules are given:
   * a rule without `args` sets the syscall's action and replaces every earlier rule for
     that syscall;
   * a rule with `args` (all must hold) applies where it matches, on top of that action;
   * a syscall no rule names gets `default_action`.
+A spec's own rules and its seccomp profile's are two layers (see _merge_layers): for a
+syscall both name, the spec's rules apply after the profile's as above, but a call never
+gets a weaker action than the profile alone gives it (deny wins: kill_process >
+kill_thread > trap > errno > log > allow), so naming `clone` cannot drop the profile's
+CLONE_NEWUSER rule.  Only a spec rule with `replace_profile_rules` (or the seccomp
+section's) replaces the profile's rules for the syscalls it names; Prepared.replaced
+lists what it replaced.
 libseccomp itself drops conditional rules when an unconditional rule exists for the same
 syscall, so "allow ioctl, except TIOCSTI" is compiled here into conditional rules that
 cover every *other* value (see _complement).
@@ -208,6 +214,8 @@ class Prepared:
     architectures: tuple           # canonical names, native first
     syscalls: int                  # syscalls with at least one rule
     skipped: tuple                 # "where: why" for rules not applied (capabilities)
+    replaced: tuple = ()           # "where (syscall: action): by where": profile rules a
+                                   # spec rule replaced (replace_profile_rules)
 
     @property
     def instructions(self) -> int:
@@ -220,11 +228,13 @@ class _Entry:
     action: str
     args: tuple
     where: str
+    replace: bool = False          # a spec rule that replaces the profile's for its name
 
 
 def _rules(sc, kept: int, origin: str, skipped: list) -> "list[_Entry]":
     from . import caps
     out = []
+    replace_all = bool(getattr(sc, "replace_profile_rules", False))
     for i, r in enumerate(sc.syscalls):
         where = f"{origin}syscalls[{i}]"
         if r.if_caps and caps.mask(r.if_caps) & ~kept:
@@ -233,10 +243,102 @@ def _rules(sc, kept: int, origin: str, skipped: list) -> "list[_Entry]":
         if r.unless_caps and caps.mask(r.unless_caps) & kept:
             skipped.append(f"{where}: the target keeps one of {', '.join(r.unless_caps)}")
             continue
+        replace = replace_all or bool(getattr(r, "replace_profile_rules", False))
         for j, n in enumerate(r.names):
             for s in expand(n, f"{where}.names[{j}]"):
-                out.append(_Entry(s, r.action, r.args, f"{where}.names[{j}]"))
+                out.append(_Entry(s, r.action, r.args, f"{where}.names[{j}]", replace))
     return out
+
+
+# How restrictive an action is, as the kernel ranks the actions of stacked filters.
+_RANK = {"kill_process": 0, "kill_thread": 1, "trap": 2, "errno": 3, "log": 5, "allow": 6}
+
+
+def _stricter(a: str, b: str) -> str:
+    """The more restrictive action; a on a tie (the profile's, passed first)."""
+    return b if _RANK[b.partition(":")[0]] < _RANK[a.partition(":")[0]] else a
+
+
+def _describe(e: _Entry) -> str:
+    conds = " and ".join(f"arg{a.index} {a.op} {a.value:#x}" +
+                         (f" == {a.value_two:#x}" if a.op == "masked_eq" else "")
+                         for a in e.args)
+    return f"{e.where} ({e.name}: {e.action}{' if ' + conds if conds else ''})"
+
+
+def _layer(entries: "list[_Entry]", base: str) -> "tuple[str, dict]":
+    """The in-order verdict of entries whose conditions are all one eq/masked_eq on one
+    (argument, mask): (the action elsewhere, {masked value: action})."""
+    points: dict = {}
+    for e in entries:
+        if not e.args:
+            base, points = e.action, {}
+        else:
+            p = _point(e.args[0])
+            points[p] = e.action if p not in points else _stricter(points[p], e.action)
+    return base, points
+
+
+def _merge_layers(prof: "list[_Entry]", own: "list[_Entry]", default: str):
+    """(entries, replaced): the profile's and the spec's rules as one list whose in-order
+    verdict (see _plan_syscall) is, for every call, the stricter of what the profile
+    alone gives it and what the spec's rules after the profile's give it.  A syscall
+    only one layer names keeps its rules as they are; a spec rule with `replace` drops
+    the profile's for its syscall (listed in `replaced`).  Raises SpecError where the
+    two layers' conditions cannot be combined (different arguments or operators)."""
+    from .spec import SeccompArg
+    mine: "dict[str, list[_Entry]]" = {}
+    for e in own:
+        mine.setdefault(e.name, []).append(e)
+    theirs: "dict[str, list[_Entry]]" = {}
+    for e in prof:
+        theirs.setdefault(e.name, []).append(e)
+    out = [e for e in prof if e.name not in mine]
+    replaced = []
+    for name, ents in mine.items():
+        p = theirs.get(name)
+        if not p:
+            out += ents
+            continue
+        if any(e.replace for e in ents):
+            by = next(e.where for e in ents if e.replace)
+            replaced += [f"{_describe(e)}: by {by}" for e in p]
+            out += ents
+            continue
+        # Conditions that never match (masked_eq with bits outside the mask) are dropped
+        # here as _plan_syscall drops them.
+        live = [e for e in p + ents if not any(
+            a.op == "masked_eq" and a.value_two & ~a.value for a in e.args)]
+        conds = [e for e in live if e.args]
+        shapes = {(e.args[0].index, _mask(e.args[0])) if len(e.args) == 1 else None
+                  for e in conds}
+        pconds = [e for e in p if e.args]
+        if not pconds:
+            # The profile gives one action to every call: the spec's rules, each action
+            # made at least that strict.
+            c, _ = _layer(p, default)
+            out += [_Entry(e.name, _stricter(c, e.action), e.args, e.where) for e in p]
+            out += [_Entry(e.name, _stricter(c, e.action), e.args, e.where) for e in ents]
+            continue
+        if len(shapes) != 1 or None in shapes or next(iter(shapes))[1] is None:
+            raise SpecError(f"the rules for {name!r} cannot be combined with the seccomp "
+                            "profile's (conditions on different arguments or operators); "
+                            "give replace_profile_rules: true to replace the profile's",
+                            ents[0].where)
+        (index, mask), = shapes
+        pb, pp = _layer([e for e in live if e in p], default)
+        mb, mp = _layer(live, default)
+        base = _stricter(pb, mb)
+        where = ents[0].where
+        if action_value(base) != action_value(default):
+            out.append(_Entry(name, base, (), where))
+        for v in sorted(set(pp) | set(mp)):
+            a = _stricter(pp.get(v, pb), mp.get(v, mb))
+            if action_value(a) != action_value(base):
+                arg = SeccompArg(index, "eq", v) if mask == _ALL64 else \
+                    SeccompArg(index, "masked_eq", mask, v)
+                out.append(_Entry(name, a, (arg,), where))
+    return out, tuple(replaced)
 
 
 def _mask(arg) -> int | None:
@@ -363,8 +465,7 @@ def _prepare(sc, kept: int) -> Prepared:
         entries = _rules(prof, kept, f"seccomp profile {sc.profile!r}: ", skipped)
         default = default or prof.default_action
     own = _rules(sc, kept, "seccomp.", skipped)
-    named = {e.name for e in own}
-    entries = [e for e in entries if e.name not in named] + own
+    entries, replaced = _merge_layers(entries, own, default)
     arches = []
     for i, a in enumerate(sc.architectures):
         c = resolve_arch(a, f"seccomp.architectures[{i}]")
@@ -398,7 +499,7 @@ def _prepare(sc, kept: int) -> Prepared:
     _MEMO[k] = hit
     program, count = hit
     return Prepared(program=program, default_action=default, architectures=tuple(arches),
-                    syscalls=count, skipped=tuple(skipped))
+                    syscalls=count, skipped=tuple(skipped), replaced=replaced)
 
 
 _MEMO: dict = {}        # cache key -> (program, syscalls): see sandbox.bpfcache
@@ -444,7 +545,9 @@ def _compile(default: str, arches, entries) -> "tuple[bytes, int]":
     native = pyseccomp.system_arch()
     by_name: "dict[str, list[_Entry]]" = {}
     for e in entries:
-        nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, e.name)
+        # (pyseccomp encodes the name strictly: a lone surrogate would raise there)
+        nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, e.name) \
+            if e.name.isascii() else -1
         if nr == -1:                      # __NR_SCMP_ERROR: no ABI knows this name
             raise SpecError(f"unknown syscall {e.name!r}", e.where)
         by_name.setdefault(e.name, []).append(e)

@@ -145,10 +145,12 @@ def import_profile(doc: dict) -> "tuple[dict, list[str]]":
             continue
         unless_caps, _ = _caps(exc.get("caps"), f"{where}.excludes.caps", notes)
         names = list(call.get("names") or ([call["name"]] if call.get("name") else []))
-        known = [n for n in names if pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, n) != -1]
+        # (pyseccomp encodes a name strictly: a lone surrogate would raise there)
+        known = [n for n in names if isinstance(n, str) and n.isascii() and
+                 pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, n) != -1]
         if len(known) < len(names):
             notes.append(f"{where}: syscalls unknown to libseccomp left out: "
-                         f"{', '.join(n for n in names if n not in known)}")
+                         f"{', '.join(repr(n) for n in names if n not in known)}")
         if not known:
             continue
         action = _action(call.get("action"), call.get("errnoRet"), f"{where}.action", notes)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import errno as _errno
 import json
 import os
+import stat
 import subprocess
 import sys
 import threading
@@ -130,11 +131,160 @@ def _sugar(fields: dict) -> dict:
 
 def open_stdio_path(path, for_input: bool) -> int:
     """A stdio path, opened in the caller: stdin read-only, output appended (created
-    0640); never as a controlling terminal."""
-    if for_input:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY)
-    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC |
-                   os.O_NOCTTY, 0o640)
+    0640); never as a controlling terminal.
+
+    The caller is usually root, and the path usually lies in a directory the target's
+    user owns (its log directory).  That user could swap the file for a symlink to
+    /etc/passwd or a FIFO between two starts, and root would then append to
+    /etc/passwd or block.  So the path is walked one component at a time from "/" with
+    O_NOFOLLOW (the kernel's view, no check-then-open race) and refused where a less
+    privileged user could have planted something (see _walk_to_parent):
+      * every directory on the way must be writable only by root and the caller; a
+        sticky directory (/tmp) of root or the caller that others may write is
+        allowed, but only through an entry root or the caller owns (which others
+        cannot rename or remove there), and a file there must not be hard-linked;
+      * the final component must not be a symlink (symlinks in directories are
+        followed: only root or the caller can have made them);
+      * it must be a regular file or a character device (/dev/null, a tty): a FIFO
+        could block the caller, a socket or directory is no stdio.
+    Raises SetupError (step "spawn") naming the path and the reason."""
+    shown = os.fsdecode(path)
+    flags = os.O_RDONLY if for_input else os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    flags |= os.O_CLOEXEC | os.O_NOCTTY | os.O_NOFOLLOW | os.O_NONBLOCK
+    parent, name, parent_shared = -1, "", False
+    try:
+        trusted = _trusted_uids()
+        parent, name, parent_shared = _walk_to_parent(os.fsencode(path), shown, trusted)
+        try:
+            # A first look, for the message only (the fstat below decides): opening a
+            # FIFO with no reader for writing fails ENXIO, which says nothing useful.
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+        except OSError:
+            pass
+        else:
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode) or
+                    stat.S_ISLNK(st.st_mode)):
+                raise SetupError("spawn", 0, f"open {shown}: not a regular file or a "
+                                 "character device, refused")
+        try:
+            fd = os.open(name, flags, 0o640, dir_fd=parent)
+        except OSError as e:
+            if e.errno == _errno.ELOOP:
+                raise SetupError("spawn", e.errno, f"open {shown}: a symbolic link, "
+                                 "refused (a stdio path is never followed)") from None
+            raise SetupError("spawn", e.errno or 0, f"open {shown}") from None
+    finally:
+        if parent >= 0:
+            os.close(parent)
+    try:
+        st = os.fstat(fd)
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISCHR(st.st_mode)):
+            raise SetupError("spawn", 0, f"open {shown}: not a regular file or a "
+                             "character device, refused")
+        if parent_shared and (st.st_uid not in trusted or
+                              (stat.S_ISREG(st.st_mode) and st.st_nlink != 1)):
+            raise SetupError("spawn", 0, f"open {shown}: in a directory others may "
+                             "write, owned by another user or hard-linked, refused")
+        # O_NONBLOCK was only for the open (a FIFO must not block it); the target gets a
+        # blocking fd, as it would from a shell redirection.
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _trusted_uids() -> set:
+    """Root and the caller.  In a user namespace other than the host's (a rootless
+    container) also the overflow uid: every file of an owner unmapped there -- /, /usr,
+    /var/tmp of the host's root -- shows as that uid, and cannot be told apart; such a
+    caller holds no more than its host uid, which is all a link could reach."""
+    uids = {0, os.geteuid()}
+    try:
+        with open("/proc/self/uid_map") as f:
+            initial = f.read().split() == ["0", "0", "4294967295"]
+        if not initial:
+            with open("/proc/sys/kernel/overflowuid") as f:
+                uids.add(int(f.read()))
+    except (OSError, ValueError):
+        pass
+    return uids
+
+
+def _shared_dir(st) -> bool:
+    """Whether someone other than root and the caller may create entries in this
+    directory (a directory of root or the caller that is group- (non-root group) or
+    world-writable).  ACLs are not read."""
+    return bool(st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid != 0))
+
+
+def _walk_to_parent(path: bytes, shown: str, trusted: set) -> "tuple[int, bytes, bool]":
+    """(an O_PATH fd of the last directory, the final name, whether that directory is
+    shared), having walked every directory of path without following a link anyone but
+    root or the caller could have made.  Relative paths start at the working directory,
+    whose ancestors are checked too: the walk always starts at "/"."""
+    if not path:
+        raise SetupError("spawn", _errno.ENOENT, "open '': an empty path")
+    if not path.startswith(b"/"):
+        path = os.fsencode(os.getcwd()) + b"/" + path
+    opath = os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW
+    todo = [c for c in path.split(b"/") if c]
+    if not todo or path.endswith(b"/") or todo[-1] in (b".", b".."):
+        raise SetupError("spawn", _errno.EISDIR, f"open {shown}: a directory")
+    final = todo.pop()
+    stack = [os.open(b"/", opath | os.O_DIRECTORY)]     # the directories so far
+    links = 0
+    try:
+        while True:
+            here = stack[-1]
+            here_st = os.fstat(here)
+            shared = _shared_dir(here_st)
+            # Its owner may replace any entry (sticky or not), and without the sticky
+            # bit so may anyone who can write it.
+            if here_st.st_uid not in trusted or (shared and
+                                                 not here_st.st_mode & stat.S_ISVTX):
+                raise SetupError("spawn", _errno.EPERM, f"open {shown}: a directory on "
+                                 "the way may be written by another user (refused: "
+                                 "they could plant a link)")
+            if not todo:
+                break
+            name = todo.pop(0)
+            if name == b".":
+                continue
+            if name == b"..":
+                if len(stack) > 1:
+                    os.close(stack.pop())
+                continue
+            try:
+                fd = os.open(name, opath, dir_fd=here)
+            except OSError as e:
+                raise SetupError("spawn", e.errno or 0, f"open {shown}") from None
+            st = os.fstat(fd)
+            if shared and st.st_uid not in trusted:
+                os.close(fd)
+                raise SetupError("spawn", _errno.EPERM, f"open {shown}: "
+                                 f"{os.fsdecode(name)} belongs to another user in a "
+                                 "directory others may write (refused)")
+            if stat.S_ISLNK(st.st_mode):
+                os.close(fd)
+                links += 1
+                if links > 40:
+                    raise SetupError("spawn", _errno.ELOOP, f"open {shown}")
+                target = os.readlink(name, dir_fd=here)
+                if target.startswith(b"/"):
+                    while len(stack) > 1:
+                        os.close(stack.pop())
+                todo[:0] = [c for c in target.split(b"/") if c]
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                os.close(fd)
+                raise SetupError("spawn", _errno.ENOTDIR, f"open {shown}")
+            stack.append(fd)
+        last = stack.pop()
+        return last, final, shared
+    finally:
+        for fd in stack:
+            os.close(fd)
 
 
 def _open_stdio(v, which: str, opened: list):

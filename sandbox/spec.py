@@ -6,11 +6,18 @@ kernel.  Names (users, groups) are resolved later, in each facility's prepare().
 
 JSON is strict: duplicate keys, unknown keys, NaN/Infinity, and a bool where a number
 is expected (or the reverse) are errors, never coerced.
+
+A string is bytes in UTF-8.  A byte that is not UTF-8 is written as a lone surrogate
+U+DC80-U+DCFF (Python's surrogateescape, what os.fsdecode gives for argv, environment
+and paths) and means that byte; any other lone surrogate is a SpecError naming the
+field.  Everything that turns a spec string into bytes uses os.fsencode (or JSON's
+ASCII escapes), so a loaded spec never raises UnicodeEncodeError.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Optional, Union
 
 import attrs
@@ -59,8 +66,9 @@ def _str(v: Any, path: str, nonempty: bool = False) -> str:
         raise SpecError("contains a NUL byte", path)
     try:
         v.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:
-        raise SpecError("is not valid UTF-8 text", path) from None
+    except UnicodeEncodeError as e:
+        raise SpecError(f"a lone surrogate {v[e.start]!r} that stands for no byte (only "
+                        "U+DC80-U+DCFF, a non-UTF-8 byte, may appear)", path) from None
     if nonempty and not v:
         raise SpecError("must not be empty", path)
     return v
@@ -265,8 +273,11 @@ class SeccompRule:
     if_caps: tuple = _field("apply only when the target keeps all these caps", default=())
     unless_caps: tuple = _field("apply only when the target keeps none of these caps",
                                 default=())
+    replace_profile_rules: bool = _field(
+        "replace the seccomp profile's rules for these syscalls (else they still apply, "
+        "and the stricter action wins)", default=False)
 
-    KEYS = ("names", "action", "args", "if_caps", "unless_caps")
+    KEYS = ("names", "action", "args", "if_caps", "unless_caps", "replace_profile_rules")
 
     @classmethod
     def load(cls, v: Any, path: str) -> "SeccompRule":
@@ -280,27 +291,35 @@ class SeccompRule:
         return cls(names=names, action=_action(d["action"], f"{path}.action"),
                    args=_opt(d, "args", _list, path, SeccompArg.load) or (),
                    if_caps=_opt(d, "if_caps", _list, path, _capname) or (),
-                   unless_caps=_opt(d, "unless_caps", _list, path, _capname) or ())
+                   unless_caps=_opt(d, "unless_caps", _list, path, _capname) or (),
+                   replace_profile_rules=_opt(d, "replace_profile_rules", _bool, path)
+                   or False)
 
     def dump(self) -> dict:
         return {"names": list(self.names), "action": self.action,
                 "args": [a.dump() for a in self.args], "if_caps": list(self.if_caps),
-                "unless_caps": list(self.unless_caps)}
+                "unless_caps": list(self.unless_caps),
+                "replace_profile_rules": self.replace_profile_rules}
 
 
 @attrs.frozen
 class Seccomp:
     """A seccomp filter, loaded last, right before execve.  Either a named `profile`
     (profiles/seccomp/*.toml) or explicit rules; `syscalls` given with a profile are added
-    to it and win over its rules for the same syscall."""
+    to it: for a syscall both name, a call gets the stricter of the two actions, unless
+    the rule (or this section) says replace_profile_rules."""
 
     profile: Optional[str] = _field("named seccomp profile", default=None)
     default_action: Optional[str] = _field("action for syscalls no rule names", default=None)
     architectures: tuple = _field("ABIs allowed; 'native' is the default. Any other ABI "
                                   "is killed", default=("native",))
     syscalls: tuple = _field("rules, in order", default=())
+    replace_profile_rules: bool = _field(
+        "every rule here replaces the profile's rules for the syscalls it names",
+        default=False)
 
-    KEYS = ("profile", "default_action", "architectures", "syscalls")
+    KEYS = ("profile", "default_action", "architectures", "syscalls",
+            "replace_profile_rules")
 
     @classmethod
     def load(cls, v: Any, path: str) -> "Seccomp":
@@ -312,12 +331,15 @@ class Seccomp:
         arches = _opt(d, "architectures", _list, path, _str, nonempty=True)
         return cls(profile=profile, default_action=default_action,
                    architectures=arches if arches else ("native",),
-                   syscalls=_opt(d, "syscalls", _list, path, SeccompRule.load) or ())
+                   syscalls=_opt(d, "syscalls", _list, path, SeccompRule.load) or (),
+                   replace_profile_rules=_opt(d, "replace_profile_rules", _bool, path)
+                   or False)
 
     def dump(self) -> dict:
         return {"profile": self.profile, "default_action": self.default_action,
                 "architectures": list(self.architectures),
-                "syscalls": [r.dump() for r in self.syscalls]}
+                "syscalls": [r.dump() for r in self.syscalls],
+                "replace_profile_rules": self.replace_profile_rules}
 
 
 @attrs.frozen
@@ -403,7 +425,8 @@ class Namespaces:
 
 
 MOUNT_TYPES = ("bind", "tmpfs", "proc", "mqueue", "devpts", "dev")
-MOUNT_OPTIONS = ("ro", "rw", "nosuid", "nodev", "noexec", "recursive", "noatime")
+MOUNT_OPTIONS = ("ro", "rw", "nosuid", "nodev", "noexec", "recursive", "noatime",
+                 "strictatime")
 
 
 @attrs.frozen
@@ -411,9 +434,10 @@ class Mount:
     type: str = _field("bind, tmpfs, proc, mqueue, devpts or dev (a minimal /dev)")
     destination: str = _field("normal absolute path inside, no symlink in it")
     source: Optional[str] = _field("host path (bind)", default=None)
-    options: tuple = _field("ro rw nosuid nodev noexec recursive noatime", default=())
-    size: Optional[int] = _field("tmpfs size in bytes", default=None)
-    mode: Optional[str] = _field("tmpfs mode, octal", default=None)
+    options: tuple = _field("ro rw nosuid nodev noexec recursive noatime strictatime",
+                            default=())
+    size: Optional[int] = _field("tmpfs (or dev) size in bytes", default=None)
+    mode: Optional[str] = _field("tmpfs (or dev) mode, octal", default=None)
 
     KEYS = ("type", "destination", "source", "options", "size", "mode")
 
@@ -723,7 +747,7 @@ class Spec:
         if len(set(pass_fds)) != len(pass_fds):
             raise SpecError("an fd is listed twice", "pass_fds")
         hostname = _opt(d, "hostname", _str, "", nonempty=True)
-        if hostname is not None and len(hostname.encode()) > 64:
+        if hostname is not None and len(os.fsencode(hostname)) > 64:
             raise SpecError("longer than 64 bytes", "hostname")
         return cls(
             version=version,

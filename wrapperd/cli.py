@@ -243,6 +243,10 @@ def main(args: "list[str] | None" = None, environ_fd: "int | None" = None) -> in
         from wrapperd import shim
         plan = shim.prepare(spec)
         if opts.dry_run:
+            # Profile seccomp rules the spec replaced (replace_profile_rules): a loosened
+            # rule is never silent.
+            for why in getattr(plan.seccomp, "replaced", ()):
+                print(f"wrapperd: seccomp: replaced {why}", file=sys.stderr)
             sys.stdout.write(spec.to_json() + "\n")
             sys.stdout.flush()
             return 0

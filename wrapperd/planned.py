@@ -36,7 +36,8 @@ try:
 except BaseException as e:
     import os
     a = sys.argv
-    m = ("cannot import wrapperd from " + a[1] + ": " + type(e).__name__).encode()
+    m = ("cannot import wrapperd from " + a[1] + ": " + type(e).__name__).encode(
+        "utf-8", "backslashreplace")
     if "--status-fd" in a:
         try:
             os.write(int(a[a.index("--status-fd") + 1]),

@@ -61,17 +61,17 @@ def test_root_keep_mode(probe):
     assert masks(r) == {"Inh": 0, "Prm": want, "Eff": want, "Amb": 0, "Bnd": want}
 
 
-def test_non_root_keep_mode_raises_kept_caps_as_ambient(probe):
+def test_non_root_keep_mode_raises_kept_caps_as_ambient(probe, low_port):
     needs_host_root("binding a low port needs the cap in the userns owning the net ns")
-    r = run_probe(probe_spec(probe, "bind:80", user={"uid": 65534},
+    r = run_probe(probe_spec(probe, f"bind:{low_port}", user={"uid": 65534},
                              capabilities={"keep": ["CAP_NET_BIND_SERVICE"]}))
     assert masks(r) == {"Inh": NET_BIND, "Prm": NET_BIND, "Eff": NET_BIND, "Amb": NET_BIND,
                         "Bnd": NET_BIND}
     assert r["bind"] == "ok"
 
 
-def test_non_root_without_the_cap_cannot_bind_port_80(probe):
-    r = run_probe(probe_spec(probe, "bind:80", user={"uid": 65534},
+def test_non_root_without_the_cap_cannot_bind_a_low_port(probe, low_port):
+    r = run_probe(probe_spec(probe, f"bind:{low_port}", user={"uid": 65534},
                              capabilities={"keep": []}))
     assert masks(r) == dict.fromkeys(("Inh", "Prm", "Eff", "Amb", "Bnd"), 0)
     assert r["bind"] == "EACCES"

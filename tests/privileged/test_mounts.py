@@ -325,3 +325,44 @@ def test_nothing_is_created_in_a_bound_host_directory(tree, foreign):
     assert p.stderr.decode() == (
         f"wrapperd: mounts: {tree}/dst/shared/new: {tree}/dst/shared/new does not exist "
         "(it is created only on a tmpfs this spec mounts): No such file or directory\n")
+
+
+# ------------------------------------------------------------- an imported OCI /dev
+
+def _mountinfo(pid: int) -> dict:
+    """destination -> (per-mount options, super options) of the last mount there."""
+    out = {}
+    with open(f"/proc/{pid}/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields = left.split()
+            out[fields[4]] = (set(fields[5].split(",")), set(right.split()[2].split(",")))
+    return out
+
+
+def test_an_imported_runc_dev_has_the_options_its_config_gives():
+    # What `runc spec` writes for /dev and /dev/shm: import carries every option, so the
+    # kernel must show them (it once dropped /dev/shm's noexec and both size= yet said
+    # "everything honoured").
+    import sandbox
+    from sandbox.oci import import_config
+    config = {"process": {"args": ["/bin/sleep", "60"],
+                          "env": [f"{k}={v}" for k, v in TARGET_ENV.items()]},
+              "mounts": [
+                  {"destination": "/dev", "type": "tmpfs", "source": "tmpfs",
+                   "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+                  {"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
+                   "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=32768k"]}],
+              "linux": {"namespaces": [{"type": "mount"}]}}
+    spec, lost = import_config(config)
+    assert lost == []
+    with sandbox.spawn(spec) as p:
+        info = _mountinfo(p.target_pid)
+        shm_mode = os.stat(f"/proc/{p.target_pid}/root/dev/shm").st_mode & 0o7777
+        p.kill()
+    dev_flags, dev_super = info["/dev"]
+    assert {"nosuid", "nodev"} <= dev_flags and "relatime" not in dev_flags  # strictatime
+    assert {"size=65536k", "mode=755"} <= dev_super
+    shm_flags, shm_super = info["/dev/shm"]
+    assert {"nosuid", "nodev", "noexec"} <= shm_flags
+    assert "size=32768k" in shm_super and shm_mode == 0o1777  # (1777: tmpfs shows none)

@@ -125,11 +125,12 @@ def test_private_tmp_and_control(probe, cg_root, tmp_path):
             os.unlink(marker)
 
 
-def test_low_ports_only_with_network_service(probe, cg_root):
+def test_low_ports_only_with_network_service(probe, cg_root, low_port):
     needs_host_root("CAP_NET_BIND_SERVICE of a rootless container does not reach the "
                     "host's network namespace")
-    assert run_under("network-service", probe, cg_root, "bind:80")[0]["bind"] == "ok"
-    assert run_under("service", probe, cg_root, "bind:80")[0]["bind"] == "EACCES"
+    bind = f"bind:{low_port}"
+    assert run_under("network-service", probe, cg_root, bind)[0]["bind"] == "ok"
+    assert run_under("service", probe, cg_root, bind)[0]["bind"] == "EACCES"
 
 
 def test_strict_root_is_read_only_and_has_no_network(probe, cg_root, shared_dir):
@@ -210,11 +211,11 @@ def test_untrusted_is_its_dynamic_id_seen_from_the_host(probe, cg_root):
     assert r["status"]["Uid"].split() == ["0"] * 4
 
 
-def test_spec_fields_beat_the_profile_for_real(probe, cg_root):
+def test_spec_fields_beat_the_profile_for_real(probe, cg_root, low_port):
     needs_host_root("CAP_NET_BIND_SERVICE of a rootless container does not reach the "
                     "host's network namespace")
-    # A spec on `service` that binds port 80 itself: keep + its own uid.
+    # A spec on `service` that binds a low port itself: keep + its own uid.
     report, diffs, host, *_ = run_under(
-        "service", probe, cg_root, "bind:80", user={"uid": 4242},
+        "service", probe, cg_root, f"bind:{low_port}", user={"uid": 4242},
         capabilities={"keep": ["CAP_NET_BIND_SERVICE"]})
     assert diffs == [] and report["bind"] == "ok" and host["uids"]["real"] == 4242

@@ -140,6 +140,37 @@ def test_new_user_namespaces_are_refused_but_clone_works(cprobe):
     assert res[2][1] != ENOSYS
 
 
+@pytest.mark.parametrize("how", ["seccomp profile", "spec profile"])
+def test_a_spec_rule_for_clone_or_ioctl_keeps_the_profiles_deny_rules(cprobe, how):
+    # A spec naming clone, unshare and ioctl (here: to allow them) on top of `default`
+    # still gets the profile's EPERM for CLONE_NEWUSER and TIOCSTI/TIOCLINUX: the deny
+    # rules of the profile win unless the spec says replace_profile_rules.
+    ioctl = nr("ioctl")
+    ops = [f"clone:{CLONE_NEWUSER}", "clone:0", f"sys:{nr('unshare')}:{CLONE_NEWUSER}",
+           f"sys:{ioctl}:0:{TIOCSTI}:0", f"sys:{ioctl}:0:{TIOCLINUX}:0",
+           f"sys:{ioctl}:0:{TCGETS}:0"]
+    rules = [{"names": ["clone", "unshare", "ioctl"], "action": "allow"}]
+    if how == "seccomp profile":
+        fields = {"seccomp": {"profile": "default", "syscalls": rules}}
+    else:
+        fields = {"profile": "service", "seccomp": {"syscalls": rules}}
+    res = results(spec_for(cprobe, *ops, user=NOBODY, **fields))
+    assert [e for _, e in res] == [EPERM, 0, EPERM, EPERM, EPERM, ENOTTY]
+    # Control: asked for explicitly, the profile's rules for them are replaced, and
+    # wrapperd --dry-run names each replaced rule.
+    for r in rules:
+        r["replace_profile_rules"] = True
+    spec = spec_for(cprobe, *ops, user=NOBODY, **fields)
+    res = results(spec)
+    assert [e for _, e in res] == [0, 0, 0, ENOTTY, ENOTTY, ENOTTY]
+    p = run_wrapperd(spec, "--dry-run")
+    assert p.returncode == 0, p.stderr.decode()
+    err = p.stderr.decode()
+    assert "wrapperd: seccomp: replaced seccomp profile 'default'" in err
+    for what in ("clone: errno:EPERM", "unshare: errno:EPERM", "ioctl: errno:EPERM"):
+        assert what in err, err
+
+
 def test_personality_only_harmless_values(cprobe):
     pers = nr("personality")
     ops = [f"sys:{pers}:0xffffffff", f"sys:{pers}:0", f"sys:{pers}:0x0040000",

@@ -51,16 +51,20 @@ def lost_fields(lost):
 def test_runc_spec_imports_and_lists_exactly_what_is_not_honoured():
     spec, lost = import_config(RUNC_SPEC)
     assert lost_fields(lost) == [
-        "linux.resources.devices", "mounts[5] (/sys)", "mounts[6] (/sys/fs/cgroup)",
-        "process.capabilities.ambient", "process.terminal", "root.path"]
+        "linux.resources.devices", "mounts[2] (/dev/pts)", "mounts[5] (/sys)",
+        "mounts[6] (/sys/fs/cgroup)", "process.capabilities.ambient", "process.terminal",
+        "root.path"]
+    assert [x for x in lost if x.startswith("mounts[2]")] == [
+        "mounts[2] (/dev/pts): option 'gid=5' is not supported"]
     assert spec.capabilities.keep == ("CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE")
     assert spec.capabilities.ambient == ()           # not inheritable: the kernel refuses
     assert spec.readonly_root and spec.hostname == "runc"
     assert spec.namespaces.pid is True and spec.namespaces.as_pid_1
     assert spec.namespaces.net is True and spec.namespaces.user is False
-    # /dev tmpfs is our `dev`, which makes /dev/pts and /dev/shm itself.
+    # /dev tmpfs is our `dev`; /dev/pts and /dev/shm go on top, with their options.
     assert [(m.type, m.destination) for m in spec.mounts] == [
-        ("proc", "/proc"), ("dev", "/dev"), ("mqueue", "/dev/mqueue")]
+        ("proc", "/proc"), ("dev", "/dev"), ("devpts", "/dev/pts"), ("tmpfs", "/dev/shm"),
+        ("mqueue", "/dev/mqueue")]
     assert spec.masked_paths == ("/proc/kcore", "/sys/firmware")
     assert spec.readonly_paths == ("/proc/sys", "/proc/sysrq-trigger")
     assert spec.rlimits["NOFILE"].hard == 1024
@@ -170,7 +174,7 @@ def test_cli_import_and_strict(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert json.loads(out)["hostname"] == "runc"
     lines = err.strip().splitlines()
-    assert len(lines) == 6 and all(x.startswith("sandbox: not honoured: ") for x in lines)
+    assert len(lines) == 7 and all(x.startswith("sandbox: not honoured: ") for x in lines)
     assert cli.main(["oci", "import", "--strict", str(f)]) == 125
     clean = dict(RUNC_SPEC, mounts=[], root={"path": "/"},
                  process=dict(RUNC_SPEC["process"], terminal=False),
@@ -186,3 +190,79 @@ def test_cli_import_and_strict(tmp_path, capsys):
     assert cli.main(["oci", "export", str(s)]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["root"]["readonly"] is True and "pid 1" in err
+
+
+# Every OCI mount option, as (type, destination, option): what must be carried and how
+# it shows in our spec.  Anything else must be listed naming the option.
+CARRIED = [
+    ("tmpfs", "/dev/shm", "noexec", lambda m: "noexec" in m.options),
+    ("tmpfs", "/dev/shm", "nosuid", lambda m: "nosuid" in m.options),
+    ("tmpfs", "/dev/shm", "nodev", lambda m: "nodev" in m.options),
+    ("tmpfs", "/dev/shm", "size=65536k", lambda m: m.size == 65536 << 10),
+    ("tmpfs", "/dev/shm", "mode=1777", lambda m: m.mode == "1777"),
+    ("tmpfs", "/dev", "size=65536k", lambda m: m.type == "dev" and m.size == 65536 << 10),
+    ("tmpfs", "/dev", "mode=700", lambda m: m.type == "dev" and m.mode == "700"),
+    ("tmpfs", "/dev", "strictatime", lambda m: "strictatime" in m.options),
+    ("tmpfs", "/tmp", "strictatime", lambda m: "strictatime" in m.options),
+    ("devpts", "/dev/pts", "noexec", lambda m: "noexec" in m.options),
+    ("devpts", "/dev/pts", "ro", lambda m: "ro" in m.options),
+    ("mqueue", "/dev/mqueue", "nodev", lambda m: "nodev" in m.options),
+    ("bind", "/mnt", "ro", lambda m: "ro" in m.options),
+    ("bind", "/mnt", "rbind", lambda m: "recursive" in m.options),
+    ("tmpfs", "/tmp", "exec", lambda m: "noexec" not in m.options),
+    ("tmpfs", "/tmp", "relatime", lambda m: "strictatime" not in m.options),
+]
+NOT_CARRIED = [
+    ("devpts", "/dev/pts", "gid=5"), ("devpts", "/dev/pts", "mode=0600"),
+    ("devpts", "/dev/pts", "ptmxmode=000"), ("tmpfs", "/dev", "newinstance"),
+    ("tmpfs", "/dev", "gid=5"), ("tmpfs", "/tmp", "uid=1000"),
+    ("tmpfs", "/tmp", "nr_inodes=10"), ("bind", "/mnt", "strictatime"),
+    ("bind", "/mnt", "rslave"), ("proc", "/proc", "hidepid=2"),
+    ("mqueue", "/dev/mqueue", "size=1k"), ("proc", "/proc", "mode=700"),
+    ("proc", "/proc", "exec"), ("devpts", "/dev/pts", "suid"), ("tmpfs", "/dev", "dev"),
+    ("bind", "/mnt", "exec"), ("bind", "/mnt", "relatime"),
+]
+
+
+def _with_dev(t, dest, opt):
+    m = {"destination": dest, "type": t, "source": "/" if t == "bind" else t,
+         "options": [opt] + (["bind"] if t == "bind" else [])}
+    mounts = [m]
+    if dest.startswith("/dev/"):
+        mounts.insert(0, {"destination": "/dev", "type": "tmpfs", "source": "tmpfs"})
+    return {"process": {"args": ["/bin/true"]}, "mounts": mounts,
+            "linux": {"namespaces": [{"type": "mount"}, {"type": "pid"}]}}
+
+
+@pytest.mark.parametrize("t,dest,opt,shows", CARRIED)
+def test_a_carried_mount_option_reaches_the_spec(t, dest, opt, shows):
+    spec, lost = import_config(_with_dev(t, dest, opt))
+    assert lost == []
+    mine = [m for m in spec.mounts if m.destination == dest]
+    assert len(mine) == 1 and shows(mine[0]), mine
+
+
+@pytest.mark.parametrize("t,dest,opt", NOT_CARRIED)
+def test_a_mount_option_not_carried_is_listed_by_name(t, dest, opt, tmp_path, capsys):
+    _spec, lost = import_config(_with_dev(t, dest, opt))
+    assert any(repr(opt) in x and dest in x for x in lost), lost
+    f = tmp_path / "config.json"
+    f.write_text(json.dumps(_with_dev(t, dest, opt)))
+    assert cli.main(["oci", "import", "--strict", str(f)]) == 125
+    assert repr(opt) in capsys.readouterr().err
+
+
+def test_strict_passes_a_runc_dev_shm_and_mqueue_only_when_carried(tmp_path, capsys):
+    # runc's /dev, /dev/shm and /dev/mqueue: everything is carried, so --strict passes
+    # and the spec says noexec and size for /dev/shm, size for /dev.
+    config = dict(_with_dev("tmpfs", "/dev/shm", "noexec"),
+                  mounts=[RUNC_SPEC["mounts"][i] for i in (1, 3, 4)])
+    f = tmp_path / "config.json"
+    f.write_text(json.dumps(config))
+    assert cli.main(["oci", "import", "--strict", str(f)]) == 0, capsys.readouterr().err
+    mounts = {m["destination"]: m for m in json.loads(capsys.readouterr().out)["mounts"]}
+    assert mounts["/dev"]["size"] == 65536 << 10 and mounts["/dev"]["mode"] == "755"
+    assert "strictatime" in mounts["/dev"]["options"]
+    shm = mounts["/dev/shm"]
+    assert {"noexec", "nosuid", "nodev"} <= set(shm["options"])
+    assert (shm["size"], shm["mode"]) == (65536 << 10, "1777")

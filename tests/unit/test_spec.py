@@ -1,6 +1,7 @@
 """The spec loader: strict JSON, every field validated and named by path."""
 
 import json
+import os
 
 import pytest
 from hypothesis import given, settings
@@ -127,3 +128,97 @@ def test_loader_total_on_any_bytes(data):
         Spec.from_json(data)
     except SpecError:
         pass
+
+
+# Strings as bytes in UTF-8, with a non-UTF-8 byte written as U+DC80-U+DCFF (what
+# os.fsdecode gives): any input string is a Spec or a SpecError, and a Spec's strings
+# survive JSON, the plan and os.fsencode without a UnicodeEncodeError.
+any_text = st.one_of(
+    st.text(st.sampled_from("ab/é\udc80\udcff\ud800"), max_size=6),   # mostly valid
+    st.text(st.characters(exclude_categories=()), max_size=6),        # anything at all
+    st.sampled_from(["\udc80", "\udcff", "\ud800", "\udbff\udc00", "\udfff",
+                     "a\udc80b", "tmp"]))
+
+
+def _spec_with(t):
+    return st.fixed_dictionaries({
+        "argv": st.lists(t, min_size=1, max_size=3).map(lambda a: ["/bin/true", *a]),
+        "env": st.dictionaries(t, t, max_size=3),
+        "cwd": t.map(lambda s: "/" + s),
+        "hostname": t,
+        "name": t,
+        "user": st.fixed_dictionaries({"uid": t | st.just(0), "gid": st.just(0)}),
+        "namespaces": st.just({"uts": True, "mount": True}),
+        "mounts": st.lists(st.fixed_dictionaries(
+            {"type": st.sampled_from(["bind", "tmpfs"]), "source": t.map(lambda s: "/" + s),
+             "destination": t.map(lambda s: "/tmp/" + s)}), max_size=2),
+        "masked_paths": st.lists(t.map(lambda s: "/" + s), max_size=2),
+        "cgroup": st.fixed_dictionaries({"path": t}),
+        "seccomp": st.fixed_dictionaries({"default_action": st.just("allow"),
+                                          "syscalls": st.lists(st.fixed_dictionaries(
+                                              {"names": st.lists(t, max_size=2),
+                                               "action": st.just("errno:EPERM")}),
+                                              max_size=1)}),
+    }, optional={})
+
+
+@settings(max_examples=300, deadline=None)
+@given(_spec_with(any_text), st.sets(st.sampled_from(
+    ["env", "hostname", "name", "user", "namespaces", "mounts", "masked_paths", "cgroup",
+     "seccomp"])))
+def test_any_string_is_a_spec_or_a_spec_error_and_encodes(d, drop):
+    from sandbox import plan
+    from sandbox.errors import SandboxError
+    from wrapperd import shim
+    d = {k: v for k, v in d.items() if k not in drop}
+    try:
+        s = Spec.from_dict(d)
+    except SpecError as e:
+        assert e.message.split(":")[0], e.message        # names the field
+        return
+    assert Spec.from_json(s.to_json()) == s
+    assert Spec.from_json(s.to_json().encode("ascii")) == s
+    for a in s.argv:
+        assert os.fsdecode(os.fsencode(a)) == a
+    try:
+        p = shim.prepare(s)
+    except SandboxError:
+        return
+    q = plan.decode(plan.encode(p))
+    assert q.spec.argv == s.argv and q.spec.env == s.env and q.spec.cwd == s.cwd
+
+
+@pytest.mark.parametrize("field,where", [
+    ({"argv": ["/bin/true", "a\ud800"]}, "argv[1]"),
+    ({"env": {"K": "\udfff"}}, "env.K"),
+    ({"env": {"K\ud800": "v"}}, "env"),
+    ({"cwd": "/\udbff"}, "cwd"),
+    ({"hostname": "h\ud800", "namespaces": {"uts": True}}, "hostname"),
+])
+def test_a_lone_surrogate_that_is_no_byte_names_its_field(field, where):
+    with pytest.raises(SpecError) as e:
+        Spec.from_dict(dict({"argv": ["/bin/true"]}, **field))
+    assert e.value.message.startswith(where + ": a lone surrogate")
+
+
+def test_a_surrogate_escaped_byte_is_that_byte():
+    s = Spec.from_dict({"argv": ["/bin/echo", "a\udc80b"], "hostname": "h\udcff",
+                        "namespaces": {"uts": True}})
+    assert os.fsencode(s.argv[1]) == b"a\x80b"
+    assert Spec.from_json(s.to_json()).argv[1] == "a\udc80b"
+
+
+byte_text = st.text(st.sampled_from("ab/é\udc80\udcff"), max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(byte_text, max_size=3), st.dictionaries(st.text("AB_", min_size=1,
+                                                                 max_size=3), byte_text,
+                                                         max_size=3), byte_text)
+def test_surrogate_escaped_bytes_reach_the_plan_unchanged(args, env, cwd):
+    from sandbox import plan
+    from wrapperd import shim
+    s = Spec.from_dict({"argv": ["/bin/true", *args], "env": env, "cwd": "/" + cwd})
+    q = plan.decode(plan.encode(shim.prepare(s)))
+    assert [os.fsencode(a) for a in q.spec.argv] == [os.fsencode(a) for a in s.argv]
+    assert q.spec.env == s.env and q.spec.cwd == s.cwd
