@@ -37,8 +37,9 @@ privileged: venv
 demo: venv
 	$(PY) demo.py
 
-lint: venv
+lint: venv ## ruff over everything, mypy over sandbox/ and wrapperd/
 	$(PY) -m ruff check sandbox wrapperd tests bench demo.py
+	$(PY) -m mypy
 
 bench: venv
 	$(PY) bench/run.py

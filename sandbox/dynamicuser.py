@@ -70,7 +70,7 @@ def prepare(spec) -> "Prepared | None":
         # The dynamic id takes the place of the one outside id each map gives: more
         # than one id would have to come from somewhere else, shared.
         for k in ("uid_map", "gid_map"):
-            ranges = userns.get(k) or ()
+            ranges: tuple = userns.get(k) or ()
             if len(ranges) != 1 or ranges[0].count != 1:
                 raise SpecError("with dynamic: true, a user namespace maps exactly one id "
                                 "(count 1), which the dynamic id stands for outside",
@@ -231,7 +231,7 @@ def _write_record(dfd: int, uid: int, name, holders) -> None:
 
 def _ids_in_use() -> set:
     """Every uid and gid some process runs with (real, effective, saved, fs)."""
-    used = set()
+    used: "set[int]" = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue

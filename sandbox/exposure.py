@@ -190,6 +190,9 @@ def _spec_facts(spec) -> _Facts:
     bits = 0
     for name in spec.securebits:
         bits |= caps.SECUREBITS[name]
+    uid: "int | str | None"
+    gid: "int | str | None"
+    groups: tuple
     if spec.user is None:
         uid, gid, groups = None, None, ()
         # No user: the target keeps the caller's identity -- root when an init spawns it.
@@ -353,7 +356,7 @@ def _checks(f: _Facts) -> "list[Check]":
     out.append(Check("root_group", 2, 1.0 if f.root_group else 0.0,
                      "gid or a supplementary group is 0 (root's files by group)"
                      if f.root_group else "no root group"))
-    seen = set()
+    seen: "set[str]" = set()
     for name, weight, group, why in CAP_GROUPS:
         if group is None:
             have = sorted(f.held - seen - set(BENIGN_CAPS))

@@ -30,6 +30,13 @@ import os
 
 from .errors import ExecError, SandboxError, SetupError, SpecError
 
+# For type checkers only (mypy knows the name): the server imports lazily, and importing
+# typing for this would cost every fork-server start.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+    import subprocess
+
 __all__ = ["ForkServer", "default", "shutdown_default"]
 
 MAX_FDS = 250                  # SCM_MAX_FD is 253
@@ -480,7 +487,7 @@ class _Child:
         self.pid = pid
         self.args = args
         self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
-        self.returncode = None
+        self.returncode: "int | None" = None
         self._reply = reply
         self._pidfd = os.dup(pidfd)    # our own: Process closes its pidfd on close()
         self._lost = False             # the server exited before reporting
@@ -538,7 +545,8 @@ class _Child:
     def wait(self, timeout: "float | None" = None) -> int:
         import subprocess
         if not self._read_status(timeout):
-            raise subprocess.TimeoutExpired(self.args, timeout)
+            raise subprocess.TimeoutExpired(self.args, timeout or 0)
+        assert self.returncode is not None      # _read_status said it is known
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
@@ -559,8 +567,8 @@ class _Child:
         import subprocess
         import time
         deadline = None if timeout is None else time.monotonic() + timeout
-        out = {}
-        fds = {}
+        out: "dict[str, list[bytes]]" = {}
+        fds: "dict[int, tuple[str, memoryview | None]]" = {}
         if self.stdin is not None:
             if input:
                 fds[self.stdin.fileno()] = ("in", memoryview(input))
@@ -578,10 +586,11 @@ class _Child:
         while fds:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise subprocess.TimeoutExpired(self.args, timeout)
+                raise subprocess.TimeoutExpired(self.args, timeout or 0)
             for fd, _ev in p.poll(None if left is None else left * 1000):
                 name, buf = fds[fd]
                 if name == "in":
+                    assert buf is not None
                     try:
                         n = os.write(fd, buf[:65536])
                     except BrokenPipeError:
@@ -602,7 +611,7 @@ class _Child:
                         continue
                     p.unregister(fd)
                     del fds[fd]
-        results = []
+        results: "list[bytes | None]" = []
         for name in ("stdout", "stderr"):
             f = getattr(self, name)
             if f is None:
@@ -628,8 +637,8 @@ class ForkServer:
         # its after-fork hooks to every fork the server makes.
         import threading
         self._lock = threading.Lock()
-        self._proc = None
-        self._sock = None
+        self._proc: "subprocess.Popen | None" = None
+        self._sock: "socket.socket | None" = None
         self.args: list = []
         self.setup_timeout = setup_timeout
 
@@ -812,7 +821,8 @@ class ForkServer:
             if interrupted is not None:
                 raise interrupted from None
             raise
-        child = _Child(pid, reply, list(self.args), *parent_ends, pidfd)
+        child = _Child(pid, reply, list(self.args), parent_ends[0], parent_ends[1],
+                       parent_ends[2], pidfd)
         proc = Process(child, spec, created_cgroups=cg_dirs, pidfd=pidfd)
         if raw is None:
             proc._abandon()

@@ -48,8 +48,8 @@ def read_limits(pid="self") -> dict:
     return out
 
 
-def _ns(pid) -> dict:
-    out = {}
+def _ns(pid) -> "dict[str, str | None]":
+    out: "dict[str, str | None]" = {}
     for n in NAMESPACES:
         try:
             out[n] = os.readlink(f"/proc/{pid}/ns/{n}")

@@ -198,7 +198,7 @@ def prepare(spec) -> "Prepared | None":
     ns = spec.namespaces
     if ns is None or ns.mount is not True:
         return None
-    ours = []             # tmpfs/dev destinations: missing destinations may be made there
+    ours: "list[str]" = []   # tmpfs/dev destinations: missing destinations may be made there
     for i, m in enumerate(spec.mounts):
         path = f"mounts[{i}]"
         opts = set(m.options)
@@ -279,7 +279,7 @@ def apply(p: Prepared) -> None:
     # Clone, from the host's view, everything that will be bound: before the read-only
     # root, so a bind keeps its source's own flags (plus its options).
     fds, devs, null = {}, {}, -1
-    ours = set()    # st_dev of the filesystems the spec's mounts made: creation allowed
+    ours: "set[int]" = set()   # st_dev of the filesystems the spec's mounts made: creation allowed
     try:
         for i, m in enumerate(p.mounts):
             if m.type == "bind":

@@ -204,6 +204,8 @@ def _prepare_user(user, spec) -> dict:
     if os.geteuid() != 0 and _read_int(USERNS_CLONE) == 0:
         raise SetupError(STEP, 0, f"user: {USERNS_CLONE} is 0: unprivileged user "
                          "namespaces are disabled")
+    uid_map: "tuple[tuple[int, int, int], ...]"
+    gid_map: "tuple[tuple[int, int, int], ...]"
     if user is True:
         uid_map, gid_map = ((0, euid, 1),), ((0, egid, 1),)
     else:

@@ -150,7 +150,7 @@ class _Ctx:
 def _loads(text: str):
     try:
         import _json
-        scan = _json.make_scanner(_Ctx)
+        scan = _json.make_scanner(_Ctx)  # type: ignore[arg-type]  # duck-typed context
     except (ImportError, AttributeError):   # an interpreter without the C accelerator
         import json
         return json.loads(text, object_pairs_hook=_pairs, parse_float=_no_float,

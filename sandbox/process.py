@@ -30,7 +30,8 @@ class Process:
 
     exit_grace = 10.0
 
-    def __init__(self, popen: subprocess.Popen, spec, created_cgroups=(), pidfd=None):
+    def __init__(self, popen, spec, created_cgroups=(), pidfd=None):
+        # popen: a subprocess.Popen, or what has its shape (forkserver._Child).
         self._popen = popen
         self.spec = spec
         self.pid = popen.pid
@@ -75,8 +76,7 @@ class Process:
             return self.pid
         # The command line the shim was started with (a list: Popen never gets a str
         # from the launchers).
-        shim = b"\0".join(os.fsencode(a) for a in self._popen.args  # type: ignore
-                          ) + b"\0"
+        shim = b"\0".join(os.fsencode(a) for a in self._popen.args) + b"\0"
         cur, found = self.pid, None
         for _ in range(3):                  # supervisor -> reaper -> target, at most
             try:

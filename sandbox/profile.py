@@ -76,7 +76,7 @@ def _find(name: str) -> str:
 
 
 def names() -> "list[str]":
-    out = set()
+    out: "set[str]" = set()
     for d in search_path():
         if os.path.isdir(d):
             out.update(f[:-5] for f in os.listdir(d) if f.endswith(".toml"))

@@ -172,7 +172,7 @@ def _profile_path(name: str) -> str:
 
 
 def profile_names() -> "list[str]":
-    out = set()
+    out: "set[str]" = set()
     for d in _dirs():
         sd = os.path.join(d, "seccomp")
         if os.path.isdir(sd):
@@ -320,12 +320,12 @@ def _merge_layers(prof: "list[_Entry]", own: "list[_Entry]", default: str):
             out += [_Entry(e.name, _stricter(c, e.action), e.args, e.where) for e in p]
             out += [_Entry(e.name, _stricter(c, e.action), e.args, e.where) for e in ents]
             continue
-        if len(shapes) != 1 or None in shapes or next(iter(shapes))[1] is None:
+        if len(shapes) != 1 or any(s is None or s[1] is None for s in shapes):
             raise SpecError(f"the rules for {name!r} cannot be combined with the seccomp "
                             "profile's (conditions on different arguments or operators); "
                             "give replace_profile_rules: true to replace the profile's",
                             ents[0].where)
-        (index, mask), = shapes
+        index, mask = _one_shape(shapes)
         pb, pp = _layer([e for e in live if e in p], default)
         mb, mp = _layer(live, default)
         base = _stricter(pb, mb)
@@ -339,6 +339,13 @@ def _merge_layers(prof: "list[_Entry]", own: "list[_Entry]", default: str):
                     SeccompArg(index, "masked_eq", mask, v)
                 out.append(_Entry(name, a, (arg,), where))
     return out, tuple(replaced)
+
+
+def _one_shape(shapes: set) -> "tuple[int, int]":
+    """The single (argument index, mask) that every condition shares (checked by the
+    caller)."""
+    (index, mask), = shapes
+    return index, mask
 
 
 def _mask(arg) -> int | None:
@@ -377,7 +384,9 @@ def _complement(points: "set[int]", mask: int) -> "list[tuple[int, int]]":
 
 def _plan_syscall(entries: "list[_Entry]", default: str):
     """One syscall's entries -> [(action, args)] to hand to libseccomp."""
-    base, base_entry, conds = default, None, []
+    base: str = default
+    base_entry: "_Entry | None" = None
+    conds: "list[_Entry]" = []
     for e in entries:
         if not e.args:
             base, base_entry, conds = e.action, e, []   # replaces every earlier rule
@@ -387,6 +396,8 @@ def _plan_syscall(entries: "list[_Entry]", default: str):
              and not any(a.op == "masked_eq" and a.value_two & ~a.value for a in e.args)]
     if action_value(base) == action_value(default):
         return [(e.action, e.args, e.where) for e in conds]
+    # A base action other than the default comes from an entry without args.
+    assert base_entry is not None
     if not conds:
         return [(base, (), base_entry.where)]
     # A base action other than the default, with exceptions: libseccomp would let the
@@ -400,7 +411,7 @@ def _plan_syscall(entries: "list[_Entry]", default: str):
         raise SpecError(f"syscall {entries[0].name!r}: exceptions to a rule without args "
                         "must each be one 'eq' or 'masked_eq' condition, with the same mask "
                         "on the same argument", conds[0].where)
-    (index, mask), = shapes
+    index, mask = _one_shape(shapes)
     from .spec import SeccompArg
     out = [(e.action, e.args, e.where) for e in conds
            if action_value(e.action) != action_value(default)]
@@ -425,6 +436,7 @@ def prepare(sc, caps_prepared=None) -> Prepared:
     # The same spec again in this process (a library spawning a service repeatedly):
     # keyed on the spec's seccomp field, the caps the target keeps and the profile
     # files' identity, so an edited profile is read again.
+    early: "tuple | None"
     try:
         early = (sc, kept, _profile_signature(sc.profile))
         done = _SPEC_MEMO.get(early)
@@ -446,7 +458,7 @@ _SPEC_MEMO: dict = {}
 def _profile_signature(name) -> tuple:
     if name is None:
         return ()
-    out = []
+    out: "list[tuple[int, int, int, int] | None]" = []
     for d in _dirs():
         try:
             st = os.stat(os.path.join(d, "seccomp", f"{name}.toml"))
@@ -482,8 +494,9 @@ def _prepare(sc, kept: int) -> Prepared:
     k = bpfcache.key(default, arches, entries)
     hit = _MEMO.get(k)
     dirfd = None
-    if bpfcache.enabled and bpfcache.cache_dir():
-        dirfd = bpfcache.open_dir(bpfcache.cache_dir())
+    where = bpfcache.cache_dir() if bpfcache.enabled else None
+    if where:
+        dirfd = bpfcache.open_dir(where)
     try:
         if hit is None and dirfd is not None:
             hit = bpfcache.load(dirfd, k, BPF_MAXINSNS)

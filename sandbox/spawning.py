@@ -151,7 +151,7 @@ def open_stdio_path(path, for_input: bool) -> int:
     shown = os.fsdecode(path)
     flags = os.O_RDONLY if for_input else os.O_WRONLY | os.O_APPEND | os.O_CREAT
     flags |= os.O_CLOEXEC | os.O_NOCTTY | os.O_NOFOLLOW | os.O_NONBLOCK
-    parent, name, parent_shared = -1, "", False
+    parent, name, parent_shared = -1, b"", False
     try:
         trusted = _trusted_uids()
         parent, name, parent_shared = _walk_to_parent(os.fsencode(path), shown, trusted)
@@ -441,7 +441,8 @@ def _write_all(fd: int, data: bytes, deadline: "float | None") -> None:
 
 def _read_status(fd: int, deadline: "float | None") -> bytes:
     import select
-    chunks, size = [], 0
+    chunks: "list[bytes]" = []
+    size = 0
     while True:
         _wait_fd(fd, select.POLLIN, deadline)
         b = os.read(fd, 65536)
@@ -462,6 +463,7 @@ def _error_from_record(raw: bytes, status: "int | None", pid: int) -> SandboxErr
             continue
         if isinstance(cand, dict) and "step" in cand:
             rec = cand            # unknown keys are ignored; the last record wins
+    err: SandboxError
     if rec is None:
         err = SetupError("spawn", 0, f"wrapperd wrote an unreadable status record "
                                      f"{raw[:200]!r} (exit status {status})")
@@ -506,9 +508,9 @@ def spawn(target=None, *, stdin=None, stdout=None, stderr=None,
     spec = build_spec(target, **fields)
     spec.check_runnable()
     payload, lean_root, premade = _prepared(spec, python)
+    shim_python = python or sys.executable
     if payload is None:
-        python = python or sys.executable
-        _check_shim(python)
+        _check_shim(shim_python)
         payload = spec.to_json(indent=None).encode()
     cg_dirs = [d for d in _cgroup_dirs(spec) if not os.path.isdir(d)]
 
@@ -524,7 +526,7 @@ def spawn(target=None, *, stdin=None, stdout=None, stderr=None,
         if lean_root is not None:
             cmd = lean_command(lean_root, spec_r, status_w)
         else:
-            cmd = [python, "-I", "-m", "wrapperd", "--spec-fd", str(spec_r),
+            cmd = [shim_python, "-I", "-m", "wrapperd", "--spec-fd", str(spec_r),
                    "--status-fd", str(status_w), "--parent-pid", str(os.getpid())]
 
         def start(cmd=cmd):
@@ -629,7 +631,7 @@ def run(target=None, *, input: "bytes | None" = None, capture_output: bool = Fal
         except subprocess.TimeoutExpired as e:
             proc.kill()
             out, err = proc.communicate()
-            raise subprocess.TimeoutExpired(list(proc.spec.argv), timeout, out, err) from e
+            raise subprocess.TimeoutExpired(list(proc.spec.argv), e.timeout, out, err) from e
         done = Completed(list(proc.spec.argv), proc.returncode, out, err, proc.pid,
                          proc.spec)
     if check:

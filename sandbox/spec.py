@@ -396,7 +396,7 @@ class Namespaces:
     @classmethod
     def load(cls, v: Any, path: str) -> "Namespaces":
         d = _obj(v, path, cls.KEYS)
-        out = {}
+        out: "dict[str, Any]" = {}
         for k in NAMESPACE_KINDS:
             val = d.get(k)
             if val is None:

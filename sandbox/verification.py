@@ -20,6 +20,7 @@ user namespace the expected ids are translated through its maps to the host's vi
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import attrs
 
@@ -70,6 +71,8 @@ def expected(spec) -> dict:
         permitted = effective = p.ambient
     masks = {"bounding": p.bounding, "inheritable": p.inheritable, "ambient": p.ambient,
              "permitted": permitted, "effective": effective}
+    uid: "int | None"
+    gid: "int | None"
     if cp is not None:
         uid, gid, groups = cp.uid, cp.gid, sorted(set(cp.groups))
         if nsp is not None and "user" in nsp.new:
@@ -82,7 +85,7 @@ def expected(spec) -> dict:
             groups = sorted({_outside(gid_map, g) for g in groups})
     else:
         uid, gid, groups = os.geteuid(), os.getegid(), sorted(set(os.getgroups()))
-    out = {
+    out: "dict[str, Any]" = {
         "uids": {k: uid for k in ("real", "effective", "saved", "fs")},
         "gids": {k: gid for k in ("real", "effective", "saved", "fs")},
         "groups": groups,

@@ -16,6 +16,6 @@ if args[:1] == ["--plan-fd"]:
     from wrapperd.planned import main
     sys.exit(main(args))
 
-from wrapperd.cli import main  # noqa: E402
+from wrapperd.cli import main as cli_main  # noqa: E402
 
-sys.exit(main(args, environ_fd=environ_fd))
+sys.exit(cli_main(args, environ_fd=environ_fd))

@@ -17,8 +17,6 @@ from sandbox.errors import ExecError, SetupError, SpecError
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
-# Fields of the spec model that no step applies yet.  Refused, never silently ignored.
-NOT_YET = ()
 
 
 class Plan:
@@ -35,10 +33,6 @@ class Plan:
 
 def prepare(spec) -> Plan:
     spec.check_runnable()
-    for field in NOT_YET:
-        v = getattr(spec, field)
-        if v not in (None, (), False) and not (field == "namespaces" and not v.any()):
-            raise SpecError("not implemented yet by this wrapperd; remove it", field)
     plan = Plan(spec)
     from sandbox import fds, procattr  # noqa: F401  (imported now: see the docstring)
     if spec.rlimits:
