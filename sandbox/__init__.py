@@ -26,6 +26,20 @@ _LAZY = {
 }
 
 
+# Type checkers see the real names (mypy knows TYPE_CHECKING by name); at run time
+# nothing is imported here.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from . import exposure
+    from .errors import ExecError, SandboxError, SetupError, SpecError
+    from .forkserver import ForkServer
+    from .inspection import inspect
+    from .process import Process
+    from .spawning import Completed, run, spawn
+    from .spec import Spec
+    from .verification import verify
+
+
 def __getattr__(name):
     if name in _LAZY:
         import importlib

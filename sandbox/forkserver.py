@@ -36,6 +36,9 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     import socket
     import subprocess
+    from typing import Unpack
+
+    from .spawning import SpawnFields
 
 __all__ = ["ForkServer", "default", "shutdown_default"]
 
@@ -718,7 +721,7 @@ class ForkServer:
 
     # ------------------------------------------------------------------ spawn
     def spawn(self, target=None, *, stdin=None, stdout=None, stderr=None,
-              setup_timeout: "float | None" = None, **fields):
+              setup_timeout: "float | None" = None, **fields: Unpack[SpawnFields]):
         """As sandbox.spawn(), through the server: a Process once the target was
         exec'd; SpecError, SetupError (with .step) or ExecError otherwise."""
         import errno as _errno

@@ -30,8 +30,40 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any, TypedDict, Unpack
 
 from .errors import ExecError, SandboxError, SetupError, SpecError
+
+
+class SpawnFields(TypedDict, total=False):
+    """The spec fields spawn(), run() and ForkServer.spawn() take as keywords (the
+    spec's top-level keys, see README's spec table; `user`, `cgroup` and
+    `capabilities` also take the shorthands of build_spec).  Declared so that a type
+    checker catches a misspelt keyword; at run time the spec loader refuses it too."""
+    version: int
+    name: str
+    profile: str
+    argv: Any
+    env: Any
+    cwd: "str | None"
+    user: Any
+    capabilities: Any
+    securebits: Any
+    no_new_privs: bool
+    pdeathsig: Any
+    new_session: bool
+    seccomp: Any
+    namespaces: Any
+    hostname: str
+    mounts: Any
+    cgroup: Any
+    rlimits: Any
+    oom_score_adj: int
+    nice: int
+    pass_fds: Any
+    masked_paths: Any
+    readonly_paths: Any
+    readonly_root: bool
 
 __all__ = ["spawn", "run", "Completed", "build_spec", "resolve", "PIPE", "DEVNULL",
            "STDOUT", "DEFAULT_SETUP_TIMEOUT"]
@@ -90,7 +122,7 @@ def _caps_field(v):
 _FIELD_SUGAR = {"user": _user_field, "cgroup": _cgroup_field, "capabilities": _caps_field}
 
 
-def build_spec(target=None, **fields):
+def build_spec(target=None, **fields: Unpack[SpawnFields]):
     """A resolved Spec from spawn()'s arguments: a Spec, a spec dict, or an argv list
     plus spec fields as keywords (`user="svc"`, `cgroup="/wrapperd/svc"`,
     `capabilities=["CAP_NET_BIND_SERVICE"]` are shorthands)."""
@@ -118,7 +150,7 @@ def build_spec(target=None, **fields):
     return _merged(d)
 
 
-def _sugar(fields: dict) -> dict:
+def _sugar(fields: "SpawnFields | dict") -> dict:
     out = {}
     for k, v in fields.items():
         if v is None:
@@ -484,7 +516,7 @@ def _error_from_record(raw: bytes, status: "int | None", pid: int) -> SandboxErr
 
 def spawn(target=None, *, stdin=None, stdout=None, stderr=None,
           setup_timeout: "float | None" = DEFAULT_SETUP_TIMEOUT, python: "str | None" = None,
-          fast: bool = False, **fields):
+          fast: bool = False, **fields: Unpack[SpawnFields]):
     """Start a confined target; return its Process once the target has been exec'd.
 
     `target`: a sandbox.Spec, a spec dict, or an argv list with spec fields as keywords
@@ -610,7 +642,7 @@ class Completed:
 
 def run(target=None, *, input: "bytes | None" = None, capture_output: bool = False,
         timeout: "float | None" = None, check: bool = False, stdin=None, stdout=None,
-        stderr=None, **kw) -> Completed:
+        stderr=None, **kw: Any) -> Completed:
     """Like subprocess.run, through the shim: spawn, feed `input`, collect output, wait.
 
     On timeout the target (and its whole cgroup, if the spec has one) is killed and
