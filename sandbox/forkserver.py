@@ -28,7 +28,8 @@ from __future__ import annotations
 
 import os
 
-from .errors import ExecError, SandboxError, SetupError, SpecError
+from . import errors
+from .errors import EXIT_FAILURE, SandboxError, SetupError, SpecError
 
 # For type checkers only (mypy knows the name): the server imports lazily, and importing
 # typing for this would cost every fork-server start.
@@ -316,7 +317,7 @@ def _reaper_spare(chan: int) -> None:
     except BaseException:              # noqa: B036 -- the child must never return
         pass
     finally:
-        os._exit(125)
+        os._exit(EXIT_FAILURE)
 
 
 def _warm() -> None:
@@ -341,7 +342,7 @@ def _warm() -> None:
 
 def _spare(chan: int, kind: "str | None", reaper: int = -1) -> None:
     """reaper: with kind "pid", our end of the socket to the reaper above us."""
-    code = 125
+    code = EXIT_FAILURE
     try:
         import socket
         # Drop every fd of the server's (its socket, other requests' reply sockets and
@@ -419,7 +420,7 @@ def _child(fds: list, layout, premade: "str | None", reaper: int = -1) -> None:
     had, before this child was forked), run the steps.  premade: the pid namespace this
     child was born in (see _prefork); reaper: then, the socket to its reaper."""
     status = None
-    code = 125
+    code = EXIT_FAILURE
     try:
         from wrapperd import shim
 
@@ -474,7 +475,7 @@ def _child(fds: list, layout, premade: "str | None", reaper: int = -1) -> None:
             from wrapperd import planned
             code = planned.report(e, status)
         except BaseException:          # noqa: B036
-            code = 125
+            code = EXIT_FAILURE
     finally:
         os._exit(code)
 
@@ -732,15 +733,14 @@ class ForkServer:
 
         from . import plan as plan_mod
         from .process import Process
-        from .spawning import _cgroup_dirs, _error_from_record, _read_status, build_spec
+        from .spawning import _cgroup_dirs, _read_status, build_spec
         spec = build_spec(target, **fields)
         spec.check_runnable()
         try:
             payload = plan_mod.encode(shim.prepare(spec))
         except SandboxError as e:
             # Refused before anything ran; the exit status the shim would have given.
-            e.exit_status = (127 if e.errno == _errno.ENOENT else 126) \
-                if isinstance(e, ExecError) else 125
+            e.exit_status = errors.exit_code(e)
             e.pid = None
             raise
         if len(spec.pass_fds) > MAX_FDS - 6:
@@ -836,7 +836,7 @@ class ForkServer:
         if raw:
             status = child.wait()
             proc._cleanup_failed_setup()
-            raise _error_from_record(raw, status, pid)
+            raise errors.error_from_record(raw, status, pid)
         return proc
 
 

@@ -31,7 +31,7 @@ import os
 
 from . import _libc
 from ._record import frozen
-from .errors import SetupError, SpecError
+from .errors import EXIT_FAILURE, SetupError, SpecError
 from .fds import read_all
 
 __all__ = ["Prepared", "prepare", "apply", "fork_supervised", "FORWARDED_SIGNALS",
@@ -668,7 +668,7 @@ def _fork(reaper: bool, step: str = STEP, what: str = "pid: fork into the pid na
             except BlockingIOError:
                 gone = False
             if gone:
-                os._exit(125)       # the shim outside is gone: nobody to report to
+                os._exit(EXIT_FAILURE)   # the shim outside is gone: nobody to report to
         finally:
             os.close(alive_r)
     if reaper:
@@ -687,7 +687,7 @@ def _supervise(child: int, old_mask, pid_1: bool, keep: int = -1) -> "None":
     """Wait for child, forward signals to it, exit with its status.  As pid 1 of the
     namespace, also reap every orphan reparented to us.  keep: the one fd to hold (the
     write end of the reaper's is-the-shim-alive pipe, see _fork)."""
-    code = 125
+    code = EXIT_FAILURE
     try:
         # Hold nothing the target should not have: an open pipe end here would keep the
         # caller from seeing EOF (on the status fd, on the target's stdout).

@@ -23,7 +23,6 @@ another thread at the same moment never holds them (which would delay the EOF).
 from __future__ import annotations
 
 import errno as _errno
-import json
 import os
 import stat
 import subprocess
@@ -32,7 +31,7 @@ import threading
 import time
 from typing import Any, TypedDict, Unpack
 
-from .errors import ExecError, SandboxError, SetupError, SpecError
+from .errors import SandboxError, SetupError, error_from_record
 
 
 class SpawnFields(TypedDict, total=False):
@@ -486,34 +485,6 @@ def _read_status(fd: int, deadline: "float | None") -> bytes:
             return b"".join(chunks)
 
 
-def _error_from_record(raw: bytes, status: "int | None", pid: int) -> SandboxError:
-    rec = None
-    for line in raw.decode("utf-8", "replace").splitlines():
-        try:
-            cand = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(cand, dict) and "step" in cand:
-            rec = cand            # unknown keys are ignored; the last record wins
-    err: SandboxError
-    if rec is None:
-        err = SetupError("spawn", 0, f"wrapperd wrote an unreadable status record "
-                                     f"{raw[:200]!r} (exit status {status})")
-    else:
-        step = str(rec.get("step") or "internal")
-        num = rec.get("errno") if isinstance(rec.get("errno"), int) else 0
-        msg = str(rec.get("message") or "")
-        if step == "spec":
-            err = SpecError(msg)
-        elif step == "exec":
-            err = ExecError(num, msg)
-        else:
-            err = SetupError(step, num, msg)
-    err.exit_status = status     # the shim's: 125 setup, 126/127 exec
-    err.pid = pid                 # the shim's pid, already reaped
-    return err
-
-
 def spawn(target=None, *, stdin=None, stdout=None, stderr=None,
           setup_timeout: "float | None" = DEFAULT_SETUP_TIMEOUT, python: "str | None" = None,
           fast: bool = False, **fields: Unpack[SpawnFields]):
@@ -613,7 +584,7 @@ def spawn(target=None, *, stdin=None, stdout=None, stderr=None,
     if raw:
         status = popen.wait()           # the shim exits right after writing: reap it
         proc._cleanup_failed_setup()
-        raise _error_from_record(raw, status, popen.pid)
+        raise error_from_record(raw, status, popen.pid)
     return proc
 
 

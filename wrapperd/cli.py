@@ -11,13 +11,9 @@ import argparse
 import os
 import sys
 
-from sandbox.errors import SandboxError, SetupError, SpecError
+from sandbox.errors import EXIT_FAILURE, SandboxError, SetupError, SpecError
 from sandbox.fds import read_all
 from wrapperd.planned import report
-
-EXIT_FAILURE = 125
-EXIT_CANNOT_EXEC = 126
-EXIT_NOT_FOUND = 127
 
 USAGE = """wrapperd [--spec PATH | --spec - | --spec-fd N] [--profile NAME] [--status-fd N]
                 [--name NAME] [--dropped-caps CAP,...] [--cgroup-path PATH]

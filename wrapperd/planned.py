@@ -17,10 +17,15 @@ from __future__ import annotations
 import os
 import sys
 
-from sandbox.errors import ExecError, SandboxError, SetupError, SpecError
+from sandbox.errors import (
+    EXIT_FAILURE,
+    SandboxError,
+    SetupError,
+    SpecError,
+    exit_code,
+    status_record,
+)
 from sandbox.fds import read_all
-
-EXIT_FAILURE = 125
 
 # What `python -I -S -c LEAN_BOOT PATHS --plan-fd N --status-fd M` runs.  PATHS (the
 # directory holding the sandbox and wrapperd packages the caller itself uses, then its
@@ -51,26 +56,18 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
-def _json_str(s: str) -> str:
-    import _json  # builtin C module, loaded by the plan decoder already
-    return _json.encode_basestring_ascii(s)
-
-
 def report(err: BaseException, status_fd: "int | None") -> int:
     """One status record and one stderr line; the exit code.  Imports nothing new."""
     if not isinstance(err, SandboxError):
         err = SetupError("internal", 0, f"{type(err).__name__}: {err}")
-    step = getattr(err, "step", "spec")
-    errno = getattr(err, "errno", 0) or 0
-    message = getattr(err, "message", str(err))
     if status_fd is not None:
-        rec = f'{{"step": {_json_str(step)}, "errno": {int(errno)}, ' \
-              f'"message": {_json_str(message)}}}\n'
         try:
-            os.write(status_fd, rec.encode())
+            os.write(status_fd, status_record(err))
         except OSError:
             pass
-    line = f"wrapperd: {step}: {message}"
+    step = getattr(err, "step", "spec")
+    errno = getattr(err, "errno", 0) or 0
+    line = f"wrapperd: {step}: {getattr(err, 'message', str(err))}"
     if errno:
         line += f": {os.strerror(errno)}"
     line = "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
@@ -78,9 +75,7 @@ def report(err: BaseException, status_fd: "int | None") -> int:
         os.write(2, line.encode("utf-8", "backslashreplace") + b"\n")
     except OSError:
         pass
-    if isinstance(err, ExecError):
-        return 127 if errno == 2 else 126
-    return EXIT_FAILURE
+    return exit_code(err)
 
 
 USAGE = "usage: wrapperd --plan-fd N [--status-fd M] [--parent-pid P] [--in-new-pidns]"
