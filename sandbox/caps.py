@@ -89,26 +89,12 @@ def last_cap() -> int:
 def _status_masks() -> "tuple[int, int] | None":
     """(bounding, ambient) as the kernel reports them in /proc/self/status: one read
     instead of a prctl per capability.  None where /proc is not there to read."""
+    from . import procfs
     try:
-        fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+        st = procfs.status()
+        return int(st["CapBnd"], 16), int(st["CapAmb"], 16)
+    except (OSError, KeyError, ValueError):
         return None
-    try:
-        text = os.read(fd, 1 << 16)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    got = {}
-    for line in text.split(b"\n"):
-        if line.startswith((b"CapBnd:", b"CapAmb:")):
-            try:
-                got[line[:6]] = int(line[7:], 16)
-            except ValueError:
-                return None
-    if len(got) != 2:
-        return None
-    return got[b"CapBnd"], got[b"CapAmb"]
 
 
 def bounding_set() -> int:

@@ -34,44 +34,27 @@ class Hierarchy:
     controllers: tuple    # v1: the controllers bound to this mount; v2: ()
 
 
-def _unescape(s: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo
-    out, i = [], 0
-    while i < len(s):
-        if s[i] == "\\" and i + 3 < len(s) + 1 and s[i + 1:i + 4].isdigit():
-            out.append(chr(int(s[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(s[i])
-            i += 1
-    return "".join(out)
-
-
 def hierarchies(mountinfo: str = "/proc/self/mountinfo",
                 named: bool = False) -> "list[Hierarchy]":
     """Every cgroup hierarchy mounted here; with named, the v1 hierarchies without a
     controller too (mounted with name=X, such as name=systemd), as controllers
     ('name=X',)."""
+    from . import procfs
     found: dict = {}
-    with open(mountinfo) as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields = left.split()
-            fstype, _src, superopts = (right.split() + ["", "", ""])[:3]
-            if fields[3] != "/":
-                continue      # a bind of a sub-cgroup, not the hierarchy's root
-            mnt = _unescape(fields[4])
-            if fstype == "cgroup2":
-                found.setdefault(("v2",), Hierarchy(2, mnt, ()))
-            elif fstype == "cgroup":
-                ctrls = tuple(o for o in superopts.split(",") if o in V1_CONTROLLERS)
-                if ctrls:
-                    found.setdefault(ctrls, Hierarchy(1, mnt, ctrls))
-                elif named:
-                    name = next((o for o in superopts.split(",") if o.startswith("name=")),
-                                None)
-                    if name:
-                        found.setdefault((name,), Hierarchy(1, mnt, (name,)))
+    for m in procfs.mountinfo(path=mountinfo):
+        if m.root != "/":
+            continue          # a bind of a sub-cgroup, not the hierarchy's root
+        opts = m.super_options.split(",")
+        if m.fstype == "cgroup2":
+            found.setdefault(("v2",), Hierarchy(2, m.mount_point, ()))
+        elif m.fstype == "cgroup":
+            ctrls = tuple(o for o in opts if o in V1_CONTROLLERS)
+            if ctrls:
+                found.setdefault(ctrls, Hierarchy(1, m.mount_point, ctrls))
+            elif named:
+                name = next((o for o in opts if o.startswith("name=")), None)
+                if name:
+                    found.setdefault((name,), Hierarchy(1, m.mount_point, (name,)))
     return list(found.values())
 
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import os
 
+from . import procfs
 from ._record import frozen
 from .errors import SetupError, SpecError
 
@@ -98,11 +99,7 @@ def _outside_owner(uid: int) -> bool:
     the owner of a directory on the way (never of the registry itself, which must be
     our own root's).  The host's user namespace maps every id: there, never."""
     try:
-        with open("/proc/self/uid_map") as f:
-            if f.read().split() == ["0", "0", "4294967295"]:
-                return False
-        with open("/proc/sys/kernel/overflowuid") as f:
-            return uid == int(f.read())
+        return not procfs.in_initial_user_ns() and uid == procfs.overflow_uid()
     except (OSError, ValueError):
         return False
 
@@ -161,8 +158,7 @@ def _open_dir(path: str, create: bool) -> int:
 
 def _start_time(pid) -> "int | None":
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[19])    # field 22
+        return procfs.start_time(pid)
     except (OSError, IndexError, ValueError):
         return None
 
@@ -236,13 +232,9 @@ def _ids_in_use() -> set:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/status", "rb") as f:
-                for line in f:
-                    if line.startswith((b"Uid:", b"Gid:")):
-                        used.update(int(x) for x in line.split()[1:])
-                        if line.startswith(b"Gid:"):
-                            break
-        except (OSError, ValueError):
+            st = procfs.status(entry)
+            used.update(int(x) for x in st["Uid"].split() + st["Gid"].split())
+        except (OSError, ValueError, KeyError):
             continue            # gone meanwhile
     return used
 

@@ -252,10 +252,8 @@ def _spec_facts(spec) -> _Facts:
 
 
 def _map_id(maps, inside: int) -> "int | None":
-    for m in maps:
-        if m.inside <= inside < m.inside + m.count:
-            return m.outside + inside - m.inside
-    return None
+    from .procfs import to_outside
+    return to_outside([(m.inside, m.outside, m.count) for m in maps], inside)
 
 
 def _cgroup_limits(info: dict) -> "tuple[bool, bool, str | None]":

@@ -13,19 +13,12 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["inspect", "read_status", "read_limits", "NAMESPACES"]
+from . import procfs
+
+__all__ = ["inspect", "read_limits", "NAMESPACES"]
 
 NAMESPACES = ("cgroup", "ipc", "mnt", "net", "pid", "time", "user", "uts")
 SECCOMP_MODES = {0: "disabled", 1: "strict", 2: "filter"}
-
-
-def read_status(pid="self") -> dict:
-    out = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            k, _, v = line.partition(":")
-            out[k] = v.strip()
-    return out
 
 
 def read_limits(pid="self") -> dict:
@@ -61,7 +54,7 @@ def _ns(pid) -> "dict[str, str | None]":
 def inspect(pid) -> dict:
     """The process's privilege state, as plain data (JSON-ready)."""
     from . import caps
-    st = read_status(pid)
+    st = procfs.status(pid)
     ids = lambda key: [int(x) for x in st[key].split()]   # noqa: E731
     capsets = {name: caps.names(int(st["Cap" + short], 16)) for name, short in
                (("inheritable", "Inh"), ("permitted", "Prm"), ("effective", "Eff"),
@@ -75,8 +68,7 @@ def inspect(pid) -> dict:
     except OSError:
         oom = None
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            nice = int(f.read().rsplit(")", 1)[1].split()[16])
+        nice = int(procfs.stat(pid)[18])                  # field 19
     except (OSError, IndexError, ValueError):
         nice = None
     try:

@@ -558,13 +558,8 @@ def _names(ms_flags: int) -> str:
 
 
 def _submounts(path: str) -> list:
-    """Mount points strictly under path, from /proc/self/mountinfo (octal escapes)."""
+    """Mount points strictly under path, from /proc/self/mountinfo."""
+    from . import procfs
     prefix = path.rstrip("/") + "/"
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            point = line.split()[4]
-            point = point.encode().decode("unicode_escape")
-            if point.startswith(prefix):
-                out.append(point)
-    return out
+    return [m.mount_point for m in procfs.mountinfo()
+            if m.mount_point.startswith(prefix)]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import _signal as signal
 import os
 
-from . import _libc
+from . import _libc, procfs
 from ._record import frozen
 from .errors import EXIT_FAILURE, SetupError, SpecError
 from .fds import read_all
@@ -113,11 +113,7 @@ def _inside(ranges, i: int) -> bool:
     return any(inside <= i < inside + count for inside, _o, count in ranges)
 
 
-def _to_inside(ranges, outside_id: int) -> "int | None":
-    for inside, outside, count in ranges:
-        if outside <= outside_id < outside + count:
-            return inside + outside_id - outside
-    return None
+_to_inside = procfs.to_inside
 
 
 def _check_ranges(ranges, path: str) -> None:
@@ -300,12 +296,9 @@ REAPER_JOINS = ("mount", "net", "ipc", "uts", "cgroup")
 def parent_pid_in_proc() -> int:
     """Our parent's pid as /proc names it (PPid: in /proc/self/status): in a pid
     namespace made ahead, getppid() says 1 but /proc is still the caller's."""
-    with open("/proc/self/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"PPid:"):
-                pid = int(line.split()[1])
-                if pid > 0:
-                    return pid
+    pid = int(procfs.status().get("PPid", "0"))
+    if pid > 0:
+        return pid
     raise SetupError(STEP, 0, "no parent pid in /proc/self/status")
 
 

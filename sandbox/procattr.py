@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from . import _libc
+from . import _libc, procfs
 from .errors import SetupError
 
 __all__ = ["set_oom_score_adj", "set_nice", "new_session", "set_pdeathsig",
@@ -107,10 +107,9 @@ def erase_environment(step: str) -> None:
     (/proc/self/stat shows them to this process; the brk, which it does not, comes
     from sbrk(0)).  os.environ, the interpreter's copy, is emptied too."""
     try:
-        with open("/proc/self/stat", "rb") as f:
-            rest = f.read().rsplit(b")", 1)[1].split()
-        # stat(5) numbers the fields from 1, pid and comm before the split.
-        stat = {n: int(rest[n - 3]) for n in (26, 27, 28, 45, 46, 47, 48, 49, 50, 51)}
+        fields = procfs.stat()
+        # proc(5) numbers the fields from 1.
+        stat = {n: int(fields[n - 1]) for n in (26, 27, 28, 45, 46, 47, 48, 49, 50, 51)}
     except (OSError, IndexError, ValueError) as e:
         raise SetupError(step, getattr(e, "errno", 0) or 0,
                          "read /proc/self/stat to erase the environment a supervising "

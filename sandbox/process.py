@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 
+from . import procfs
 from .errors import SandboxError
 
 __all__ = ["Process"]
@@ -329,9 +330,8 @@ def _children(pid: int) -> "list[int]":
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
-                with open(f"/proc/{d}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        out.append(int(d))
+                if procfs.ppid(d) == pid:
+                    out.append(int(d))
             except (OSError, IndexError, ValueError):
                 continue
     return out
@@ -345,8 +345,7 @@ def _chain(top: int, target: int) -> "list[int]":
         if cur == top:
             return out[::-1]
         try:
-            with open(f"/proc/{cur}/stat") as f:
-                cur = int(f.read().rsplit(")", 1)[1].split()[1])
+            cur = procfs.ppid(cur)
         except (OSError, IndexError, ValueError):
             break
         out.append(cur)

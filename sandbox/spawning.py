@@ -231,12 +231,10 @@ def _trusted_uids() -> set:
     /var/tmp of the host's root -- shows as that uid, and cannot be told apart; such a
     caller holds no more than its host uid, which is all a link could reach."""
     uids = {0, os.geteuid()}
+    from . import procfs
     try:
-        with open("/proc/self/uid_map") as f:
-            initial = f.read().split() == ["0", "0", "4294967295"]
-        if not initial:
-            with open("/proc/sys/kernel/overflowuid") as f:
-                uids.add(int(f.read()))
+        if not procfs.in_initial_user_ns():
+            uids.add(procfs.overflow_uid())
     except (OSError, ValueError):
         pass
     return uids

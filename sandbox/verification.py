@@ -24,6 +24,8 @@ from typing import Any
 
 import attrs
 
+from . import procfs
+
 __all__ = ["Difference", "verify", "expected"]
 
 CAP_SETS = ("bounding", "inheritable", "ambient", "permitted", "effective")
@@ -40,8 +42,8 @@ class Difference:
 
 
 def _seccomp_state() -> "tuple[str, int]":
-    from .inspection import SECCOMP_MODES, read_status
-    st = read_status("self")
+    from .inspection import SECCOMP_MODES
+    st = procfs.status("self")
     return (SECCOMP_MODES.get(int(st.get("Seccomp", "0")), "unknown"),
             int(st.get("Seccomp_filters", "0")))
 
@@ -141,16 +143,11 @@ def _spec_maps(spec, nsp) -> "tuple[tuple, tuple]":
     return nsp.uid_map, nsp.gid_map
 
 
-def _outside(idmap, inside: int) -> "int | None":
-    for first, outside, count in idmap:
-        if first <= inside < first + count:
-            return outside + inside - first
-    return None
+_outside = procfs.to_outside
 
 
 def _own_nnp() -> bool:
-    from .inspection import read_status
-    return read_status("self").get("NoNewPrivs") == "1"
+    return procfs.status("self").get("NoNewPrivs") == "1"
 
 
 def _cg_key(h) -> str:

@@ -70,8 +70,8 @@ def test_verify_is_empty_for_each_shipped_profile(name, cgroup_root):
 
 
 def _own_nnp() -> bool:
-    from sandbox.inspection import read_status
-    return read_status("self")["NoNewPrivs"] == "1"
+    from sandbox import procfs
+    return procfs.status("self")["NoNewPrivs"] == "1"
 
 
 @pytest.mark.parametrize("name", shipped_profiles())
