@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 
 from . import procfs
-from ._record import frozen
+from ._record import field, frozen
 from .errors import SetupError, SpecError
 
 __all__ = ["Prepared", "prepare", "apply", "lookup", "registry_dir", "DYNAMIC_RANGE",
@@ -52,10 +52,13 @@ LOCK = "lock"
 class Prepared:
     name: "str | None"           # the spec's name; None: a fresh id for this run
     user_ns: bool                # the id stands for the one id mapped in a new user ns
+    suid_filter: bytes = field(repr=lambda b: f"<{len(b) // 8} BPF instructions>",
+                               default=b"")   # seccomp.restrict_suid_sgid, loaded too
 
 
-def prepare(spec) -> "Prepared | None":
-    """Check that the spec's dynamic user can be honoured; no side effects."""
+def prepare(spec, suid_filter: bytes = b"") -> "Prepared | None":
+    """Check that the spec's dynamic user can be honoured; no side effects.
+    suid_filter: the program the seccomp step loads for it (restrict_suid_sgid)."""
     user = spec.user
     if user is None or not user.dynamic:
         return None
@@ -76,7 +79,7 @@ def prepare(spec) -> "Prepared | None":
                 raise SpecError("with dynamic: true, a user namespace maps exactly one id "
                                 "(count 1), which the dynamic id stands for outside",
                                 f"namespaces.user.{k}")
-    return Prepared(name=spec.name, user_ns=userns is not False)
+    return Prepared(name=spec.name, user_ns=userns is not False, suid_filter=suid_filter)
 
 
 def inside_ids(namespaces) -> "tuple[int, int]":
@@ -226,14 +229,16 @@ def _write_record(dfd: int, uid: int, name, holders) -> None:
 
 
 def _ids_in_use() -> set:
-    """Every uid and gid some process runs with (real, effective, saved, fs)."""
+    """Every uid and gid some process runs with (real, effective, saved, fs) or holds
+    as a supplementary group: any of them reaches files of that id."""
     used: "set[int]" = set()
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             st = procfs.status(entry)
-            used.update(int(x) for x in st["Uid"].split() + st["Gid"].split())
+            used.update(int(x) for x in
+                        st["Uid"].split() + st["Gid"].split() + st["Groups"].split())
         except (OSError, ValueError, KeyError):
             continue            # gone meanwhile
     return used

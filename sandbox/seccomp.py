@@ -612,6 +612,64 @@ def _export(flt) -> bytes:
         os.close(fd)
 
 
+# ------------------------------------------------------------ restrict_suid_sgid
+# A dynamic user's id is handed to another sandbox once released; a setuid or setgid
+# file it left behind would then run as that other sandbox (no_new_privs only protects
+# the sandbox itself, not whoever runs the file later).  As systemd's DynamicUser=
+# implies RestrictSUIDSGID=, a dynamic user gets a filter of its own, loaded besides the
+# spec's (the kernel applies the stricter result of every filter), that refuses to make
+# such a file: chmod and friends with S_ISUID or S_ISGID, and creating a file with
+# either bit.  openat2 (its mode is inside a struct no filter can read) is ENOSYS, what
+# libc falls back from; io_uring (whose opens no filter sees) is EPERM.
+
+_S_ISUID, _S_ISGID = 0o4000, 0o2000
+# (syscall, index of the mode argument, index of the flags argument or None)
+_SUID_CALLS = (("chmod", 1, None), ("fchmod", 1, None), ("fchmodat", 2, None),
+               ("fchmodat2", 2, None), ("creat", 1, None), ("mknod", 1, None),
+               ("mknodat", 2, None), ("open", 2, 1), ("openat", 3, 2))
+
+
+def suid_sgid_entries() -> "list[_Entry]":
+    from .spec import SeccompArg
+    where = "user.dynamic (restrict_suid_sgid)"
+    out = []
+    for name, mode_i, flags_i in _SUID_CALLS:
+        for bit in (_S_ISUID, _S_ISGID):
+            mode = SeccompArg(mode_i, "masked_eq", bit, bit)
+            if flags_i is None:
+                out.append(_Entry(name, "errno:EPERM", (mode,), where))
+                continue
+            # A mode only counts when the call creates: O_CREAT, or O_TMPFILE.
+            for creates in (os.O_CREAT, getattr(os, "O_TMPFILE", 0o20200000)):
+                flags = SeccompArg(flags_i, "masked_eq", creates, creates)
+                out.append(_Entry(name, "errno:EPERM", (flags, mode), where))
+    out.append(_Entry("openat2", "errno:ENOSYS", (), where))
+    out += [_Entry(n, "errno:EPERM", (), where)
+            for n in ("io_uring_setup", "io_uring_enter", "io_uring_register")]
+    return out
+
+
+def restrict_suid_sgid(architectures=("native",)) -> bytes:
+    """The program (see above), for the ABIs the spec's own filter lets through (any
+    other ABI is killed, as by every filter here)."""
+    arches = tuple(resolve_arch(a) for a in architectures)
+    key = ("restrict_suid_sgid", arches)
+    hit = _MEMO.get(key)
+    if hit is None:
+        hit = _compile("allow", arches, suid_sgid_entries())
+        _MEMO[key] = hit
+    return hit[0]
+
+
+def load_program(program: bytes, what: str) -> None:
+    """Load one more filter (see restrict_suid_sgid)."""
+    try:
+        _libc.seccomp_load_bpf(program)
+    except OSError as e:
+        raise SetupError("seccomp", e.errno or 0,
+                         f"load the {what} filter ({len(program) // 8} instructions)") from None
+
+
 def apply(p: Prepared) -> None:
     """Load the program.  Needs no_new_privs (or CAP_SYS_ADMIN): the shim sets it first."""
     try:

@@ -96,13 +96,19 @@ def _own_dynamic_user_registry():
     shutil.rmtree(d, ignore_errors=True)
 
 
+def host_dir_root() -> str:
+    """Where tests make directories that sandboxes must see on the host: not /tmp,
+    /var/tmp or /dev/shm, which `service` and up make private.  /var/lib, or in the
+    rootless run a directory tests/rootless/run made for the user
+    (WRAPPERD_TEST_HOST_DIR)."""
+    return os.environ.get("WRAPPERD_TEST_HOST_DIR") or "/var/lib"
+
+
 @pytest.fixture(scope="session")
 def shared_dir():
-    """A directory every uid can read and traverse (the work tree may be under /root).
-    Under /var/tmp, not /tmp: profiles with a private /tmp (service and up) would hide
-    the probe."""
-    d = tempfile.mkdtemp(prefix="wrapperd-test-",
-                         dir="/var/tmp" if os.path.isdir("/var/tmp") else None)
+    """A directory every uid can read and traverse (the work tree may be under /root),
+    where the probe is (see host_dir_root)."""
+    d = tempfile.mkdtemp(prefix="wrapperd-test-", dir=host_dir_root())
     os.chmod(d, 0o755)
     shutil.copy(os.path.join(HERE, "probe.py"), os.path.join(d, "probe.py"))
     os.chmod(os.path.join(d, "probe.py"), 0o644)

@@ -42,9 +42,6 @@ def prepare(spec) -> Plan:
         from sandbox import cgroups
         plan.cgroup = cgroups.prepare(spec.cgroup)
     from sandbox import caps, creds
-    if spec.user is not None and spec.user.dynamic:
-        from sandbox import dynamicuser
-        plan.dynamic_user = dynamicuser.prepare(spec)    # allocated by its step, not here
     plan.creds = creds.prepare(spec.user, spec.securebits, spec.namespaces)
     # namespaces also for the session step, which may fork with its supervisor.
     from sandbox import mounts, namespaces
@@ -66,6 +63,17 @@ def prepare(spec) -> Plan:
         from sandbox import seccomp
         plan.seccomp = seccomp.prepare(spec.seccomp, plan.caps)   # compiled here, loaded last
         seccomp.check_execve(plan.seccomp.program)    # SIGSYS in execve: no status record
+    if spec.user is not None and spec.user.dynamic:
+        from sandbox import dynamicuser, seccomp
+        # Its own filter (see seccomp.restrict_suid_sgid) needs what the spec's does.
+        if not spec.no_new_privs and not plan.caps.permitted >> caps.cap_number(
+                "CAP_SYS_ADMIN") & 1:
+            raise SpecError("a dynamic user needs no_new_privs: true (it loads a filter "
+                            "that keeps setuid and setgid bits off its files)",
+                            "no_new_privs")
+        arches = plan.seccomp.architectures if plan.seccomp is not None else ("native",)
+        plan.dynamic_user = dynamicuser.prepare(      # allocated by its step, not here
+            spec, seccomp.restrict_suid_sgid(arches))
     plan.executable = find_executable(spec.argv[0], spec.env.get("PATH", DEFAULT_PATH))
     return plan
 
@@ -86,7 +94,7 @@ def import_step_modules(plan: Plan) -> None:
         from sandbox import creds  # noqa: F401
     if plan.dynamic_user is not None:
         from sandbox import dynamicuser  # noqa: F401
-    if plan.seccomp is not None:
+    if plan.seccomp is not None or plan.dynamic_user is not None:
         from sandbox import seccomp  # noqa: F401
 
 
@@ -265,6 +273,9 @@ def _signals(plan):
 
 
 def _seccomp(plan):
+    if plan.dynamic_user is not None:
+        from sandbox import seccomp
+        seccomp.load_program(plan.dynamic_user.suid_filter, "restrict_suid_sgid")
     if plan.seccomp is not None:
         from sandbox import seccomp
         seccomp.apply(plan.seccomp)

@@ -5,7 +5,7 @@ import uuid
 import pytest
 
 from sandbox import mounts
-from tests.conftest import skip_or_fail
+from tests.conftest import host_dir_root, skip_or_fail
 
 
 @pytest.fixture(autouse=True)
@@ -16,10 +16,10 @@ def _need_root():
 
 @pytest.fixture
 def host_tmpfs():
-    """A tmpfs of our own, mounted on the host at a unique directory under /var/tmp
-    (mode 1777: any uid may write there unless the mount is read-only); unmounted and
+    """A tmpfs of our own, mounted on the host at a unique directory (host_dir_root;
+    mode 1777: any uid may write there unless the mount is read-only); unmounted and
     removed after, even when the test fails."""
-    d = f"/var/tmp/wrapperd-test-{uuid.uuid4().hex[:10]}"
+    d = f"{host_dir_root()}/wrapperd-test-{uuid.uuid4().hex[:10]}"
     os.mkdir(d, 0o755)
     try:
         mounts.mount("tmpfs", d, "tmpfs", 0, "size=1m,mode=1777")

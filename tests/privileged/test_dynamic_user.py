@@ -274,6 +274,23 @@ def test_an_id_some_process_runs_with_is_skipped(probe, server, cgroup_root):
         holder.wait()
 
 
+def test_an_id_some_process_holds_as_a_group_is_skipped(probe, server, cgroup_root):
+    # A supplementary group reaches the id's files as well as a uid does.
+    name = f"dyn-grp-{uuid.uuid4().hex[:8]}"
+    busy = dynamicuser.first_candidate(name)
+    holder = subprocess.Popen(["/bin/sleep", "60"], user=4245, group=4245,
+                              extra_groups=[busy])
+    try:
+        with open(f"/proc/{holder.pid}/status") as f:
+            assert str(busy) in next(ln for ln in f if ln.startswith("Groups:")).split()
+        spec = _spec(probe, "service", name, cgroup_root, "sleep:60", token=_token())
+        with _running("wrapperd", spec, server) as pid:
+            assert _assert_dynamic(pid) != busy
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_a_spec_uid_beats_the_profile_dynamic_user(probe, server, cgroup_root):
     spec = _spec(probe, "service", f"dyn-fixed-{uuid.uuid4().hex[:8]}", cgroup_root,
                  "sleep:60", token=_token())

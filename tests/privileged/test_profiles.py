@@ -156,7 +156,7 @@ def test_strict_root_is_read_only_and_has_no_network(probe, cg_root, shared_dir)
             os.unlink(path)
 
 
-@pytest.mark.parametrize("name", ["strict", "untrusted", "service"])   # service: control
+@pytest.mark.parametrize("name", ["strict", "untrusted", "service", "default"])
 def test_host_mounts_read_only_and_dev_shm_private(name, probe, cg_root, host_tmpfs,
                                                    host_shm):
     # A tmpfs of the host's and its /dev/shm are mounts below /: under `strict` and
@@ -169,10 +169,15 @@ def test_host_mounts_read_only_and_dev_shm_private(name, probe, cg_root, host_tm
                                      f"openw:{victim}", f"touch:{new}", "touch:/tmp/x")
     a = report["actions"]
     assert a["touch:/tmp/x"] == "ok"                            # its own /tmp, writable
-    if name == "service":
+    if name == "default":                   # the control: the host's mounts, writable
         assert a[f"touch:{host_tmpfs}/x"] == a[f"openw:{victim}"] == a[f"touch:{new}"] \
             == "ok"
         assert os.listdir(host_tmpfs) == ["x"] and os.path.exists(new)
+        return
+    if name == "service":                   # host mounts writable, but its own /dev/shm
+        assert a[f"touch:{host_tmpfs}/x"] == "ok"
+        assert a[f"openw:{victim}"] == "ENOENT" and a[f"touch:{new}"] == "ok"
+        assert not os.path.lexists(new)
         return
     assert a[f"touch:{host_tmpfs}/x"] == "EROFS"
     assert a[f"openw:{victim}"] == "ENOENT"             # not in the target's /dev/shm
@@ -184,8 +189,8 @@ def test_host_mounts_read_only_and_dev_shm_private(name, probe, cg_root, host_tm
     # Every mount in the target's table is read-only but those the profile makes (and
     # a `dev` mount's device nodes, bound one by one: writing a device needs no rw mount).
     own = {"/tmp", "/dev/shm", "/proc"}
-    if name == "strict":
-        own |= {"/dev", "/dev/pts"} | {f"/dev/{n}" for n in mounts.DEV_NODES}
+    if name == "strict":    # and service's private /var/tmp (untrusted replaces the list)
+        own |= {"/var/tmp", "/dev", "/dev/pts"} | {f"/dev/{n}" for n in mounts.DEV_NODES}
     writable = {ln[4] for ln in host["mountinfo"] if "ro" not in ln[5].split(",")}
     assert writable == own
     # The /dev/shm on top (the last mounted there): a 64 MiB tmpfs, nosuid,nodev,noexec.

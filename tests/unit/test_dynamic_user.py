@@ -67,7 +67,9 @@ def test_dynamic_with_a_joined_user_namespace_or_wide_maps_is_refused():
 def test_the_plan_carries_the_dynamic_user_and_an_unallocated_identity():
     from wrapperd import shim
     p = shim.prepare(build_spec({"argv": ARGV, "name": "web", "user": {"dynamic": True}}))
-    assert p.dynamic_user == dynamicuser.Prepared(name="web", user_ns=False)
+    from sandbox import seccomp
+    assert p.dynamic_user == dynamicuser.Prepared(
+        name="web", user_ns=False, suid_filter=seccomp.restrict_suid_sgid())
     assert p.creds.uid == p.creds.gid == -1 and p.creds.groups == ()
     back = plan.decode(plan.encode(p))
     assert back.dynamic_user == p.dynamic_user and back.creds == p.creds
@@ -114,3 +116,30 @@ def test_registry_must_be_a_root_owned_0700_directory(tmp_path, monkeypatch):
     fresh = tmp_path / "a" / "b"
     os.close(dynamicuser._open_dir(str(fresh), create=True))
     assert stat.S_IMODE(os.stat(fresh).st_mode) == 0o700
+
+
+def test_the_suid_filter_refuses_special_bits_and_nothing_else():
+    # The program itself, run as the kernel would (seccomp.evaluate).
+    from sandbox import seccomp
+    prog = seccomp.restrict_suid_sgid()
+    arch = seccomp.native_arch()
+
+    def verdict(name, *args):
+        import pyseccomp
+        nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+        return seccomp.action_name(seccomp.evaluate(prog, nr, arch, args))
+    assert verdict("chmod", 0, 0o4755) == verdict("fchmodat", 0, 0, 0o2700) == "errno:1"
+    assert verdict("chmod", 0, 0o755) == verdict("fchmod", 3, 0o1777) == "allow"
+    assert verdict("openat", 0, 0, os.O_CREAT | os.O_WRONLY, 0o4755) == "errno:1"
+    assert verdict("openat", 0, 0, os.O_RDONLY, 0o4755) == "allow"     # no creation
+    assert verdict("openat", 0, 0, os.O_CREAT, 0o644) == "allow"
+    assert verdict("openat2", 0, 0, 0, 24) == "errno:38"
+    assert verdict("io_uring_setup", 1, 0) == "errno:1"
+
+
+def test_a_dynamic_user_without_no_new_privs_is_refused():
+    from wrapperd import shim
+    with pytest.raises(SpecError) as e:
+        shim.prepare(build_spec({"argv": ARGV, "user": {"dynamic": True},
+                                 "no_new_privs": False}))
+    assert e.value.path == "no_new_privs"

@@ -41,7 +41,8 @@ def test_chain_and_inherited_fields():
     assert r["rlimits"] == {"CORE": [0, 0], "NOFILE": [256, 256], "MEMLOCK": [65536, 65536],
                             "MSGQUEUE": [0, 0]}
     assert [m["destination"] for m in r["mounts"]] == ["/tmp", "/dev/shm"]  # merge: replace
-    assert [m["destination"] for m in profile.resolve("strict")["mounts"]] == ["/tmp", "/dev"]
+    assert [m["destination"] for m in profile.resolve("strict")["mounts"]] == \
+        ["/tmp", "/var/tmp", "/dev/shm", "/dev"]
     n = profile.resolve("network-service")
     assert n["capabilities"] == {"keep": ["CAP_NET_BIND_SERVICE"],
                                  "ambient": ["CAP_NET_BIND_SERVICE"]}
@@ -106,7 +107,8 @@ def test_spec_beats_the_profile_and_null_is_unset():
     assert d["readonly_root"] is False                   # a scalar the spec sets wins
     assert d["seccomp"] == {"profile": "strict"}         # null: the profile's stays
     assert d["user"]["uid"] == 1000 and d["user"]["umask"] == "0027"
-    assert [m["destination"] for m in d["mounts"]] == ["/tmp", "/dev", "/srv"]
+    assert [m["destination"] for m in d["mounts"]] == \
+        ["/tmp", "/var/tmp", "/dev/shm", "/dev", "/srv"]
     assert d["masked_paths"] == profile.resolve("strict")["masked_paths"]
 
 
