@@ -310,3 +310,16 @@ def test_the_status_record_has_the_documented_members(tmp_path):
     section = read("docs/wrapperd.md").split("## THE STATUS RECORD", 1)[1]
     example = FENCE.search(section).group(3).splitlines()
     assert all(set(json.loads(line)) == set(real) for line in example)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/profiles.md"])
+def test_the_profile_scores_quoted_are_what_exposure_says(doc):
+    from sandbox import exposure
+    text = " ".join(read(doc).split())
+    quoted = text.split("By exposure score: ", 1)[1].split(". ", 1)[0]
+    pairs = re.findall(r"([\w-]+(?: and [\w-]+)?) (\d+\.\d)", quoted)
+    assert len(pairs) == 5, quoted
+    for names, score in pairs:
+        for name in names.split(" and "):
+            spec = Spec.from_dict(profile_mod.apply_profile({"name": name}, name))
+            assert f"{exposure.of_spec(spec).score:.1f}" == score, (doc, name)
