@@ -323,3 +323,11 @@ def test_the_profile_scores_quoted_are_what_exposure_says(doc):
         for name in names.split(" and "):
             spec = Spec.from_dict(profile_mod.apply_profile({"name": name}, name))
             assert f"{exposure.of_spec(spec).score:.1f}" == score, (doc, name)
+
+
+def test_the_layout_names_every_module():
+    layout = read("docs/internals.md").split("## Layout", 1)[1].split("\n## ", 1)[0]
+    for package in ("sandbox", "wrapperd"):
+        for f in os.listdir(os.path.join(ROOT, package)):
+            if f.endswith((".py", ".pyi", ".c")) and f != "__init__.py":
+                assert re.search(rf"(?<![\w.]){re.escape(f)}\b", layout), f"{package}/{f}"
