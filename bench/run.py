@@ -3,7 +3,7 @@ and print median and spread per launch, with ratios computed within this one run
 
 The sandbox: drop CAP_SYS_ADMIN, no_new_privs, seccomp `default`, and new pid+ipc+uts
 namespaces -- where the tool has each (the table says what each row applied).
-Speed goals are ratios (README, Performance), never timed tests.
+Speed goals are ratios (docs/performance.md), never timed tests.
 
 Rows: bare posix_spawn; `python -I -S -c pass` (the interpreter's own start); setpriv;
 bwrap; `wrapperd --spec FILE` (the CLI: spec model, seccomp from its cache after the

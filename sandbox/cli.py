@@ -69,7 +69,9 @@ def _cmd_exposure(a) -> int:
     from .spec import Spec, loads_strict
     if a.spec is None and a.profile is None:
         raise SpecError("usage: sandbox exposure SPEC|- [--profile NAME]")
-    d = {}
+    # A profile alone is scored as `profiles show` resolves it: named after itself, so
+    # a profile with cgroup limits has the cgroup path a spec's name would give it.
+    d = {"name": a.profile} if a.spec is None else {}
     if a.spec is not None:
         if a.spec == "-":
             raw = sys.stdin.buffer.read()
@@ -228,7 +230,10 @@ def entry() -> None:
 
 EPILOG = """\
 exit status: 0 success; 1 exposure above --threshold; 125 bad input (a bad spec, a
-usage error, a file that cannot be read); `run` execs wrapperd, whose status it is."""
+usage error, a file that cannot be read); `run` execs wrapperd, whose status it is.
+
+See README.md for a tour, docs/spec.md for the spec format, docs/library.md for the
+Python API."""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -310,8 +310,21 @@ def export_spec(spec, notes: "list | None" = None) -> dict:
         user = dict(user, uid=inside, gid=inside)
         notes.append("user.dynamic: OCI has no dynamic user; exported as uid/gid 65534 "
                      "(nobody) on the host, which other services share")
-    if not isinstance(user["uid"], int) or not isinstance(user.get("gid") or 0, int):
-        raise SpecError("export needs numeric uid/gid", "user")
+    else:
+        # OCI holds numbers only: names are resolved in this host's user database, as
+        # wrapperd's prepare() would resolve them here (gid: the user's primary group).
+        from . import creds
+        uid, primary = creds.resolve_uid(user["uid"])
+        gid = (creds.resolve_gid(user["gid"], "user.gid") if user.get("gid") is not None
+               else primary if primary is not None and not isinstance(user["uid"], int)
+               else 0)
+        groups = [creds.resolve_gid(g, f"user.groups[{i}]")
+                  for i, g in enumerate(user.get("groups") or [])]
+        if (uid, gid, groups) != (user["uid"], user.get("gid") or 0,
+                                  list(user.get("groups") or [])):
+            notes.append(f"user: OCI holds numeric ids only; names resolved in this "
+                         f"host's user database (uid {uid}, gid {gid}, groups {groups})")
+        user = dict(user, uid=uid, gid=gid, groups=groups)
     proc["user"] = {"uid": user["uid"], "gid": user.get("gid") or 0,
                     "additionalGids": user.get("groups") or []}
     if user.get("umask"):

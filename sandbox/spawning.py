@@ -36,7 +36,7 @@ from .errors import SandboxError, SetupError, error_from_record
 
 class SpawnFields(TypedDict, total=False):
     """The spec fields spawn(), run() and ForkServer.spawn() take as keywords (the
-    spec's top-level keys, see README's spec table; `user`, `cgroup` and
+    spec's top-level keys, see docs/spec.md; `user`, `cgroup` and
     `capabilities` also take the shorthands of build_spec).  Declared so that a type
     checker catches a misspelt keyword; at run time the spec loader refuses it too."""
     version: int

@@ -36,17 +36,22 @@ EPILOG = """\
 examples:
   wrapperd --dropped-caps CAP_SYS_ADMIN --uid 65534 -- cat /proc/self/status
   wrapperd --spec service.json --status-fd 3
-  wrapperd --profile service --dry-run -- /usr/bin/svc
+  wrapperd --profile service --dry-run -- /bin/sleep 60
 
 The library's entry point (sandbox.spawn starts it as `python -I -S`):
   wrapperd --plan-fd N [--status-fd M] [--parent-pid P] [--in-new-pidns]
 runs a spec the caller already prepared (sandbox.plan) through the same steps.
 
 wrapperd runs as root: it starts only as an isolated interpreter (the installed command
-is `#!python -I`; else `python3 -I -m wrapperd`), so neither the working directory nor
-PYTHON* variables reach it; otherwise exit 125 before anything runs.
+is a static launcher that starts `python3 -I -m wrapperd`; else run that yourself), so
+neither the working directory nor PYTHON* variables reach it; otherwise exit 125 before
+anything runs.
 
-See README.md for the spec format."""
+exit status: 125 wrapperd failed, 126 the target could not be executed, 127 the target
+was not found; otherwise the target's own (128+N: killed by signal N).
+
+See docs/wrapperd.md for this command and the status record, docs/spec.md for the spec
+format."""
 
 
 class _Parser(argparse.ArgumentParser):

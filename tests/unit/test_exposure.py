@@ -165,3 +165,12 @@ def test_nobody_is_penalised_as_shared_and_a_dynamic_uid_is_not():
     info = dict(_info(uid=61200), dynamic_user={"uid": 61200, "name": "svc"})
     assert {c.name: c.exposure for c in exposure.score(info).checks}["uid_shared"] == 0.0
     assert exposure.score(info).score < exposure.score(_info()).score
+
+
+@pytest.mark.parametrize("name", profile.names())
+def test_every_profile_alone_can_be_scored(name, capsys):
+    """`sandbox exposure --profile NAME` scores the profile as `profiles show` resolves
+    it (named after itself), so a profile with cgroup limits has a cgroup path."""
+    assert cli.main(["exposure", "--profile", name, "--json"]) == 0, \
+        capsys.readouterr().err
+    assert 0.0 <= json.loads(capsys.readouterr().out)["score"] <= 10.0

@@ -266,3 +266,23 @@ def test_strict_passes_a_runc_dev_shm_and_mqueue_only_when_carried(tmp_path, cap
     shm = mounts["/dev/shm"]
     assert {"noexec", "nosuid", "nodev"} <= set(shm["options"])
     assert (shm["size"], shm["mode"]) == (65536 << 10, "1777")
+
+
+def test_export_resolves_user_and_group_names_as_prepare_would():
+    """OCI holds numbers: names are resolved in this host's database (a user's primary
+    group when no gid is given) and the resolution is listed."""
+    import grp
+    import pwd
+    nobody = pwd.getpwnam("nobody")
+    root_group = grp.getgrgid(0).gr_name
+    notes: list = []
+    config = export_spec(Spec.from_dict({"argv": ["/bin/true"], "user": {
+        "uid": "nobody", "groups": [root_group]}}), notes)
+    assert config["process"]["user"] == {"uid": nobody.pw_uid, "gid": nobody.pw_gid,
+                                         "additionalGids": [0]}
+    assert any(n.startswith("user: OCI holds numeric ids only") for n in notes)
+    notes = []
+    config = export_spec(Spec.from_dict({"argv": ["/bin/true"], "user": {
+        "uid": 65534, "gid": 65534}}), notes)
+    assert config["process"]["user"]["uid"] == 65534
+    assert not any(n.startswith("user:") for n in notes)    # numbers: nothing resolved
