@@ -259,6 +259,11 @@ def _stricter(a: str, b: str) -> str:
     return b if _RANK[b.partition(":")[0]] < _RANK[a.partition(":")[0]] else a
 
 
+def _looser(action: str, than: str) -> bool:
+    """Whether action lets more through than `than` (kill > trap > errno > log > allow)."""
+    return _RANK[action.partition(":")[0]] > _RANK[than.partition(":")[0]]
+
+
 def _describe(e: _Entry) -> str:
     conds = " and ".join(f"arg{a.index} {a.op} {a.value:#x}" +
                          (f" == {a.value_two:#x}" if a.op == "masked_eq" else "")
@@ -279,12 +284,16 @@ def _layer(entries: "list[_Entry]", base: str) -> "tuple[str, dict]":
     return base, points
 
 
-def _merge_layers(prof: "list[_Entry]", own: "list[_Entry]", default: str):
+def _merge_layers(prof: "list[_Entry]", own: "list[_Entry]", default: str,
+                  prof_default: "str | None" = None):
     """(entries, replaced): the profile's and the spec's rules as one list whose in-order
     verdict (see _plan_syscall) is, for every call, the stricter of what the profile
     alone gives it and what the spec's rules after the profile's give it.  A syscall
-    only one layer names keeps its rules as they are; a spec rule with `replace` drops
-    the profile's for its syscall (listed in `replaced`).  Raises SpecError where the
+    only the profile names keeps its rules; one only the spec names keeps the spec's,
+    which must not be looser than what the profile gave it -- its default action,
+    prof_default (an allow-list profile denies what it does not name) -- unless the rule
+    has `replace`.  A spec rule with `replace` drops the profile's for its syscall
+    (listed in `replaced`).  Raises SpecError where the
     two layers' conditions cannot be combined (different arguments or operators)."""
     from .spec import SeccompArg
     mine: "dict[str, list[_Entry]]" = {}
@@ -298,6 +307,16 @@ def _merge_layers(prof: "list[_Entry]", own: "list[_Entry]", default: str):
     for name, ents in mine.items():
         p = theirs.get(name)
         if not p:
+            loose = [e for e in ents if prof_default is not None and
+                     _looser(e.action, prof_default)]
+            for e in loose:
+                if not e.replace:
+                    raise SpecError(f"{e.action} for {name!r} is looser than the seccomp "
+                                    f"profile's default for it ({prof_default}); give "
+                                    "replace_profile_rules: true to loosen the profile",
+                                    e.where)
+                replaced.append(f"the profile's default ({prof_default}) for {name}: "
+                                f"by {e.where}")
             out += ents
             continue
         if any(e.replace for e in ents):
@@ -472,12 +491,25 @@ def _prepare(sc, kept: int) -> Prepared:
     skipped: "list[str]" = []
     entries: "list[_Entry]" = []
     default = sc.default_action
+    prof_default = None
+    loosened: "list[str]" = []
     if sc.profile is not None:
         prof = load_profile(sc.profile)
         entries = _rules(prof, kept, f"seccomp profile {sc.profile!r}: ", skipped)
-        default = default or prof.default_action
+        prof_default = prof.default_action
+        if default is not None and _looser(default, prof_default):
+            # For an allow-list profile its default IS the deny rule.
+            if not getattr(sc, "replace_profile_rules", False):
+                raise SpecError(f"{default} is looser than the default of seccomp profile "
+                                f"{sc.profile!r} ({prof_default}); give "
+                                "replace_profile_rules: true to loosen the profile",
+                                "seccomp.default_action")
+            loosened.append(f"seccomp profile {sc.profile!r}'s default_action "
+                            f"({prof_default}): by seccomp.default_action ({default})")
+        default = default or prof_default
     own = _rules(sc, kept, "seccomp.", skipped)
-    entries, replaced = _merge_layers(entries, own, default)
+    entries, replaced = _merge_layers(entries, own, default, prof_default)
+    replaced = tuple(loosened) + tuple(replaced)
     arches = []
     for i, a in enumerate(sc.architectures):
         c = resolve_arch(a, f"seccomp.architectures[{i}]")

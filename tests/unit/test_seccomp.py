@@ -194,6 +194,34 @@ def test_replace_profile_rules_replaces_and_says_so():
         Seccomp.load({"profile": "default", "replace_profile_rules": 1}, "seccomp")
 
 
+def test_an_allow_list_profiles_default_is_a_deny_rule_too():
+    # Under `strict` everything it does not name is denied by its default action: a
+    # looser spec default, or allowing a call it does not name, loosens it.
+    with pytest.raises(SpecError, match=r"seccomp.default_action: allow is looser than "
+                                        r"the default of seccomp profile 'strict'"):
+        compiled({"profile": "strict", "default_action": "allow"})
+    with pytest.raises(SpecError, match=r"seccomp.syscalls\[0\].names\[0\]: allow for "
+                                        r"'bpf' is looser than the seccomp profile's"):
+        compiled({"profile": "strict", "syscalls": [{"names": ["bpf", "keyctl"],
+                                                       "action": "allow"}]})
+    control = compiled({"profile": "strict"})
+    assert act(control, "bpf") == act(control, "keyctl") == "errno:1"
+    # Asked for, it is done and said.
+    p = compiled({"profile": "strict", "replace_profile_rules": True,
+                  "default_action": "allow"})
+    assert act(p, "bpf") == "allow"
+    assert any("default_action" in r for r in p.replaced)
+    p = compiled({"profile": "strict", "syscalls": [
+        {"names": ["bpf"], "action": "allow", "replace_profile_rules": True}]})
+    assert act(p, "bpf") == "allow" and act(p, "keyctl") == "errno:1"
+    assert any("for bpf" in r for r in p.replaced)
+    # Tightening needs nothing: a stricter default over `default`, a deny rule.
+    p = compiled({"profile": "default", "default_action": "errno:EPERM",
+                  "syscalls": [{"names": ["read", "write", "exit_group"],
+                                "action": "allow"}]})
+    assert act(p, "getpid") == "errno:1" and act(p, "read") == "allow"
+
+
 def test_rules_that_cannot_be_combined_with_the_profiles_are_refused():
     # The profile compares ioctl's low 32 bits; a 64-bit eq on the same argument has
     # another shape, whose combination this compiler does not build: refused, not
