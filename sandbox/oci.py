@@ -303,6 +303,9 @@ def export_spec(spec, notes: "list | None" = None) -> dict:
     d = spec.to_dict()
     proc: dict = {"args": d["argv"], "env": [f"{k}={v}" for k, v in d["env"].items()],
                   "cwd": d["cwd"], "noNewPrivileges": d["no_new_privs"]}
+    if spec.cwd is None:
+        proc["cwd"] = "/"           # OCI's cwd is required and absolute
+        notes.append("cwd: inherited from the caller; OCI has no such cwd, exported as /")
     user = d.get("user") or {"uid": 0, "gid": 0}
     if user.get("dynamic"):
         ns = spec.namespaces

@@ -266,7 +266,7 @@ def _decode_spec(s) -> Rec:
     if not all(isinstance(fd, int) and not isinstance(fd, bool) and fd >= 0
                for fd in pass_fds):
         raise _Bad("spec.pass_fds: non-negative integers expected")
-    _need(s, "cwd", str, "spec.")
+    _need(s, "cwd", (str, type(None)), "spec.")       # None: inherited, no chdir
     _need(s, "no_new_privs", bool, "spec.")
     _need(s, "new_session", bool, "spec.")
     _need(s, "umask", (str, type(None)), "spec.")

@@ -32,3 +32,58 @@ def apply(prepared) -> None:
             shown = "/".join("unlimited" if v == resource.RLIM_INFINITY else str(v % 2**64)
                              for v in (soft, hard))
             raise SetupError("rlimits", err, f"setrlimit {name} {shown}") from None
+
+
+# Talos's wrapperd set RLIMIT_NOFILE to this, soft and hard, before dropping privileges.
+TALOS_NOFILE = 1048576
+_CAP_SYS_RESOURCE = 24
+
+
+def _read_int(path: str) -> "int | None":
+    try:
+        with open(path, "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _in_initial_user_namespace() -> bool:
+    # Raising a hard limit needs CAP_SYS_RESOURCE in the initial user namespace; only
+    # there does uid_map map every id to itself.
+    try:
+        with open("/proc/self/uid_map", "rb") as f:
+            return f.read().split() == [b"0", b"0", b"4294967295"]
+    except OSError:
+        return False
+
+
+def talos_nofile() -> "tuple[int, int, str | None]":
+    """(soft, hard, warning) for flags mode's NOFILE, decided without side effects.
+
+    1048576 soft and hard, as Talos's wrapperd set them, where the kernel allows it: at
+    most fs.nr_open, and raising the hard limit needs CAP_SYS_RESOURCE (lowering it
+    does not).  Elsewhere (no such capability, as in a container, or a lower nr_open)
+    Talos's shim failed to start anything; here the soft limit goes up to the hard one,
+    and the warning says so: never silently lower."""
+    from . import _libc
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard < 0:
+        hard = 2**63 - 1
+    nr_open = _read_int("/proc/sys/fs/nr_open")
+    try:
+        effective = _libc.capget()[0]
+    except OSError:
+        effective = 0
+    may_raise = bool(effective >> _CAP_SYS_RESOURCE & 1) and _in_initial_user_namespace()
+    if nr_open is not None and TALOS_NOFILE <= nr_open and (may_raise or hard >= TALOS_NOFILE):
+        return TALOS_NOFILE, TALOS_NOFILE, None
+    if nr_open is None:
+        why = "/proc/sys/fs/nr_open is unreadable"
+    elif nr_open < TALOS_NOFILE:
+        why = f"fs.nr_open is {nr_open}"
+    else:
+        why = f"raising the hard limit {hard} needs CAP_SYS_RESOURCE"
+    # A hard limit above nr_open (lowered since) could not be set again: cut to it.
+    limit = hard if nr_open is None else min(hard, nr_open)
+    return limit, limit, (f"warning: NOFILE {TALOS_NOFILE} (Talos's) is not allowed here "
+                          f"({why}): soft and hard limit {limit} instead")

@@ -81,6 +81,16 @@ def _abspath(v: Any, path: str) -> str:
     return s
 
 
+# The spec's spelling of "no chdir: the caller's working directory" (Talos's wrapperd
+# kept it).  Not a path (paths are absolute), and not null, which in a spec means "not
+# set" (the profile's value, else "/").
+CWD_INHERIT = "inherit"
+
+
+def _cwd(v: Any) -> "str | None":
+    return None if v == CWD_INHERIT else _abspath(v, "cwd")
+
+
 def _list(v: Any, path: str, item, *a, **kw) -> tuple:
     if type(v) is not list:
         raise SpecError(f"expected a list, got {_type_name(v)}", path)
@@ -671,7 +681,8 @@ class Spec:
     profile: Optional[str] = _field("named profile merged under this spec", default=None)
     env: dict = _field("the target's whole environment: nothing is inherited",
                        factory=dict)
-    cwd: str = _field("working directory of the target", default="/")
+    cwd: Optional[str] = _field("working directory of the target; None (JSON \"inherit\"): "
+                                "the caller's, no chdir", default="/")
     user: Optional[User] = _field("identity of the target; default: unchanged",
                                   default=None)
     capabilities: Optional[Capabilities] = _field("capability sets; default: unchanged",
@@ -755,7 +766,7 @@ class Spec:
             profile=_opt(d, "profile", _str, "", nonempty=True),
             argv=_opt(d, "argv", _list, "", _str) or (),
             env=env,
-            cwd=_abspath(d["cwd"], "cwd") if d.get("cwd") is not None else "/",
+            cwd=_cwd(d["cwd"]) if d.get("cwd") is not None else "/",
             user=_opt(d, "user", User.load, ""),
             capabilities=_opt(d, "capabilities", Capabilities.load, ""),
             securebits=_opt(d, "securebits", _list, "", _securebit) or (),
@@ -817,6 +828,8 @@ class Spec:
             v = getattr(self, k)
             if k == "env":
                 d[k] = dict(v)
+            elif k == "cwd":
+                d[k] = CWD_INHERIT if v is None else v
             elif k == "rlimits":
                 d[k] = {name: r.dump() for name, r in v.items()}
             else:

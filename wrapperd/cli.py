@@ -1,4 +1,5 @@
-"""wrapperd's command line: Talos's five flags, plus a spec, a status fd and --dry-run.
+"""wrapperd's command line: Talos's five flags (flags mode: Talos's shim, step for step),
+plus a spec, a status fd and --dry-run.
 
 Exit codes: 125 wrapperd failed (bad input or a setup step), 126 the target could not be
 executed, 127 the target was not found.  Errors are one stderr line,
@@ -27,14 +28,28 @@ target is born confined.
 If any step fails the target never runs: one line on stderr, a JSON record on the status
 fd, exit 125 (126: found but not executable, 127: not found).
 
-Without a spec, ARGV and the caller's environment are used as Talos's wrapperd did; with
-a spec, the target gets exactly the spec's `env`.  Flags override the spec's fields;
-ARGV, when given, replaces the spec's argv.  Talos's single-dash forms (-name, -uid ...)
-are accepted too."""
+Flags mode (no --spec, --spec-fd or --profile) is Talos's /sbin/wrapperd, step for
+step: oom_score_adj only when -oom-score is non-zero; RLIMIT_NOFILE 1048576 soft and
+hard (where the host forbids that hard limit: the soft limit raised to the hard one,
+and a warning line); join -cgroup-path; drop -dropped-caps from the bounding set;
+setuid only when -uid > 0, the gid and supplementary groups unchanged; exec ARGV with
+the caller's environment byte for byte, in the caller's working directory, session and
+terminal, without no_new_privs.  Unlike Talos's, the caps are dropped even when
+kernel.kexec_load_disabled is set.  Go's flag forms work: -uid=65534, -uid 65534,
+--uid=65534, lowercase cap names, an empty -dropped-caps=.
+
+The safer behaviour is one flag away: with --spec or --profile the spec's defaults
+apply (no_new_privs, a new session, cwd /, gid and groups from the user database, no
+NOFILE change) and the target gets exactly the spec's `env` (a profile alone: the
+caller's).  `--profile talos` is Talos's cap drop with a new session, cwd / and the
+user's own gid and groups (no_new_privs stays off: the profile says so).  Flags
+override the spec's fields; ARGV, when given, replaces the spec's argv."""
 
 EPILOG = """\
 examples:
-  wrapperd --dropped-caps CAP_SYS_ADMIN --uid 65534 -- cat /proc/self/status
+  wrapperd -name=svc -dropped-caps=cap_sys_boot,cap_sys_module -cgroup-path=/system/svc \
+           -oom-score=0 -uid=65534 /usr/bin/svc
+  wrapperd --profile talos --uid 65534 -- /usr/bin/svc
   wrapperd --spec service.json --status-fd 3
   wrapperd --profile service --dry-run -- /bin/sleep 60
 
@@ -80,9 +95,11 @@ def _parser() -> argparse.ArgumentParser:
     talos.add_argument("--cgroup-path", "-cgroup-path", metavar="PATH",
                        help="cgroup to join (spec: cgroup.path)")
     talos.add_argument("--oom-score", "-oom-score", metavar="N", type=int,
-                       help="oom_score_adj (spec: oom_score_adj)")
+                       help="oom_score_adj (spec: oom_score_adj; flags mode: 0 leaves "
+                            "it unchanged)")
     talos.add_argument("--uid", "-uid", metavar="N", type=int,
-                       help="uid to run as when > 0 (spec: user.uid)")
+                       help="uid to run as when > 0 (spec: user.uid; flags mode keeps "
+                            "the gid and groups)")
     return p
 
 
@@ -166,12 +183,37 @@ def initial_environ(raw: bytes) -> "dict[str, str]":
     return env
 
 
-def build_spec(opts, argv: "list[str]", environ: bytes = b""):
+def flags_mode(opts) -> bool:
+    """No spec and no profile: wrapperd is Talos's shim (README: "Flags mode")."""
+    return opts.spec is None and opts.spec_fd is None and opts.profile is None
+
+
+def _talos_spec(environ: bytes, warnings: list) -> dict:
+    """What Talos's wrapperd did, as spec fields: the caller's environment byte for
+    byte, its working directory, session and terminal, no no_new_privs, and NOFILE
+    1048576 soft and hard (or, where the host forbids it, the soft limit raised to the
+    hard one, with a warning)."""
+    from sandbox import rlimits
+    from sandbox.spec import CWD_INHERIT
+    soft, hard, warning = rlimits.talos_nofile()
+    if warning is not None:
+        warnings.append(("rlimits", warning))
+    return {"env": initial_environ(environ), "cwd": CWD_INHERIT, "no_new_privs": False,
+            "new_session": False, "rlimits": {"NOFILE": [soft, hard]}}
+
+
+def build_spec(opts, argv: "list[str]", environ: bytes = b"",
+               warnings: "list | None" = None):
+    """warnings: (step, message) pairs for stderr are appended here."""
     from sandbox import profile
     from sandbox.spec import Spec
+    warnings = [] if warnings is None else warnings
+    talos = flags_mode(opts)
     d = _read_spec(opts)
-    if d is None:
-        # No spec: Talos's behaviour -- the target gets wrapperd's own environment.
+    if talos:
+        d = _talos_spec(environ, warnings)
+    elif d is None:
+        # A profile without a spec: the target gets wrapperd's own environment.
         d = {"env": initial_environ(environ)}
     if opts.name is not None:
         d["name"] = opts.name
@@ -184,10 +226,13 @@ def build_spec(opts, argv: "list[str]", environ: bytes = b""):
         cg = dict(d.get("cgroup") or {})
         cg["path"] = opts.cgroup_path
         d["cgroup"] = cg
-    if opts.oom_score is not None:
-        d["oom_score_adj"] = opts.oom_score
+    if opts.oom_score is not None and not (talos and opts.oom_score == 0):
+        d["oom_score_adj"] = opts.oom_score     # Talos's shim wrote only a non-zero one
     if opts.uid is not None and opts.uid > 0:
         d["user"] = {"uid": opts.uid}
+        if talos:
+            # Talos's setuid(uid): the gid and supplementary groups stay as they are.
+            d["user"].update(gid=os.getegid(), groups=os.getgroups())
     if argv:
         d["argv"] = argv
     d = profile.apply_profile(d, opts.profile)
@@ -238,11 +283,14 @@ def main(args: "list[str] | None" = None, environ_fd: "int | None" = None) -> in
             except OSError as e:
                 status_fd = None
                 raise SpecError(f"--status-fd {opts.status_fd}: {e.strerror}") from None
-        spec = build_spec(opts, argv, environ)
+        warnings: list = []
+        spec = build_spec(opts, argv, environ, warnings)
         from sandbox import bpfcache
         bpfcache.enabled = True      # a repeated start skips the seccomp compile
         from wrapperd import shim
         plan = shim.prepare(spec)
+        for step, why in warnings:      # a step that does less than asked says so
+            print(f"wrapperd: {step}: {why}", file=sys.stderr, flush=True)
         if opts.dry_run:
             # Profile seccomp rules the spec replaced (replace_profile_rules): a loosened
             # rule is never silent.

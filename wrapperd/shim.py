@@ -212,6 +212,9 @@ def _cwd(plan):
     # After identity and capabilities: the chdir is checked with the target's own ids and
     # caps, so a directory it could not enter itself (root's 0700 home, say) never
     # becomes its cwd -- from there it could reach what lies below by relative paths.
+    # None: the caller's directory, kept as Talos's wrapperd kept it (flags mode).
+    if plan.spec.cwd is None:
+        return
     try:
         os.chdir(plan.spec.cwd)
     except OSError as e:

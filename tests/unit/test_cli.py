@@ -17,6 +17,13 @@ from wrapperd.cli import split_argv
     (["-name", "x", "/bin/true", "--uid"], ["-name", "x"], ["/bin/true", "--uid"]),
     (["--dry-run", "true"], ["--dry-run"], ["true"]),
     (["--spec", "-"], ["--spec", "-"], []),
+    # machined's process runner: -flag=value, an empty list, no '--' before ARGV.
+    (["-name=svc", "-dropped-caps=", "-cgroup-path=/system/svc", "-oom-score=0", "-uid=0",
+      "/usr/bin/svc", "-flag"],
+     ["-name=svc", "-dropped-caps=", "-cgroup-path=/system/svc", "-oom-score=0", "-uid=0"],
+     ["/usr/bin/svc", "-flag"]),
+    (["-oom-score", "-500", "-uid", "7", "svc"], ["-oom-score", "-500", "-uid", "7"],
+     ["svc"]),
 ])
 def test_split_argv(args, opts, argv):
     assert split_argv(args) == (opts, argv)
@@ -37,6 +44,43 @@ def test_talos_flags_map_to_spec_fields():
     assert d["oom_score_adj"] == -500
     assert d["user"]["uid"] == 65534
     assert d["argv"] == ["/bin/true"]
+
+
+@pytest.mark.parametrize("flags", [
+    ["-name=svc", "-dropped-caps=", "-cgroup-path=/system/svc", "-oom-score=0", "-uid=0"],
+    ["-name", "svc", "-dropped-caps", "", "-cgroup-path", "/system/svc", "-oom-score", "0",
+     "-uid", "0"],
+    ["--name=svc", "--dropped-caps=", "--cgroup-path=/system/svc", "--oom-score=0",
+     "--uid=0"],
+])
+def test_machined_flags_as_talos_s_shim(flags):
+    d = dry(*flags, "/bin/true")
+    assert d["name"] == "svc" and d["cgroup"]["path"] == "/system/svc"
+    assert d["capabilities"] is None            # empty -dropped-caps=: nothing dropped
+    assert d["oom_score_adj"] is None           # -oom-score=0: not written
+    assert d["user"] is None                    # -uid=0: no setuid
+    assert d["argv"] == ["/bin/true"]
+    # Talos's shim: the caller's cwd, session and terminal, no no_new_privs, NOFILE.
+    assert d["cwd"] == "inherit" and d["new_session"] is False
+    assert d["no_new_privs"] is False and set(d["rlimits"]) == {"NOFILE"}
+
+
+def test_flags_mode_setuid_keeps_gid_and_groups():
+    d = dry("-uid=65534", "/bin/true")
+    assert d["user"]["uid"] == 65534
+    assert d["user"]["gid"] == os.getegid()
+    assert sorted(d["user"]["groups"]) == sorted(os.getgroups())
+
+
+def test_a_spec_or_profile_keeps_the_spec_defaults():
+    for d in (dry("-uid=65534", spec={"argv": ["/bin/true"]}),
+              dry("--profile", "talos", "-uid=65534", "-oom-score=0", "--", "/bin/true")):
+        assert d["cwd"] == "/" and d["new_session"] is True
+        assert d["user"] == {"uid": 65534, "gid": None, "groups": [], "umask": None,
+                             "dynamic": False}
+        assert d["rlimits"] == {}
+    assert d["oom_score_adj"] == 0 and d["no_new_privs"] is False    # the profile's
+    assert dry(spec={"argv": ["/bin/true"]})["no_new_privs"] is True
 
 
 def test_without_spec_the_callers_environment_is_used_as_talos_did():

@@ -222,3 +222,15 @@ def test_surrogate_escaped_bytes_reach_the_plan_unchanged(args, env, cwd):
     q = plan.decode(plan.encode(shim.prepare(s)))
     assert [os.fsencode(a) for a in q.spec.argv] == [os.fsencode(a) for a in s.argv]
     assert q.spec.env == s.env and q.spec.cwd == s.cwd
+
+
+def test_cwd_inherit_is_no_chdir_and_round_trips():
+    from sandbox import plan
+    from wrapperd import shim
+    s = Spec.from_dict({"argv": ["/bin/true"], "cwd": "inherit"})
+    assert s.cwd is None                                # the shim's cwd step skips chdir
+    assert s.to_dict()["cwd"] == "inherit" and Spec.from_json(s.to_json()) == s
+    assert plan.decode(plan.encode(shim.prepare(s))).spec.cwd is None
+    # Not given, or null ("not set"): "/", as before.
+    assert Spec.from_dict({"argv": ["/bin/true"]}).cwd == "/"
+    assert Spec.from_dict({"argv": ["/bin/true"], "cwd": None}).cwd == "/"
