@@ -823,7 +823,7 @@ class Spec:
             if isinstance(v, tuple):
                 return [dump(x) for x in v]
             return v.dump()
-        d = {}
+        d: "dict[str, Any]" = {}
         for k in self.KEYS:
             v = getattr(self, k)
             if k == "env":

@@ -47,9 +47,9 @@ override the spec's fields; ARGV, when given, replaces the spec's argv."""
 
 EPILOG = """\
 examples:
-  wrapperd -name=svc -dropped-caps=cap_sys_boot,cap_sys_module -cgroup-path=/system/svc \
-           -oom-score=0 -uid=65534 /usr/bin/svc
-  wrapperd --profile talos --uid 65534 -- /usr/bin/svc
+  wrapperd -name=svc -dropped-caps=cap_sys_boot,cap_sys_module -oom-score=0 \
+           -uid=65534 /bin/true
+  wrapperd --profile talos --uid 65534 -- /bin/true
   wrapperd --spec service.json --status-fd 3
   wrapperd --profile service --dry-run -- /bin/sleep 60
 
