@@ -224,10 +224,21 @@ def _cmd_seccomp(a) -> int:
     return 0
 
 
+_CLEAN_PATH = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 def _cmd_run(a) -> int:
-    # -I: wrapperd runs as root; neither this directory nor PYTHON* may reach it.
+    # wrapperd runs as root.  -I: neither this directory nor PYTHON* may reach it.  And
+    # an environment of PATH and the WRAPPERD_* settings only, as the static launcher
+    # gives it (sandbox/launcher.c): LD_PRELOAD, LD_LIBRARY_PATH, GCONV_PATH ... would
+    # act in the interpreter's dynamic loader and libc before -I or any of our code.
+    # Nothing is lost: with a spec, the target's environment is the spec's `env`.
+    # (This command's own interpreter saw them: an admin's tool, run in the admin's
+    # environment.)
     cmd = [sys.executable, "-I", "-m", "wrapperd", "--spec", a.spec, "--", *a.argv]
-    os.execv(sys.executable, cmd)
+    env = {b"PATH": _CLEAN_PATH}
+    env.update((k, v) for k, v in os.environb.items() if k.startswith(b"WRAPPERD_"))
+    os.execve(sys.executable, cmd, env)
 
 
 def entry() -> None:
