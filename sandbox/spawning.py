@@ -184,13 +184,13 @@ def open_stdio_path(path, for_input: bool, which: str = "stdio") -> int:
     `which` (stdin, stdout, stderr) for a path no file can have."""
     try:
         raw = os.fsencode(path)
-    except UnicodeEncodeError:
-        # A str with a lone surrogate outside the surrogateescape range (U+DC80-U+DCFF
-        # stand for undecodable bytes): no byte string names it.
-        raise SpecError("a path that cannot be encoded for the filesystem: "
-                        f"{os.fspath(path)!a}", which) from None
+    except UnicodeEncodeError as e:
+        # No byte string names it: bad input, as the spec's own strings (sandbox.spec).
+        raise SpecError(f"a lone surrogate {e.object[e.start]!r} that stands for no byte "
+                        "(only U+DC80-U+DCFF, a non-UTF-8 byte, may appear)",
+                        which) from None
     if b"\0" in raw:
-        raise SpecError(f"a path holding a NUL byte: {raw!r}", which)
+        raise SpecError("contains a NUL byte", which)
     shown = os.fsdecode(raw)
     flags = os.O_RDONLY if for_input else os.O_WRONLY | os.O_APPEND | os.O_CREAT
     flags |= os.O_CLOEXEC | os.O_NOCTTY | os.O_NOFOLLOW | os.O_NONBLOCK
