@@ -269,8 +269,7 @@ def _shared_dir(st, fd: int, shown: str) -> bool:
     if st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid != 0):
         return True
     try:
-        # fgetxattr refuses an O_PATH fd (EBADF); its /proc/self/fd link does not.
-        acl = os.getxattr(f"/proc/self/fd/{fd}", _ACL_XATTR)
+        acl = _acl_of(fd)
     except OSError as e:
         if e.errno in (_errno.ENODATA, _errno.ENOTSUP, _errno.EOPNOTSUPP):
             return False                 # no ACL, or a filesystem without them
@@ -285,6 +284,21 @@ def _shared_dir(st, fd: int, shown: str) -> bool:
         if tag == _ACL_MASK and perm & _ACL_WRITE:
             return True
     return False
+
+
+def _acl_of(fd: int) -> bytes:
+    """The access ACL xattr of the directory an O_PATH fd holds.  fgetxattr refuses an
+    O_PATH fd (EBADF); its /proc/self/fd link does not.  Without /proc (a chroot), the
+    directory itself, opened for reading ("." under it: the same inode, no lookup)."""
+    try:
+        return os.getxattr(f"/proc/self/fd/{fd}", _ACL_XATTR)
+    except FileNotFoundError:
+        pass
+    d = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+    try:
+        return os.getxattr(d, _ACL_XATTR)
+    finally:
+        os.close(d)
 
 
 def _walk_to_parent(path: bytes, shown: str, trusted: set) -> "tuple[int, bytes, bool]":
