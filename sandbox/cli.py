@@ -13,6 +13,23 @@ import sys
 from .errors import SandboxError, SpecError
 
 
+def _printable(text: str) -> str:
+    """text with every character that is not printable shown as an escape, as ps shows
+    a command: a terminal escape sequence, a control character, a bidirectional
+    override; a surrogate standing for a byte that was not UTF-8 as that byte (\\xff)."""
+    out = []
+    for ch in text:
+        if ch.isprintable():
+            out.append(ch)
+            continue
+        o = ord(ch)
+        if 0xDC80 <= o <= 0xDCFF:                   # os.fsdecode's surrogateescape
+            o -= 0xDC00
+        out.append(f"\\x{o:02x}" if o < 0x100 else
+                   f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+    return "".join(out)
+
+
 def _cmd_inspect(a) -> int:
     from .inspection import inspect
     try:
@@ -26,29 +43,36 @@ def _cmd_inspect(a) -> int:
     if a.json:
         print(json.dumps({**info, "exposure": report.to_dict()}, indent=2))
         return _gate(report, a.threshold)
-    print(f"pid {info['pid']} ({info['name']})")
-    print("  uids      " + " ".join(f"{k}={v}" for k, v in info["uids"].items()))
-    print("  gids      " + " ".join(f"{k}={v}" for k, v in info["gids"].items()))
-    print(f"  groups    {info['groups']}")
+    # Text the target controls (its name, its cgroup's path) goes to the admin's
+    # terminal: never as raw control characters, a newline included (the JSON above
+    # is escaped by json.dumps: ensure_ascii).
+    def say(line: str) -> None:
+        print(_printable(line))
+
+    say(f"pid {info['pid']} ({info['name']})")
+    say("  uids      " + " ".join(f"{k}={v}" for k, v in info["uids"].items()))
+    say("  gids      " + " ".join(f"{k}={v}" for k, v in info["gids"].items()))
+    say(f"  groups    {info['groups']}")
     dyn = info.get("dynamic_user")
     if dyn is not None:
         name = "an unnamed spec" if dyn["name"] is None else repr(dyn["name"])
-        print(f"  dynamic user {dyn['uid']}, allocated for {name}")
+        say(f"  dynamic user {dyn['uid']}, allocated for {name}")
     for k, v in info["capabilities"].items():
         shown = "all" if len(v) > 30 else (", ".join(v) or "-")
-        print(f"  cap {k:<11} {shown}")
-    print(f"  no_new_privs {info['no_new_privs']}   seccomp {info['seccomp']} "
-          f"({info['seccomp_filters']} filters)")
+        say(f"  cap {k:<11} {shown}")
+    say(f"  no_new_privs {info['no_new_privs']}   seccomp {info['seccomp']} "
+        f"({info['seccomp_filters']} filters)")
     own = [n for n, v in info["namespaces"].items()
            if not (v["caller"] if v.get("host") is None else v["host"])]
-    print(f"  namespaces not the host's: {', '.join(own) or 'none'}")
+    say(f"  namespaces not the host's: {', '.join(own) or 'none'}")
     for line in info["cgroup"]:
-        print(f"  cgroup    {line}")
-    print(f"  oom_score_adj {info['oom_score_adj']}   nice {info['nice']}")
+        say(f"  cgroup    {line}")
+    say(f"  oom_score_adj {info['oom_score_adj']}   nice {info['nice']}")
     if info["fds"] is not None:
-        print(f"  fds       {sorted(info['fds'])}")
-    print("exposure:")
-    print("  " + report.format().replace("\n", "\n  "))
+        say(f"  fds       {sorted(info['fds'])}")
+    say("exposure:")
+    for line in report.format().split("\n"):
+        say("  " + line)
     return _gate(report, a.threshold)
 
 
@@ -202,10 +226,21 @@ def _cmd_seccomp(a) -> int:
     return 0
 
 
+_CLEAN_PATH = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
 def _cmd_run(a) -> int:
-    # -I: wrapperd runs as root; neither this directory nor PYTHON* may reach it.
+    # wrapperd runs as root.  -I: neither this directory nor PYTHON* may reach it.  And
+    # an environment of PATH and the WRAPPERD_* settings only, as the static launcher
+    # gives it (sandbox/launcher.c): LD_PRELOAD, LD_LIBRARY_PATH, GCONV_PATH ... would
+    # act in the interpreter's dynamic loader and libc before -I or any of our code.
+    # Nothing is lost: with a spec, the target's environment is the spec's `env`.
+    # (This command's own interpreter saw them: an admin's tool, run in the admin's
+    # environment.)
     cmd = [sys.executable, "-I", "-m", "wrapperd", "--spec", a.spec, "--", *a.argv]
-    os.execv(sys.executable, cmd)
+    env = {b"PATH": _CLEAN_PATH}
+    env.update((k, v) for k, v in os.environb.items() if k.startswith(b"WRAPPERD_"))
+    os.execve(sys.executable, cmd, env)
 
 
 def entry() -> None:

@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any, TypedDict, Unpack
 
-from .errors import SandboxError, SetupError, error_from_record
+from .errors import SandboxError, SetupError, SpecError, error_from_record
 
 
 class SpawnFields(TypedDict, total=False):
@@ -160,7 +160,7 @@ def _sugar(fields: "SpawnFields | dict") -> dict:
 
 # --------------------------------------------------------------------------- stdio
 
-def open_stdio_path(path, for_input: bool) -> int:
+def open_stdio_path(path, for_input: bool, which: str = "stdio") -> int:
     """A stdio path, opened in the caller: stdin read-only, output appended (created
     0640); never as a controlling terminal.
 
@@ -170,22 +170,34 @@ def open_stdio_path(path, for_input: bool) -> int:
     /etc/passwd or block.  So the path is walked one component at a time from "/" with
     O_NOFOLLOW (the kernel's view, no check-then-open race) and refused where a less
     privileged user could have planted something (see _walk_to_parent):
-      * every directory on the way must be writable only by root and the caller; a
-        sticky directory (/tmp) of root or the caller that others may write is
-        allowed, but only through an entry root or the caller owns (which others
-        cannot rename or remove there), and a file there must not be hard-linked;
-      * the final component must not be a symlink (symlinks in directories are
-        followed: only root or the caller can have made them);
+      * every directory on the way must be writable only by root and the caller (by
+        its mode and its access ACL); a sticky directory (/tmp) of root or the caller
+        that others may write is allowed, but only through an entry root or the
+        caller owns (which others cannot rename or remove there), and a file there
+        must not be hard-linked;
+      * a symlink on the way is followed only if root or the caller owns it and it
+        lies in a directory no one else may write; where it leads is walked by the
+        same rules.  The final component must not be a symlink at all;
       * it must be a regular file or a character device (/dev/null, a tty): a FIFO
         could block the caller, a socket or directory is no stdio.
-    Raises SetupError (step "spawn") naming the path and the reason."""
-    shown = os.fsdecode(path)
+    Raises SetupError (step "spawn") naming the path and the reason; SpecError naming
+    `which` (stdin, stdout, stderr) for a path no file can have."""
+    try:
+        raw = os.fsencode(path)
+    except UnicodeEncodeError as e:
+        # No byte string names it: bad input, as the spec's own strings (sandbox.spec).
+        raise SpecError(f"a lone surrogate {e.object[e.start]!r} that stands for no byte "
+                        "(only U+DC80-U+DCFF, a non-UTF-8 byte, may appear)",
+                        which) from None
+    if b"\0" in raw:
+        raise SpecError("contains a NUL byte", which)
+    shown = os.fsdecode(raw)
     flags = os.O_RDONLY if for_input else os.O_WRONLY | os.O_APPEND | os.O_CREAT
     flags |= os.O_CLOEXEC | os.O_NOCTTY | os.O_NOFOLLOW | os.O_NONBLOCK
     parent, name, parent_shared = -1, b"", False
     try:
         trusted = _trusted_uids()
-        parent, name, parent_shared = _walk_to_parent(os.fsencode(path), shown, trusted)
+        parent, name, parent_shared = _walk_to_parent(raw, shown, trusted)
         try:
             # A first look, for the message only (the fstat below decides): opening a
             # FIFO with no reader for writing fails ENXIO, which says nothing useful.
@@ -240,11 +252,53 @@ def _trusted_uids() -> set:
     return uids
 
 
-def _shared_dir(st) -> bool:
+_ACL_XATTR = "system.posix_acl_access"
+_ACL_VERSION = 2
+_ACL_MASK = 0x10
+_ACL_WRITE = 0o2
+
+
+def _shared_dir(st, fd: int, shown: str) -> bool:
     """Whether someone other than root and the caller may create entries in this
-    directory (a directory of root or the caller that is group- (non-root group) or
-    world-writable).  ACLs are not read."""
-    return bool(st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid != 0))
+    directory (an O_PATH fd and its stat): group- (non-root group) or world-writable by
+    its mode, or carrying an access ACL whose mask grants write.  An ACL entry for
+    another user shows in the mode only as group bits (the mask), with the directory's
+    group, which may well be root's: the mode alone cannot tell.  Any ACL with a
+    writable mask counts, whoever its entries name (fail closed: an ACL naming only
+    root is not worth the parsing); one that cannot be parsed counts too."""
+    if st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid != 0):
+        return True
+    try:
+        acl = _acl_of(fd)
+    except OSError as e:
+        if e.errno in (_errno.ENODATA, _errno.ENOTSUP, _errno.EOPNOTSUPP):
+            return False                 # no ACL, or a filesystem without them
+        raise SetupError("spawn", e.errno or 0, f"open {shown}: cannot read the ACL "
+                         "of a directory on the way") from None
+    if len(acl) < 4 or (len(acl) - 4) % 8 or \
+            int.from_bytes(acl[:4], "little") != _ACL_VERSION:
+        return True
+    for i in range(4, len(acl), 8):
+        tag = int.from_bytes(acl[i:i + 2], "little")
+        perm = int.from_bytes(acl[i + 2:i + 4], "little")
+        if tag == _ACL_MASK and perm & _ACL_WRITE:
+            return True
+    return False
+
+
+def _acl_of(fd: int) -> bytes:
+    """The access ACL xattr of the directory an O_PATH fd holds.  fgetxattr refuses an
+    O_PATH fd (EBADF); its /proc/self/fd link does not.  Without /proc (a chroot), the
+    directory itself, opened for reading ("." under it: the same inode, no lookup)."""
+    try:
+        return os.getxattr(f"/proc/self/fd/{fd}", _ACL_XATTR)
+    except FileNotFoundError:
+        pass
+    d = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+    try:
+        return os.getxattr(d, _ACL_XATTR)
+    finally:
+        os.close(d)
 
 
 def _walk_to_parent(path: bytes, shown: str, trusted: set) -> "tuple[int, bytes, bool]":
@@ -267,7 +321,7 @@ def _walk_to_parent(path: bytes, shown: str, trusted: set) -> "tuple[int, bytes,
         while True:
             here = stack[-1]
             here_st = os.fstat(here)
-            shared = _shared_dir(here_st)
+            shared = _shared_dir(here_st, here, shown)
             # Its owner may replace any entry (sticky or not), and without the sticky
             # bit so may anyone who can write it.
             if here_st.st_uid not in trusted or (shared and
@@ -296,6 +350,16 @@ def _walk_to_parent(path: bytes, shown: str, trusted: set) -> "tuple[int, bytes,
                                  "directory others may write (refused)")
             if stat.S_ISLNK(st.st_mode):
                 os.close(fd)
+                # Only a link root or the caller owns, in a directory no one else may
+                # write.  A shared (sticky) directory is where links get planted (the
+                # kernel's protected_symlinks exists for it); it holds files, not a
+                # path's structure, so none is followed there.  What a link leads to
+                # is walked by the same rules (every directory at the loop's top).
+                if shared or st.st_uid not in trusted:
+                    raise SetupError("spawn", _errno.EPERM, f"open {shown}: "
+                                     f"{os.fsdecode(name)} is a symbolic link in a "
+                                     "directory others may write or owned by another "
+                                     "user (refused)")
                 links += 1
                 if links > 40:
                     raise SetupError("spawn", _errno.ELOOP, f"open {shown}")
@@ -322,7 +386,7 @@ def _open_stdio(v, which: str, opened: list):
     if v is None or isinstance(v, int) or hasattr(v, "fileno"):
         return v
     if isinstance(v, (str, bytes, os.PathLike)):
-        fd = open_stdio_path(v, which == "stdin")
+        fd = open_stdio_path(v, which == "stdin", which)
         opened.append(fd)
         return fd
     raise TypeError(f"{which}: expected None, PIPE, DEVNULL, an fd, a file or a path")

@@ -179,3 +179,46 @@ def test_a_python_not_started_isolated_fails_closed(tmp_path, how):
     assert p.stderr.decode().startswith("wrapperd: python: not started isolated")
     assert json.loads(status)["step"] == "python"
     assert not marker.exists()
+
+
+def test_sandbox_run_keeps_ld_variables_from_root_wrapperd(tmp_path):
+    # The `sandbox` command is a `#!python -I` script: its own interpreter is the
+    # admin's tool in the admin's environment and sees LD_PRELOAD (the control below).
+    # What it execs as root -- python -I -m wrapperd, the same pid -- must not.  Every
+    # load of the library appends "euid cmdline" to a file.
+    log = tmp_path / "loads"
+    src = tmp_path / "preload.c"
+    src.write_text(
+        '#include <fcntl.h>\n#include <stdio.h>\n#include <unistd.h>\n'
+        '__attribute__((constructor)) static void planted(void) {\n'
+        '  char cmd[4096]; ssize_t n = 0; int fd = open("/proc/self/cmdline", O_RDONLY);\n'
+        '  if (fd >= 0) { n = read(fd, cmd, sizeof cmd - 1); close(fd); }\n'
+        '  if (n < 0) n = 0;\n'
+        '  for (ssize_t i = 0; i < n; i++) if (!cmd[i]) cmd[i] = \' \';\n'
+        '  cmd[n] = 0;\n'
+        f'  FILE *f = fopen("{log}", "a");\n'
+        '  if (f) { fprintf(f, "%u %s\\n", (unsigned)geteuid(), cmd); fclose(f); }\n}\n')
+    so = tmp_path / "preload.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(so), str(src)], check=True,
+                   timeout=120)
+    os.chmod(tmp_path, 0o755)
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"env": {"PATH": "/usr/bin:/bin"},
+                                "user": {"uid": 65534, "gid": 65534}}))
+    env = {"PATH": "/usr/bin:/bin", "LD_PRELOAD": str(so)}
+    r = subprocess.run([_launcher("sandbox"), "run", str(spec), "--", "/bin/sh", "-c",
+                        'echo "ran:$LD_PRELOAD"'], env=env, capture_output=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"ran:\n"               # the spec's environment, as before
+    loads = log.read_text().splitlines()
+    # The control: the sandbox command's own interpreter loaded it (the test works).
+    assert any(line.startswith("0 ") and " run " in line and "-m wrapperd" not in line
+               for line in loads), loads
+    assert not [line for line in loads if "-m wrapperd" in line], loads
+    # The WRAPPERD_* settings are the caller's to give, as through the launcher.
+    env["WRAPPERD_FAULT"] = "fail:fds"
+    r = subprocess.run([_launcher("sandbox"), "run", str(spec), "--", "/bin/true"],
+                       env=env, capture_output=True, timeout=60)
+    assert r.returncode == 125
+    assert b"fault injected (WRAPPERD_FAULT)" in r.stderr

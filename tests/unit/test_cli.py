@@ -217,3 +217,31 @@ def test_sandbox_help_documents_every_argument_and_the_exit_status():
         for action in parser._actions:
             if not isinstance(action, argparse._HelpAction):
                 assert action.help, f"sandbox {name}: {action.dest} has no help"
+
+
+def test_sandbox_inspect_escapes_what_the_target_controls():
+    # A name the target chose (a link's name it was exec'd through, or its own comm)
+    # holding terminal escapes and a byte that is not UTF-8: printed raw, it would
+    # clear and retitle the admin's terminal.
+    comm = b"\x1b[2J\x1b]0;T\x07\xff"
+    code = ("import sys\n"
+            f"open('/proc/self/comm', 'wb').write({comm!r})\n"
+            "print('ready', flush=True)\nsys.stdin.read()\n")
+    child = subprocess.Popen([sys.executable, "-I", "-c", code], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE)
+    try:
+        assert child.stdout.readline() == b"ready\n"
+        with open(f"/proc/{child.pid}/comm", "rb") as f:
+            assert f.read() == comm + b"\n"         # the kernel keeps it as written
+        p = _sandbox("inspect", str(child.pid))
+        j = _sandbox("inspect", "--json", str(child.pid))
+    finally:
+        child.stdin.close()
+        child.wait(timeout=30)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[0] == \
+        f"pid {child.pid} (\\x1b[2J\\x1b]0;T\\x07\\xff)".encode()
+    for out in (p.stdout, j.stdout):
+        assert not set(out) & (set(range(0x20)) - {0x0a} | {0x7f}), out
+    assert j.returncode == 0, j.stderr
+    assert json.loads(j.stdout)["name"] == os.fsdecode(comm)
