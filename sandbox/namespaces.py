@@ -101,12 +101,7 @@ class Prepared:
 
 # --------------------------------------------------------------------------- prepare
 
-def _read_int(path: str) -> "int | None":
-    try:
-        with open(path, "rb") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return None
+_read_int = procfs.read_int
 
 
 def _inside(ranges, i: int) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["read", "status", "stat", "ppid", "start_time", "unescape", "Mount",
+__all__ = ["read", "read_int", "status", "stat", "ppid", "start_time", "unescape", "Mount",
            "parse_mountinfo", "mountinfo", "id_map", "in_initial_user_ns",
            "overflow_uid", "to_outside", "to_inside", "FULL_MAP"]
 
@@ -30,6 +30,14 @@ def read(path: str) -> bytes:
             chunks.append(b)
     finally:
         os.close(fd)
+
+
+def read_int(path: str) -> "int | None":
+    """A /proc or /proc/sys file holding one number; None if unreadable or not one."""
+    try:
+        return int(read(path))
+    except (OSError, ValueError):
+        return None
 
 
 def status(pid: "int | str" = "self") -> "dict[str, str]":

@@ -39,21 +39,14 @@ TALOS_NOFILE = 1048576
 _CAP_SYS_RESOURCE = 24
 
 
-def _read_int(path: str) -> "int | None":
-    try:
-        with open(path, "rb") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return None
 
 
 def _in_initial_user_namespace() -> bool:
-    # Raising a hard limit needs CAP_SYS_RESOURCE in the initial user namespace; only
-    # there does uid_map map every id to itself.
+    # Raising a hard limit needs CAP_SYS_RESOURCE in the initial user namespace.
+    from . import procfs
     try:
-        with open("/proc/self/uid_map", "rb") as f:
-            return f.read().split() == [b"0", b"0", b"4294967295"]
-    except OSError:
+        return procfs.in_initial_user_ns()
+    except (OSError, ValueError):
         return False
 
 
@@ -69,7 +62,8 @@ def talos_nofile() -> "tuple[int, int, str | None]":
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard < 0:
         hard = 2**63 - 1
-    nr_open = _read_int("/proc/sys/fs/nr_open")
+    from . import procfs
+    nr_open = procfs.read_int("/proc/sys/fs/nr_open")
     try:
         effective = _libc.capget()[0]
     except OSError:

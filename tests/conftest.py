@@ -148,6 +148,23 @@ def run_wrapperd(spec: "dict | None", *args: str, timeout: float = 30, pass_fds=
                           env=env)
 
 
+def run_with_status_fd(cmd: "list[str]", **kw) -> "tuple[subprocess.CompletedProcess, bytes]":
+    """Run cmd with a status pipe; "{status_fd}" in cmd is replaced by its write end.
+    (the completed process, what was written on the status fd)."""
+    r_fd, w_fd = os.pipe()
+    try:
+        cmd = [a.replace("{status_fd}", str(w_fd)) for a in cmd]
+        p = subprocess.run(cmd, capture_output=True, pass_fds=(w_fd,),
+                           timeout=kw.pop("timeout", 60), **kw)
+        os.close(w_fd)
+        w_fd = -1
+        return p, os.read(r_fd, 65536)
+    finally:
+        os.close(r_fd)
+        if w_fd >= 0:
+            os.close(w_fd)
+
+
 def probe_spec(probe_path: str, *actions: str, **fields) -> dict:
     spec = {"argv": [SYSTEM_PYTHON, "-I", probe_path, *actions], "env": dict(TARGET_ENV)}
     spec.update(fields)

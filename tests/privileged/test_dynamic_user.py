@@ -257,32 +257,20 @@ def test_eight_unnamed_sandboxes_started_at_once_get_eight_uids(mode, probe, ser
         assert len(set(uids)) == 8, uids
 
 
-def test_an_id_some_process_runs_with_is_skipped(probe, server, cgroup_root):
-    # A process of the host already runs as the name's first candidate, with no record
-    # in the registry: the candidate is skipped (the kernel's view decides, not ours).
+@pytest.mark.parametrize("holds", ["uid", "group"])
+def test_an_id_some_process_holds_is_skipped(probe, server, cgroup_root, holds):
+    # A process of the host already runs as the name's first candidate, or holds it as
+    # a supplementary group (which reaches the id's files as well), with no record in
+    # the registry: the candidate is skipped (the kernel's view decides, not ours).
     name = f"dyn-busy-{uuid.uuid4().hex[:8]}"
     busy = dynamicuser.first_candidate(name)
-    holder = subprocess.Popen(["/bin/sleep", "60"], user=busy, group=busy,
-                              extra_groups=[])
+    ids = dict(user=busy, group=busy, extra_groups=[]) if holds == "uid" else \
+        dict(user=4245, group=4245, extra_groups=[busy])
+    holder = subprocess.Popen(["/bin/sleep", "60"], **ids)
     try:
-        assert _host_ids(holder.pid)[0][0] == busy
-        spec = _spec(probe, "service", name, cgroup_root, "sleep:60", token=_token())
-        with _running("wrapperd", spec, server) as pid:
-            assert _assert_dynamic(pid) != busy
-    finally:
-        holder.kill()
-        holder.wait()
-
-
-def test_an_id_some_process_holds_as_a_group_is_skipped(probe, server, cgroup_root):
-    # A supplementary group reaches the id's files as well as a uid does.
-    name = f"dyn-grp-{uuid.uuid4().hex[:8]}"
-    busy = dynamicuser.first_candidate(name)
-    holder = subprocess.Popen(["/bin/sleep", "60"], user=4245, group=4245,
-                              extra_groups=[busy])
-    try:
+        line = "Uid:" if holds == "uid" else "Groups:"
         with open(f"/proc/{holder.pid}/status") as f:
-            assert str(busy) in next(ln for ln in f if ln.startswith("Groups:")).split()
+            assert str(busy) in next(ln for ln in f if ln.startswith(line)).split()
         spec = _spec(probe, "service", name, cgroup_root, "sleep:60", token=_token())
         with _running("wrapperd", spec, server) as pid:
             assert _assert_dynamic(pid) != busy

@@ -17,7 +17,7 @@ import sysconfig
 
 import pytest
 
-from tests.conftest import skip_or_fail
+from tests.conftest import run_with_status_fd, skip_or_fail
 
 BIN = sysconfig.get_path("scripts")
 PLANTED = ("re", "argparse", "json", "sitecustomize", "usercustomize", "encodings")
@@ -50,6 +50,36 @@ def planted(tmp_path):
     return d, marks
 
 
+@pytest.fixture
+def preload(tmp_path):
+    """A library that appends "euid cmdline" to a log each time it is loaded; (its path,
+    the log).  Only root may write the log (0644 in a 0755 directory)."""
+    log = tmp_path / "loads"
+    src = tmp_path / "preload.c"
+    src.write_text(
+        '#include <fcntl.h>\n#include <stdio.h>\n#include <unistd.h>\n'
+        '__attribute__((constructor)) static void planted(void) {\n'
+        '  char cmd[4096]; ssize_t n = 0; int fd = open("/proc/self/cmdline", O_RDONLY);\n'
+        '  if (fd >= 0) { n = read(fd, cmd, sizeof cmd - 1); close(fd); }\n'
+        '  if (n < 0) n = 0;\n'
+        '  for (ssize_t i = 0; i < n; i++) if (!cmd[i]) cmd[i] = \' \';\n'
+        '  cmd[n] = 0;\n'
+        f'  FILE *f = fopen("{log}", "a");\n'
+        '  if (f) { fprintf(f, "%u %s\\n", (unsigned)geteuid(), cmd); fclose(f); }\n}\n')
+    so = tmp_path / "preload.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(so), str(src)], check=True,
+                   timeout=120)
+    os.chmod(tmp_path, 0o755)
+    return so, log
+
+
+def _loads(log, euid: "int | None" = None) -> list:
+    if not log.exists():
+        return []
+    lines = log.read_text().splitlines()
+    return [ln for ln in lines if euid is None or ln.split(" ", 1)[0] == str(euid)]
+
+
 def _ran(marks) -> list:
     return sorted(os.listdir(marks))
 
@@ -63,27 +93,18 @@ def test_the_launchers_start_python_isolated():
     assert static_elf(_launcher("wrapperd"))
 
 
-def test_ld_variables_do_not_reach_root_python(tmp_path):
+def test_ld_variables_do_not_reach_root_python(preload):
     # The dynamic loader acts on LD_PRELOAD before any interpreter flag can help.  The
-    # library leaves a marker only when loaded into a process running as root: the
-    # target (uid 65534, which gets the variable as its environment says) does not.
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    src = tmp_path / "preload.c"
-    src.write_text('#include <stdio.h>\n#include <unistd.h>\n'
-                   '__attribute__((constructor)) static void planted(void) {\n'
-                   f'  if (geteuid() == 0) {{ FILE *f = fopen("{marks}/preload", "w");'
-                   ' if (f) fclose(f); }\n}\n')
-    so = tmp_path / "preload.so"
-    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(so), str(src)], check=True,
-                   timeout=120)
-    os.chmod(tmp_path, 0o755)
-    env = {"PATH": "/usr/bin:/bin", "LD_PRELOAD": str(so), "LD_LIBRARY_PATH": str(tmp_path)}
+    # library logs every load into a root process: the target (uid 65534, which gets
+    # the variable as its environment says) loads it but cannot write the log.
+    so, log = preload
+    env = {"PATH": "/usr/bin:/bin", "LD_PRELOAD": str(so),
+           "LD_LIBRARY_PATH": str(so.parent)}
     r = subprocess.run([_launcher("wrapperd"), "--uid", "65534", "--", "/bin/sh", "-c",
                         'echo "$LD_PRELOAD"'], env=env, capture_output=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout == f"{so}\n".encode()
-    assert _ran(marks) == []
+    assert _loads(log, euid=0) == []
 
 
 def test_the_environment_fd_does_not_reach_the_target():
@@ -110,19 +131,9 @@ def test_python_variables_do_not_reach_root_python(planted):
 def test_a_bogus_pythonhome_still_runs_the_target_or_reports(tmp_path):
     # A PYTHONHOME that cannot start Python at all once made the shim exit 1 with an
     # empty status fd, which the status contract reads as "exec happened".
-    r_fd, w_fd = os.pipe()
     env = {"PATH": "/usr/bin:/bin", "PYTHONHOME": str(tmp_path / "nowhere")}
-    try:
-        p = subprocess.run([_launcher("wrapperd"), "--status-fd", str(w_fd), "--",
-                            "/bin/sh", "-c", "echo ran"], env=env, capture_output=True,
-                           pass_fds=(w_fd,), timeout=60)
-        os.close(w_fd)
-        w_fd = -1
-        status = os.read(r_fd, 65536)
-    finally:
-        os.close(r_fd)
-        if w_fd >= 0:
-            os.close(w_fd)
+    p, status = run_with_status_fd([_launcher("wrapperd"), "--status-fd", "{status_fd}",
+                                    "--", "/bin/sh", "-c", "echo ran"], env=env)
     assert p.returncode == 0, p.stderr
     assert p.stdout == b"ran\n"
     assert status == b""
@@ -160,48 +171,23 @@ def test_flags_mode_passes_the_environment_byte_for_byte(planted):
 @pytest.mark.parametrize("how", ["cli", "plan"])
 def test_a_python_not_started_isolated_fails_closed(tmp_path, how):
     marker = tmp_path / "target-ran"
-    r_fd, w_fd = os.pipe()
-    args = ["--status-fd", str(w_fd)]
+    args = ["--status-fd", "{status_fd}"]
     if how == "plan":
         args = ["--plan-fd", "0", *args]
-    try:
-        p = subprocess.run([sys.executable, "-m", "wrapperd", *args, "--",
-                            "/bin/touch", str(marker)], capture_output=True,
-                           pass_fds=(w_fd,), stdin=subprocess.DEVNULL, timeout=60)
-        os.close(w_fd)
-        w_fd = -1
-        status = os.read(r_fd, 65536)
-    finally:
-        os.close(r_fd)
-        if w_fd >= 0:
-            os.close(w_fd)
+    p, status = run_with_status_fd([sys.executable, "-m", "wrapperd", *args, "--",
+                                    "/bin/touch", str(marker)], stdin=subprocess.DEVNULL)
     assert p.returncode == 125
     assert p.stderr.decode().startswith("wrapperd: python: not started isolated")
     assert json.loads(status)["step"] == "python"
     assert not marker.exists()
 
 
-def test_sandbox_run_keeps_ld_variables_from_root_wrapperd(tmp_path):
+def test_sandbox_run_keeps_ld_variables_from_root_wrapperd(tmp_path, preload):
     # The `sandbox` command is a `#!python -I` script: its own interpreter is the
     # admin's tool in the admin's environment and sees LD_PRELOAD (the control below).
     # What it execs as root -- python -I -m wrapperd, the same pid -- must not.  Every
     # load of the library appends "euid cmdline" to a file.
-    log = tmp_path / "loads"
-    src = tmp_path / "preload.c"
-    src.write_text(
-        '#include <fcntl.h>\n#include <stdio.h>\n#include <unistd.h>\n'
-        '__attribute__((constructor)) static void planted(void) {\n'
-        '  char cmd[4096]; ssize_t n = 0; int fd = open("/proc/self/cmdline", O_RDONLY);\n'
-        '  if (fd >= 0) { n = read(fd, cmd, sizeof cmd - 1); close(fd); }\n'
-        '  if (n < 0) n = 0;\n'
-        '  for (ssize_t i = 0; i < n; i++) if (!cmd[i]) cmd[i] = \' \';\n'
-        '  cmd[n] = 0;\n'
-        f'  FILE *f = fopen("{log}", "a");\n'
-        '  if (f) { fprintf(f, "%u %s\\n", (unsigned)geteuid(), cmd); fclose(f); }\n}\n')
-    so = tmp_path / "preload.so"
-    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(so), str(src)], check=True,
-                   timeout=120)
-    os.chmod(tmp_path, 0o755)
+    so, log = preload
     spec = tmp_path / "spec.json"
     spec.write_text(json.dumps({"env": {"PATH": "/usr/bin:/bin"},
                                 "user": {"uid": 65534, "gid": 65534}}))
@@ -211,7 +197,7 @@ def test_sandbox_run_keeps_ld_variables_from_root_wrapperd(tmp_path):
                        timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout == b"ran:\n"               # the spec's environment, as before
-    loads = log.read_text().splitlines()
+    loads = _loads(log)
     # The control: the sandbox command's own interpreter loaded it (the test works).
     assert any(line.startswith("0 ") and " run " in line and "-m wrapperd" not in line
                for line in loads), loads

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from sandbox import launchers
+from tests.conftest import run_with_status_fd
 
 
 def static_elf(path: str) -> bool:
@@ -45,17 +46,8 @@ def test_write_launchers_script_only(tmp_path):
 
 def test_a_launcher_that_cannot_exec_python_fails_closed(tmp_path):
     launchers._compile("/nonexistent/python3", str(tmp_path / "wrapperd"))
-    r_fd, w_fd = os.pipe()
-    try:
-        p = subprocess.run([str(tmp_path / "wrapperd"), "--status-fd", str(w_fd), "--",
-                            "/bin/true"], capture_output=True, pass_fds=(w_fd,), timeout=60)
-        os.close(w_fd)
-        w_fd = -1
-        status = os.read(r_fd, 4096)
-    finally:
-        os.close(r_fd)
-        if w_fd >= 0:
-            os.close(w_fd)
+    p, status = run_with_status_fd([str(tmp_path / "wrapperd"), "--status-fd",
+                                    "{status_fd}", "--", "/bin/true"])
     assert p.returncode == 125
     assert p.stderr == b"wrapperd: python: execve /nonexistent/python3: " \
                        b"No such file or directory\n"
