@@ -31,6 +31,7 @@ on to become the target, or its supervisor, which lives as long as the target).
 
 from __future__ import annotations
 
+import errno
 import os
 
 from . import procfs
@@ -127,7 +128,7 @@ def _open_dir(path: str, create: bool) -> int:
             try:
                 nfd = os.open(part, flags, dir_fd=fd)
             except OSError as e:
-                if e.errno in (20, 40):          # ENOTDIR, ELOOP: O_NOFOLLOW said no
+                if e.errno in (errno.ENOTDIR, errno.ELOOP):    # O_NOFOLLOW said no
                     raise SetupError(STEP, e.errno, f"registry {where}: a symlink or not "
                                      "a directory") from None
                 if not isinstance(e, FileNotFoundError) or not create:
@@ -348,7 +349,7 @@ def _allocate_locked(dfd: int, name, me) -> int:
             continue
         _write_record(dfd, uid, name, [me])
         return uid
-    raise SetupError(STEP, 28, f"no free id in {lo}-{hi}")
+    raise SetupError(STEP, errno.ENOSPC, f"no free id in {lo}-{hi}")
 
 
 def reclaim() -> int:

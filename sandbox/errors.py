@@ -14,6 +14,7 @@ close-on-exec.
 
 from __future__ import annotations
 
+import errno as _errno
 import os
 
 __all__ = ["SandboxError", "SpecError", "SetupError", "ExecError", "EXIT_FAILURE",
@@ -74,7 +75,7 @@ class ExecError(SetupError):
 def exit_code(err: BaseException) -> int:
     """The shim's exit code for err: 127/126 for execve, else 125."""
     if isinstance(err, ExecError):
-        return EXIT_NOT_FOUND if err.errno == 2 else EXIT_CANNOT_EXEC   # ENOENT
+        return EXIT_NOT_FOUND if err.errno == _errno.ENOENT else EXIT_CANNOT_EXEC
     return EXIT_FAILURE
 
 

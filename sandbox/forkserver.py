@@ -388,7 +388,8 @@ def _start(msg: bytes, fds: list, layout, kind) -> "tuple[int, int]":
             return pid, pidfd
         except OSError:                # it died: reap it, fork instead
             try:
-                os.kill(pid, 9)
+                import _signal
+                os.kill(pid, _signal.SIGKILL)
                 os.waitpid(pid, 0)
             except OSError:
                 pass

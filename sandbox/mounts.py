@@ -536,7 +536,7 @@ def set_flags(path: str, ms_flags: int, recursive: bool) -> None:
         mount_setattr(path, _attr(ms_flags), recursive)
         return
     except OSError as e:
-        if e.errno != 38:    # ENOSYS: a kernel before 5.12
+        if e.errno != errno.ENOSYS:    # a kernel before 5.12
             raise _fail(f"mount_setattr {path} ({_names(ms_flags)})", e) from None
     targets = [path] + (_submounts(path) if recursive else [])
     for t in targets:

@@ -27,6 +27,7 @@ from __future__ import annotations
 # _signal: the C module under `signal`, whose enum wrappers cost the lean shim an
 # `enum` import (~2 ms).  The same functions; handlers and masks are plain ints.
 import _signal as signal
+import errno
 import os
 
 from . import _libc, procfs
@@ -484,11 +485,11 @@ def _diagnose_user_ns(e: OSError) -> str:
     why = "unshare(CLONE_NEWUSER)"
     if _read_int(MAX_USER_NS) == 0:
         why += f" ({MAX_USER_NS} is 0)"
-    elif e.errno == 28:   # ENOSPC
+    elif e.errno == errno.ENOSPC:
         why += f" (the limit in {MAX_USER_NS} or the nesting depth of 32 is reached)"
     elif _read_int(USERNS_CLONE) == 0:
         why += f" ({USERNS_CLONE} is 0)"
-    elif e.errno == 1 and os.stat("/proc/self/root").st_ino != os.stat("/").st_ino:
+    elif e.errno == errno.EPERM and os.stat("/proc/self/root").st_ino != os.stat("/").st_ino:
         why += " (a chrooted process cannot create one)"
     return why
 

@@ -4,6 +4,7 @@ function; the shim decides when."""
 
 from __future__ import annotations
 
+import errno
 import os
 
 from . import _libc, procfs
@@ -50,7 +51,7 @@ def new_session() -> None:
         os.setsid()
         return
     except OSError as e:
-        if e.errno != 1:            # EPERM
+        if e.errno != errno.EPERM:
             raise SetupError("session", e.errno, "setsid") from None
     # Already in sys.modules: prepare() (and plan.decode) import it for this step.
     from . import namespaces

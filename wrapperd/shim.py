@@ -11,6 +11,7 @@ SetupError naming the step, and the target is never executed.
 
 from __future__ import annotations
 
+import errno
 import os
 
 from sandbox.errors import ExecError, SetupError, SpecError
@@ -102,7 +103,7 @@ def find_executable(name: str, path: str) -> str:
     """execvpe's lookup, done up front so 'not found' is known before any step runs."""
     if "/" in name:
         if not os.path.exists(name):
-            raise ExecError(2, f"{name}: not found")
+            raise ExecError(errno.ENOENT, f"{name}: not found")
         return name
     denied = False
     for d in path.split(":"):
@@ -112,8 +113,8 @@ def find_executable(name: str, path: str) -> str:
                 return cand
             denied = True
     if denied:
-        raise ExecError(13, f"{name}: found in PATH but not executable")
-    raise ExecError(2, f"{name}: not found in PATH {path!r}")
+        raise ExecError(errno.EACCES, f"{name}: found in PATH but not executable")
+    raise ExecError(errno.ENOENT, f"{name}: not found in PATH {path!r}")
 
 
 # --------------------------------------------------------------------------- steps
@@ -327,9 +328,10 @@ def _fault(name: str, fault: str) -> None:
     if where != name:
         return
     if action == "fail":
-        raise SetupError(name, 5, "fault injected (WRAPPERD_FAULT)")
+        raise SetupError(name, errno.EIO, "fault injected (WRAPPERD_FAULT)")
     if action == "stop":
-        os.kill(os.getpid(), 19)    # SIGSTOP; no import here: see the module docstring
+        import _signal  # the C module: signal's enums cost the lean shim
+        os.kill(os.getpid(), _signal.SIGSTOP)
 
 
 def run(plan: Plan):               # never returns
