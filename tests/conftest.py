@@ -54,6 +54,20 @@ def cgroup_root():
         g.remove()
 
 
+def until(cond, timeout: float, what: str):
+    """Poll cond() until it is true (returned) or timeout seconds pass (the test fails
+    naming `what`): a bounded wait, never a timing assertion."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
 def nspid(pid: int) -> list:
     """/proc/PID/status's NSpid: the pid in each pid namespace, outermost first."""
     with open(f"/proc/{pid}/status") as f:

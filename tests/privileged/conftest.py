@@ -8,6 +8,15 @@ from sandbox import mounts
 from tests.conftest import host_dir_root, skip_or_fail
 
 
+def pytest_collection_modifyitems(items):
+    """Every test here is `privileged` (pyproject's marker): `-m "not privileged"` runs
+    the rest."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for item in items:
+        if str(item.fspath).startswith(here + os.sep):
+            item.add_marker(pytest.mark.privileged)
+
+
 @pytest.fixture(autouse=True)
 def _need_root():
     if os.geteuid() != 0:

@@ -24,6 +24,7 @@ from tests.conftest import (
     run_probe,
     run_wrapperd,
     skip_or_fail,
+    until,
     wrapperd_cmd,
 )
 
@@ -63,17 +64,6 @@ def spawn(spec):
     p.stdin.write(json.dumps(spec).encode())
     p.stdin.close()
     return p
-
-
-def until(cond, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def alive(pid):

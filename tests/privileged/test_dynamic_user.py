@@ -28,7 +28,7 @@ import sandbox
 from sandbox import cgroups, cli, dynamicuser
 from sandbox.forkserver import ForkServer
 from sandbox.spawning import DEVNULL, PIPE
-from tests.conftest import needs_host_root, probe_spec, run_wrapperd, wrapperd_cmd
+from tests.conftest import needs_host_root, probe_spec, run_wrapperd, until, wrapperd_cmd
 
 PROFILES = ("service", "network-service", "strict", "untrusted")
 MODES = ("wrapperd", "spawn", "fast")
@@ -227,9 +227,7 @@ def test_same_name_same_uid_while_held_then_released(mode, probe, server, cgroup
             assert _host_ids(p3)[0][0] == uid
     # Both gone (nothing runs with the uid): the record is stale, and another name
     # whose first candidate is that very id gets it.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and uid in dynamicuser._ids_in_use():
-        time.sleep(0.05)
+    until(lambda: uid not in dynamicuser._ids_in_use(), 30, f"uid {uid} to be free")
     other = next(n for n in (f"dyn-reuse-{i}" for i in range(10**6))
                  if dynamicuser.first_candidate(n) == uid)
     spec = _spec(probe, "service", other, cgroup_root, "sleep:60", token=_token())

@@ -32,6 +32,7 @@ from tests.conftest import (
     probe_spec,
     run_wrapperd,
     skip_or_fail,
+    until,
     wrapperd_cmd,
 )
 
@@ -403,10 +404,7 @@ def test_spares_of_every_kind_end_with_the_server():
     every = spares + [k for s in spares for k in _kids(s)]
     assert len(every) == 4                       # and the premade reaper's worker
     fs.close()
-    deadline = time.monotonic() + 30             # a bounded wait, not a timing check
-    while not all(_ended(p) for p in every) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert all(_ended(p) for p in every)
+    until(lambda: all(_ended(p) for p in every), 30, "every spare to end")
 
 
 @pytest.mark.parametrize("as_pid_1", [False, True])
@@ -447,10 +445,7 @@ def test_server_exits_when_its_caller_dies(tmp_path):
                        timeout=60)
     pid = int(r.stdout)
 
-    deadline = time.monotonic() + 30     # not a timing assertion: bounded wait
-    while not _ended(pid) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert _ended(pid)
+    until(lambda: _ended(pid), 30, f"pid {pid} to end")
 
 
 # --------------------------------------------------------------------------- cache

@@ -17,6 +17,7 @@ from tests.conftest import (
     run_probe,
     run_wrapperd,
     skip_or_fail,
+    until,
     wrapperd_cmd,
 )
 from wrapperd import shim
@@ -171,10 +172,7 @@ def test_shim_is_not_ptraceable_by_the_target_uid_while_privileged(probe, step):
     try:
         # Attach only once setpriv has switched to 65534 and exec'd sleep (between the
         # two the process is not dumpable): a fixed sleep would race on a loaded machine.
-        deadline = time.monotonic() + 30
-        while not _runs_as(target.pid, "sleep", 65534):
-            assert time.monotonic() < deadline, "setpriv never ran sleep as 65534"
-            time.sleep(0.01)
+        until(lambda: _runs_as(target.pid, "sleep", 65534), 30, "setpriv to run sleep as 65534")
         assert _ptrace_as(65534, target.pid) == 0
     finally:
         target.kill()

@@ -9,6 +9,8 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 import sandbox
 from sandbox.spawning import DEVNULL
 from tests.conftest import TARGET_ENV
@@ -52,6 +54,7 @@ def _check_clean(fds_before: dict, children_before: set, cgroup_root: str) -> No
     assert _fds() == fds_before
 
 
+@pytest.mark.slow
 def test_1000_sequential_spawns_leave_nothing_behind(cgroup_root):
     fds_before, children_before = _fds(), _children()
     start = time.monotonic()
@@ -62,6 +65,7 @@ def test_1000_sequential_spawns_leave_nothing_behind(cgroup_root):
     print(f"1000 sequential spawns: {elapsed:.1f} s")
 
 
+@pytest.mark.slow
 def test_200_concurrent_spawns_leave_nothing_behind(cgroup_root):
     fds_before, children_before = _fds(), _children()
     with ThreadPoolExecutor(32) as pool:

@@ -19,6 +19,7 @@ from tests.conftest import (
     run_probe,
     run_wrapperd,
     skip_or_fail,
+    until,
     wrapperd_cmd,
 )
 
@@ -276,10 +277,8 @@ def test_control_the_host_has_more_than_loopback():
 def holder():
     """A process in its own net and uts namespaces, to be joined by path."""
     p = subprocess.Popen(["unshare", "--net", "--uts", "sleep", "60"])
-    deadline = time.monotonic() + 30            # a bounded wait, not a timing assertion
-    while os.readlink(f"/proc/{p.pid}/ns/net") == os.readlink("/proc/self/ns/net"):
-        assert time.monotonic() < deadline, "unshare did not start"
-        time.sleep(0.01)
+    until(lambda: os.readlink(f"/proc/{p.pid}/ns/net") != os.readlink("/proc/self/ns/net"),
+          30, "unshare to start")
     yield p.pid
     p.kill()
     p.wait()
@@ -372,10 +371,8 @@ def test_killing_the_shim_takes_the_whole_pid_namespace_with_it():
         (target,) = _children(reaper)
         os.kill(p.pid, signal.SIGKILL)
         p.wait(10)
-        deadline = time.monotonic() + 30        # bounded wait, not a timing assertion
-        while os.path.exists(f"/proc/{target}") or os.path.exists(f"/proc/{reaper}"):
-            assert time.monotonic() < deadline, "the namespace outlived the shim"
-            time.sleep(0.02)
+        until(lambda: not os.path.exists(f"/proc/{target}") and
+              not os.path.exists(f"/proc/{reaper}"), 30, "the namespace to end with the shim")
     finally:
         p.kill()
         p.wait()
