@@ -105,22 +105,11 @@ def compiled_filter(spec: dict) -> bytes:
     return shim.prepare(Spec.from_dict(spec)).seccomp.program
 
 
-def features() -> dict:
-    """What wrapperd applies in this build (steps that are not implemented are refused)."""
-    sys.path.insert(0, ROOT)
-    from wrapperd import shim
-    return {"seccomp": "seccomp" not in shim.NOT_YET,
-            "namespaces": "namespaces" not in shim.NOT_YET}
-
-
-def bench_spec(feat: dict) -> dict:
-    spec = {"argv": [TRUE], "env": {"PATH": "/usr/bin:/bin"},
-            "capabilities": {"drop": ["CAP_SYS_ADMIN"]}, "no_new_privs": True}
-    if feat["seccomp"]:
-        spec["seccomp"] = {"profile": "default"}
-    if feat["namespaces"]:
-        spec["namespaces"] = {"pid": feat["pid"], "ipc": True, "uts": True}
-    return spec
+def bench_spec(pid: bool) -> dict:
+    return {"argv": [TRUE], "env": {"PATH": "/usr/bin:/bin"},
+            "capabilities": {"drop": ["CAP_SYS_ADMIN"]}, "no_new_privs": True,
+            "seccomp": {"profile": "default"},
+            "namespaces": {"pid": pid, "ipc": True, "uts": True}}
 
 
 def main() -> int:
@@ -129,9 +118,7 @@ def main() -> int:
     ap.add_argument("--no-pidns", action="store_true",
                     help="leave out the pid namespace, in every row (to see its cost)")
     a = ap.parse_args()
-    feat = features()
-    feat["pid"] = not a.no_pidns
-    spec = bench_spec(feat)
+    spec = bench_spec(pid=not a.no_pidns)
     tmp = tempfile.mkdtemp(prefix="wrapperd-bench-")
     spec_path = os.path.join(tmp, "spec.json")
     with open(spec_path, "w") as f:
@@ -150,26 +137,18 @@ def main() -> int:
         row("setpriv", "caps, nnp", lambda: spawn_wait(
             [setpriv, "--bounding-set=-sys_admin", "--no-new-privs", "--", TRUE]))
     bwrap = shutil.which("bwrap")
+    pidns = not a.no_pidns
+    applied = "caps, nnp, seccomp, " + ("pid+ipc+uts" if pidns else "ipc+uts")
     if bwrap:
         bw = [bwrap, "--dev-bind", "/", "/", "--cap-drop", "CAP_SYS_ADMIN"]
-        applied = "caps, nnp"
-        if feat["namespaces"]:
-            bw += (["--unshare-pid"] if feat["pid"] else []) + \
-                ["--unshare-ipc", "--unshare-uts"]
-            applied += ", pid+ipc+uts" if feat["pid"] else ", ipc+uts"
-        bw_fds = ()
-        if feat["seccomp"]:
-            # The very program wrapperd loads for this spec (`sandbox seccomp compile`),
-            # given to bwrap on fd 3.
-            bpf = os.path.join(tmp, "filter.bpf")
-            with open(bpf, "wb") as f:
-                f.write(compiled_filter(spec))
-            bw += ["--seccomp", "3"]
-            bw_fds = ((3, bpf),)
-            applied = applied.replace("nnp", "nnp, seccomp")
-        row("bwrap", applied, lambda: spawn_wait(bw + ["--", TRUE], open_fds=bw_fds))
-    applied = "caps, nnp" + (", seccomp" if feat["seccomp"] else "") + \
-        ((", pid+ipc+uts" if feat["pid"] else ", ipc+uts") if feat["namespaces"] else "")
+        bw += (["--unshare-pid"] if pidns else []) + ["--unshare-ipc", "--unshare-uts"]
+        # The very program wrapperd loads for this spec (`sandbox seccomp compile`),
+        # given to bwrap on fd 3.
+        bpf = os.path.join(tmp, "filter.bpf")
+        with open(bpf, "wb") as f:
+            f.write(compiled_filter(spec))
+        bw += ["--seccomp", "3"]
+        row("bwrap", applied, lambda: spawn_wait(bw + ["--", TRUE], open_fds=((3, bpf),)))
     # Its seccomp cache in our temporary directory, not the machine's /var/cache.
     cache = os.path.join(tmp, "cache")
     os.mkdir(cache, 0o700)
@@ -208,7 +187,7 @@ def main() -> int:
     try:
         rows = measure(todo, a.n)
         through = throughput(100, fast_spawn, lib_spawn, bwrap and (
-            lambda: spawn_wait(bw + ["--", TRUE], open_fds=bw_fds)))
+            lambda: spawn_wait(bw + ["--", TRUE], open_fds=((3, bpf),))))
     finally:
         server.close()
         shutil.rmtree(tmp, ignore_errors=True)
