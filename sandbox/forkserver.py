@@ -298,7 +298,7 @@ def _reaper_spare(chan: int) -> None:
         # its /proc/PID/mem and exe not reachable, by a target without CAP_SYS_PTRACE.
         procattr.set_dumpable(False)
         # The worker asks on this once it has made the target's other namespaces
-        # (namespaces.REAPER_CHANNEL): a reaper left in the server's would show a
+        # (shim.Context.reaper_channel): a reaper left in the server's would show a
         # target the host's network and mounts through /proc/1.
         ours, theirs = (s.detach() for s in socket.socketpair(socket.AF_UNIX,
                                                               socket.SOCK_SEQPACKET))
@@ -461,16 +461,13 @@ def _child(fds: list, layout, premade: "str | None", reaper: int = -1) -> None:
         plan = _PLANS.get(data)
         if plan is None:
             plan = plan_mod.decode(data)
-        plan.status_fd = status
-        plan.ppid = os.getppid()       # the server decoded it: its ppid is not ours
         if premade is not None:
             from . import namespaces
             if namespaces.premade_kind(plan.namespaces) != premade:
                 raise SetupError("namespaces", 0, f"this child was born in a {premade!r} "
                                  "pid namespace the plan does not ask for")
-            namespaces.PREMADE = premade
-            namespaces.REAPER_CHANNEL = reaper
-        shim.run(plan)                 # execs; raises on failure
+        # ppid: ours, not the server's that decoded the plan.
+        shim.start(plan, shim.Context(status, os.getppid(), premade, reaper))
     except BaseException as e:         # noqa: B036 -- the child must never return
         try:
             from wrapperd import planned

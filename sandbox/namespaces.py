@@ -272,18 +272,6 @@ def premade_kind(p: "Prepared | None") -> "str | None":
     return "pid1" if p.as_pid_1 else "pid"
 
 
-# How this process came into a pid namespace made for it ahead of time (premade_kind),
-# set by the entry point that knows: None (it did not; apply() makes it), "pid" (a
-# fork server's worker, pid 2 under a reaper already there), "pid1" (pid 1, which the
-# target will be), "reaper" (pid 1, which forks the target and stays as its reaper:
-# the lean shim started by sandbox.spawn, see spawning).  apply() then neither
-# unshares CLONE_NEWPID nor forks more than that needs.
-PREMADE: "str | None" = None
-# With PREMADE "pid": this worker's end of a socket to the reaper above it (set by
-# the fork server, see sandbox.forkserver._reaper_spare).  The reaper was forked before
-# the request, in the server's other namespaces; apply() has it join the ones it made
-# (_share_with_reaper).
-REAPER_CHANNEL = -1
 # What the reaper may be asked to join: every kind but user (never with a premade pid
 # namespace) and pid (its own already).
 REAPER_JOINS = ("mount", "net", "ipc", "uts", "cgroup")
@@ -333,10 +321,16 @@ def made_pid_ns_for_children(start):
         os.close(own)
 
 
-def apply(p: Prepared) -> None:
-    if PREMADE is not None and \
-            (PREMADE if PREMADE != "reaper" else "pid") != premade_kind(p):
-        raise SetupError(STEP, 0, f"this process was made for a {PREMADE!r} pid namespace, "
+def apply(p: Prepared, premade: "str | None" = None, reaper_channel: int = -1) -> None:
+    """premade: how this process came into a pid namespace made for it ahead of time
+    (wrapperd.shim.Context): None (it did not: made here), "pid" (a fork server's
+    worker, pid 2 under a reaper already there, whose end of a socket is
+    reaper_channel: the reaper joins the namespaces made here, _share_with_reaper),
+    "pid1" (pid 1, which the target will be), "reaper" (pid 1, which forks the target
+    and stays as its reaper).  Then neither CLONE_NEWPID nor more forks than needed."""
+    if premade is not None and \
+            (premade if premade != "reaper" else "pid") != premade_kind(p):
+        raise SetupError(STEP, 0, f"this process was made for a {premade!r} pid namespace, "
                          f"the plan asks for {premade_kind(p)!r}")
     # Open every path first: joining a mount namespace changes what a path names.
     fds = {}
@@ -357,7 +351,7 @@ def apply(p: Prepared) -> None:
     if "user" in p.new:
         _new_user_ns(p)
     for kind in ORDER:
-        if kind in p.new and not (kind == "pid" and PREMADE):
+        if kind in p.new and not (kind == "pid" and premade):
             try:
                 _libc.unshare(CLONE_FLAGS[kind])
             except OSError as e:
@@ -371,27 +365,26 @@ def apply(p: Prepared) -> None:
                 socket.sethostname(p.hostname)
             except OSError as e:
                 raise _fail(f"sethostname {p.hostname!r}", e, "uts") from None
-    if PREMADE == "pid":
-        _share_with_reaper(p)
-    if p.forks and not PREMADE:
+    if premade == "pid":
+        _share_with_reaper(p, reaper_channel)
+    if p.forks and not premade:
         _fork(reaper="pid" in p.new and not p.as_pid_1)
-    elif PREMADE == "reaper":
+    elif premade == "reaper":
         _fork(reaper=True, outside=False)
 
 
-def _share_with_reaper(p: Prepared) -> None:
+def _share_with_reaper(p: Prepared, fd: int) -> None:
     """In a fork server's worker: have pid 1 of our namespace, the reaper forked before
     the request, join the namespaces just made or joined here -- else it would stay in
     the server's, and a target could read the host's network (/proc/1/net/*) and mount
-    table (/proc/1/mountinfo) through it.  Sent over REAPER_CHANNEL: their names and,
+    table (/proc/1/mountinfo) through it.  Sent over fd (the reaper's socket, closed
+    here): their names and,
     by SCM_RIGHTS, an fd for each (our /proc/self/ns/*: the reaper knows us by our pid
     in the new namespace, which its /proc, the server's, does not show); answered
     with an errno (0: joined).
     Then the reaper closes its end, and EOF here means it holds no fd any more.
     Always asked, if only for nothing, so the reaper never waits past this step."""
     import socket
-    global REAPER_CHANNEL
-    fd, REAPER_CHANNEL = REAPER_CHANNEL, -1
     if fd < 0:
         raise SetupError(STEP, 0, "pid: no channel to the reaper made ahead of time")
     joined = {k for k, _ in p.join}

@@ -299,10 +299,9 @@ def main(args: "list[str] | None" = None, environ_fd: "int | None" = None) -> in
             sys.stdout.write(spec.to_json() + "\n")
             sys.stdout.flush()
             return 0
-        plan.status_fd = status_fd
         import wrapperd
-        plan.ppid = wrapperd.PPID_AT_START if opts.parent_pid is None else opts.parent_pid
-        shim.run(plan)
+        shim.start(plan, shim.Context(status_fd, wrapperd.PPID_AT_START
+                                      if opts.parent_pid is None else opts.parent_pid))
     except SandboxError as e:
         return _report(e, status_fd)
     except SystemExit:

@@ -112,18 +112,18 @@ def _parse(args: "list[str]") -> "tuple[int, int | None, int | None, bool]":
 
 
 
-def _born_in_new_pidns(plan) -> None:
+def _born_in_new_pidns(plan) -> str:
     """--in-new-pidns: sandbox.spawn started this shim as pid 1 of a pid namespace made
     for the plan (namespaces.made_pid_ns_for_children), saving the shim's outside
     supervisor: the shim is the reaper, or the target itself with as_pid_1.  Checked,
-    not trusted: anything else fails closed before any step runs."""
+    not trusted: anything else fails closed before any step runs.  The Context's
+    `premade`."""
     from sandbox import namespaces
     kind = namespaces.premade_kind(plan.namespaces)
     if kind is None or os.getpid() != 1 or plan.spec.pdeathsig is not None:
         raise SetupError("namespaces", 0, "--in-new-pidns: not pid 1 of a new pid "
                          "namespace, or a plan that cannot use one made ahead")
-    namespaces.PREMADE = "reaper" if kind == "pid" else "pid1"
-    plan.ppid = 0          # what getppid() says of a parent outside our namespace
+    return "reaper" if kind == "pid" else "pid1"
 
 
 def main(args: "list[str]") -> int:
@@ -150,13 +150,15 @@ def main(args: "list[str]") -> int:
             raise SpecError(f"cannot read the plan from fd {plan_fd}: {e.strerror}") \
                 from None
         plan = plan_mod.decode(data)
-        plan.status_fd = status_fd
         import wrapperd
-        plan.ppid = wrapperd.PPID_AT_START if parent_pid is None else parent_pid
-        if in_new_pidns:
-            _born_in_new_pidns(plan)
         from wrapperd import shim
-        shim.run(plan)
+        if in_new_pidns:
+            # getppid() says 0 of a parent outside our pid namespace
+            ctx = shim.Context(status_fd, 0, premade=_born_in_new_pidns(plan))
+        else:
+            ctx = shim.Context(status_fd, wrapperd.PPID_AT_START if parent_pid is None
+                               else parent_pid)
+        shim.start(plan, ctx)
     except SystemExit:
         raise
     except BaseException as e:      # never a traceback: name it and fail closed

@@ -25,8 +25,6 @@ class Plan:
 
     def __init__(self, spec):
         self.spec = spec
-        self.ppid = os.getppid()
-        self.status_fd = None
         self.rlimits = self.cgroup = self.dynamic_user = self.creds = self.caps = None
         self.namespaces = self.mounts = self.seccomp = None
         self.executable = None
@@ -117,48 +115,75 @@ def find_executable(name: str, path: str) -> str:
     raise ExecError(errno.ENOENT, f"{name}: not found in PATH {path!r}")
 
 
-# --------------------------------------------------------------------------- steps
-# Each takes the plan; a step with nothing to do returns at once.
+class Context:
+    """How this run was started: what only its entry point knows, given to start()
+    explicitly (no step keeps it in a module global).  One per process; `ppid` is
+    refreshed when a step forks.
 
-def _premade_reaper() -> "int | None":
-    """In a fork server's worker born under a premade reaper (sandbox.namespaces.PREMADE
-    "pid"): the reaper's pid as /proc shows it.  The shim's own reaper is forked after
-    the oom and cgroup steps and shares them; this one was forked before, so those two
-    steps apply to it as well.  None otherwise."""
-    from sandbox import namespaces
-    if namespaces.PREMADE != "pid":
+    status_fd: where a failure is reported (close-on-exec: EOF means exec'd), or None.
+    ppid: the parent pdeathsig must watch (the caller's pid, or 0 for a parent outside
+      a pid namespace made for us).
+    premade: how this process came into a pid namespace made for it ahead of time
+      (namespaces.premade_kind): None (it did not: the namespaces step makes one);
+      "pid" (a fork server's worker, pid 2 under a reaper already there); "pid1" (pid
+      1, which the target will be); "reaper" (pid 1, which forks the target and stays
+      as its reaper: the lean shim spawn() starts with --in-new-pidns).
+    reaper_channel: with premade "pid", this worker's end of a socket to that reaper
+      (sandbox.forkserver._reaper_spare), which joins the namespaces the worker makes.
+    """
+
+    __slots__ = ("status_fd", "ppid", "premade", "reaper_channel")
+
+    def __init__(self, status_fd: "int | None" = None, ppid: "int | None" = None,
+                 premade: "str | None" = None, reaper_channel: int = -1):
+        self.status_fd = status_fd
+        self.ppid = os.getppid() if ppid is None else ppid
+        self.premade = premade
+        self.reaper_channel = reaper_channel
+
+
+# --------------------------------------------------------------------------- steps
+# Each takes the plan and the run's context; one with nothing to do returns at once.
+
+def _premade_reaper(ctx) -> "int | None":
+    """In a fork server's worker born under a premade reaper (premade "pid"): the
+    reaper's pid as /proc shows it.  The shim's own reaper is forked after the oom and
+    cgroup steps and shares them; this one was forked before, so those two steps apply
+    to it as well.  None otherwise."""
+    if ctx.premade != "pid":
         return None
+    from sandbox import namespaces
     return namespaces.parent_pid_in_proc()
 
 
-def _oom_score_adj(plan):
+def _oom_score_adj(plan, ctx):
     if plan.spec.oom_score_adj is not None:
         from sandbox import procattr
         procattr.set_oom_score_adj(plan.spec.oom_score_adj)
-        reaper = _premade_reaper()
+        reaper = _premade_reaper(ctx)
         if reaper is not None:
             procattr.set_oom_score_adj(plan.spec.oom_score_adj, reaper)
 
 
-def _nice(plan):
+def _nice(plan, ctx):
     if plan.spec.nice is not None:
         from sandbox import procattr
         procattr.set_nice(plan.spec.nice)
 
 
-def _rlimits(plan):
+def _rlimits(plan, ctx):
     if plan.rlimits:
         from sandbox import rlimits
         rlimits.apply(plan.rlimits)
 
 
-def _cgroup(plan):
+def _cgroup(plan, ctx):
     if plan.cgroup is not None:
         from sandbox import cgroups
-        cgroups.apply(plan.cgroup, parent_too=_premade_reaper())
+        cgroups.apply(plan.cgroup, parent_too=_premade_reaper(ctx))
 
 
-def _dynamic_user(plan):
+def _dynamic_user(plan, ctx):
     # Before the namespaces step: the registry under /run and the host's /proc are
     # still in view, and this process (or the supervisor it becomes, which outlives
     # the target) is the one recorded as holding the id.
@@ -168,48 +193,50 @@ def _dynamic_user(plan):
                                                         plan.namespaces)
 
 
-def _before_fork(plan) -> int:
+def _before_fork(plan, ctx) -> int:
     """A step that may fork: pdeathsig's parent check must not be lost across it."""
-    if plan.spec.pdeathsig is not None and os.getppid() != plan.ppid:
+    if plan.spec.pdeathsig is not None and os.getppid() != ctx.ppid:
         raise SetupError("pdeathsig", 0, "the parent exited before pdeathsig was armed")
     return os.getpid()
 
 
-def _after_fork(plan, pid_before: int) -> None:
+def _after_fork(ctx, pid_before: int) -> None:
     if os.getpid() != pid_before:            # forked: the supervisor is the parent now
-        plan.ppid = os.getppid()
+        ctx.ppid = os.getppid()
 
 
-def _namespaces(plan):
+def _namespaces(plan, ctx):
     if plan.namespaces is not None:
         from sandbox import namespaces
-        pid = _before_fork(plan)
-        namespaces.apply(plan.namespaces)    # may fork: returns in the future target
-        _after_fork(plan, pid)
+        pid = _before_fork(plan, ctx)
+        # may fork: returns in the future target
+        namespaces.apply(plan.namespaces, ctx.premade, ctx.reaper_channel)
+        ctx.reaper_channel = -1              # handed over (and closed)
+        _after_fork(ctx, pid)
 
 
-def _mounts(plan):
+def _mounts(plan, ctx):
     if plan.mounts is not None:
         from sandbox import mounts
         mounts.apply(plan.mounts)
 
 
-def _session(plan):
+def _session(plan, ctx):
     if plan.spec.new_session:
         from sandbox import procattr
-        pid = _before_fork(plan)
+        pid = _before_fork(plan, ctx)
         procattr.new_session()               # may fork: returns in the future target
-        _after_fork(plan, pid)
+        _after_fork(ctx, pid)
 
 
-def _fds(plan):
+def _fds(plan, ctx):
     from sandbox import fds
     fds.check_pass_fds(plan.spec.pass_fds)
-    keep = () if plan.status_fd is None else (plan.status_fd,)
+    keep = () if ctx.status_fd is None else (ctx.status_fd,)
     fds.close_others(plan.spec.pass_fds, keep)
 
 
-def _cwd(plan):
+def _cwd(plan, ctx):
     # After identity and capabilities: the chdir is checked with the target's own ids and
     # caps, so a directory it could not enter itself (root's 0700 home, say) never
     # becomes its cwd -- from there it could reach what lies below by relative paths.
@@ -222,29 +249,29 @@ def _cwd(plan):
         raise SetupError("cwd", e.errno, f"chdir {plan.spec.cwd} as the target") from None
 
 
-def _umask(plan):
+def _umask(plan, ctx):
     if plan.spec.user is not None and plan.spec.user.umask is not None:
         os.umask(int(plan.spec.user.umask, 8))
 
 
-def _identity(plan):
+def _identity(plan, ctx):
     if plan.creds is not None:
         from sandbox import creds
         creds.apply(plan.creds)
 
 
-def _capabilities(plan):
+def _capabilities(plan, ctx):
     from sandbox import caps
     caps.apply(plan.caps)
 
 
-def _pdeathsig(plan):
+def _pdeathsig(plan, ctx):
     if plan.spec.pdeathsig is not None:
         from sandbox import procattr
-        procattr.set_pdeathsig(plan.spec.pdeathsig, plan.ppid)
+        procattr.set_pdeathsig(plan.spec.pdeathsig, ctx.ppid)
 
 
-def _dumpable(plan):
+def _dumpable(plan, ctx):
     # Not ptraceable or dumpable by anyone but root while the shim still holds
     # privileges.  execve resets this for the target (to 1 for an ordinary exec), so it
     # is not a spec field: it protects the shim, not the target.
@@ -252,7 +279,7 @@ def _dumpable(plan):
     procattr.set_dumpable(False)
 
 
-def _no_new_privs(plan):
+def _no_new_privs(plan, ctx):
     if plan.spec.no_new_privs:
         from sandbox import procattr
         procattr.set_no_new_privs()
@@ -272,11 +299,11 @@ def _restore_signals():
     _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
 
 
-def _signals(plan):
+def _signals(plan, ctx):
     _restore_signals()
 
 
-def _seccomp(plan):
+def _seccomp(plan, ctx):
     if plan.dynamic_user is not None:
         from sandbox import seccomp
         seccomp.load_program(plan.dynamic_user.suid_filter, "restrict_suid_sgid")
@@ -285,7 +312,7 @@ def _seccomp(plan):
         seccomp.apply(plan.seccomp)
 
 
-def _exec(plan):                  # never returns
+def _exec(plan, ctx):                  # never returns
     spec = plan.spec
     try:
         os.execve(plan.executable, list(spec.argv), dict(spec.env))
@@ -334,13 +361,16 @@ def _fault(name: str, fault: str) -> None:
         os.kill(os.getpid(), _signal.SIGSTOP)
 
 
-def run(plan: Plan):               # never returns
+def start(plan: Plan, ctx: Context):     # never returns
+    """The one start of every launch path -- wrapperd's command line, a plan from
+    spawn(), a fork server's worker -- with what only that path knows in ctx: every
+    step, in the order of STEPS, then execve.  Raises SetupError naming the step."""
     fault = os.environ.get(FAULT_ENV)
     for name, step in STEPS:
         try:
             if fault:
                 _fault(name, fault)
-            step(plan)
+            step(plan, ctx)
         except SetupError:
             raise
         except OSError as e:
