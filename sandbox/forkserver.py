@@ -61,11 +61,10 @@ serve(int(sys.argv[2]))
 def _preload() -> None:
     """Everything a child may import, imported once here: a forked child then needs no
     file access for code (see wrapperd/shim.py) and pays nothing for imports."""
+    from wrapperd import shim
     for name in ("_json", "_signal", "fcntl", "grp", "resource", "sandbox._libc",
-                 "sandbox.caps", "sandbox.cgroups", "sandbox.creds", "sandbox.dynamicuser",
-                 "sandbox.fds", "sandbox.mounts", "sandbox.namespaces", "sandbox.plan",
-                 "sandbox.procattr", "sandbox.rlimits", "sandbox.seccomp", "wrapperd.planned",
-                 "wrapperd.shim"):
+                 "sandbox.plan", "wrapperd.planned",
+                 *(module for module, _needed in shim.STEP_MODULES)):
         __import__(name)
     # ctypes resolves (dlsym) and caches a libc function on first use: once here, not
     # in every child.

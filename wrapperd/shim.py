@@ -77,24 +77,33 @@ def prepare(spec) -> Plan:
     return plan
 
 
+# The facility modules the steps use, listed once: which a plan needs (its record is
+# set, or the condition holds), for import_step_modules(); all of them, for the fork
+# server to import ahead of its forks (sandbox.forkserver._preload).
+STEP_MODULES = (
+    ("sandbox.caps", lambda plan: True),
+    ("sandbox.fds", lambda plan: True),
+    ("sandbox.procattr", lambda plan: True),
+    # the session step may fork with namespaces' supervisor
+    ("sandbox.namespaces", lambda plan: plan.spec.new_session or
+     plan.namespaces is not None),
+    ("sandbox.rlimits", lambda plan: bool(plan.rlimits)),
+    ("sandbox.cgroups", lambda plan: plan.cgroup is not None),
+    ("sandbox.mounts", lambda plan: plan.mounts is not None),
+    ("sandbox.creds", lambda plan: plan.creds is not None),
+    ("sandbox.dynamicuser", lambda plan: plan.dynamic_user is not None),
+    # a dynamic user loads a filter of its own
+    ("sandbox.seccomp", lambda plan: plan.seccomp is not None or
+     plan.dynamic_user is not None),
+)
+
+
 def import_step_modules(plan: Plan) -> None:
     """Import what the steps of a plan made elsewhere (sandbox.plan.decode) will use,
     as prepare() does along the way: see the module docstring."""
-    from sandbox import caps, fds, procattr  # noqa: F401
-    if plan.spec.new_session or plan.namespaces is not None:
-        from sandbox import namespaces  # noqa: F401  (the session step may fork with it)
-    if plan.rlimits:
-        from sandbox import rlimits  # noqa: F401
-    if plan.cgroup is not None:
-        from sandbox import cgroups  # noqa: F401
-    if plan.mounts is not None:
-        from sandbox import mounts  # noqa: F401
-    if plan.creds is not None:
-        from sandbox import creds  # noqa: F401
-    if plan.dynamic_user is not None:
-        from sandbox import dynamicuser  # noqa: F401
-    if plan.seccomp is not None or plan.dynamic_user is not None:
-        from sandbox import seccomp  # noqa: F401
+    for name, needed in STEP_MODULES:
+        if needed(plan):
+            __import__(name)
 
 
 def find_executable(name: str, path: str) -> str:
