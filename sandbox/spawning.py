@@ -31,7 +31,7 @@ import threading
 import time
 from typing import Any, TypedDict, Unpack
 
-from .errors import SandboxError, SetupError, SpecError, error_from_record
+from .errors import SandboxError, SetupError, SpecError, error_from_record, exit_code
 
 
 class SpawnFields(TypedDict, total=False):
@@ -469,11 +469,11 @@ def lean_command(root: str, plan_fd: int, status_fd: int) -> "list[str]":
 
 def _prepared(spec, python) -> "tuple[bytes | None, str | None, bool]":
     """(plan bytes, package root, new pid namespace made here) to start the lean shim
-    with, or (None, None, False): then the shim gets the spec itself.  The prepared
-    form is only a shortcut, never a different outcome: a spec this process cannot
-    prepare (a bad uid name, a target not found ...) goes to the shim as a spec, which
-    reports the error as it always has (its exit status and pid on the exception).
-    Another `python` than ours gets the spec too: our package root may not suit it."""
+    with, or (None, None, False): then the shim gets the spec itself (another
+    `python` than ours: our package root may not suit it).  A spec that cannot be
+    prepared (a bad uid name, a target not found ...) raises here, as from the fork
+    server, with the exit status the shim would have given and no pid: no shim is
+    started and no stdio file is created for what cannot run."""
     if python is not None and os.path.realpath(python) != os.path.realpath(sys.executable):
         return None, None, False
     root = package_root()
@@ -486,8 +486,10 @@ def _prepared(spec, python) -> "tuple[bytes | None, str | None, bool]":
     try:
         plan = shim.prepare(spec)
         payload = _plan.encode(plan)
-    except SandboxError:
-        return None, None, False
+    except SandboxError as e:
+        e.exit_status = exit_code(e)
+        e.pid = None
+        raise
     # The pid namespace made here, with the shim born as its pid 1, saves the shim
     # its outside supervisor (--in-new-pidns, wrapperd.planned).  Not with pdeathsig:
     # the shim could not tell whether we (outside its namespace) already exited.

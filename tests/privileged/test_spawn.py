@@ -169,6 +169,21 @@ def test_not_found_is_127_and_not_executable_126(scratch):
     assert sandbox.run([str(noexec)], env=TARGET_ENV).returncode == 0
 
 
+@pytest.mark.parametrize("fast", [False, True])
+def test_what_cannot_be_prepared_starts_nothing_and_creates_no_file(scratch, capfd, fast):
+    # spawn() raises a prepare error at once, as the fork server does: no shim is
+    # started (nothing on stderr), no stdio file is created for what cannot run.
+    out = scratch / f"out-{fast}.log"
+    children = zombie_children()
+    with pytest.raises(ExecError) as e:
+        sandbox.spawn([str(scratch / "missing")], env=TARGET_ENV, stdout=str(out),
+                      fast=fast)
+    assert (e.value.exit_status, e.value.pid) == (127, None)
+    assert not out.exists()
+    assert capfd.readouterr().err == ""
+    assert zombie_children() == children
+
+
 def test_bad_spec_raises_before_anything_runs():
     with pytest.raises(SpecError) as e:
         sandbox.spawn({"argv": ["/bin/true"], "capabilities": {"drop": ["CAP_FOO"]}})
