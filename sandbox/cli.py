@@ -200,7 +200,9 @@ def _cmd_seccomp(a) -> int:
     # compile: the filter exactly as wrapperd would load it for this spec's target.
     if not a.spec or not a.output:
         raise SpecError("usage: sandbox seccomp compile SPEC -o FILE.bpf")
-    from . import caps, creds, profile
+    from wrapperd import shim
+
+    from . import profile
     from .spec import Spec, loads_strict
     with open(a.spec, "rb") as f:
         d = loads_strict(f.read())
@@ -209,10 +211,13 @@ def _cmd_seccomp(a) -> int:
     spec = Spec.from_dict(profile.apply_profile(d))
     if spec.seccomp is None:
         raise SpecError("the spec has no seccomp filter", "seccomp")
-    cr = creds.prepare(spec.user, spec.securebits, spec.namespaces)
-    cp = caps.prepare(spec.capabilities, creds.target_is_root(cr),
-                      cr.securebits if cr else 0)
-    prepared = seccomp.prepare(spec.seccomp, cp)
+    # wrapperd's own prepare (ids, user namespace, capabilities, check_execve), but for
+    # a target that need not exist on this machine.
+    plan = shim.prepare(spec, find_target=False)
+    prepared = plan.seccomp
+    if plan.dynamic_user is not None:
+        print("sandbox: the spec's dynamic user also loads a filter of its own "
+              "(restrict_suid_sgid), not written here", file=sys.stderr)
     if a.output == "-":
         sys.stdout.buffer.write(prepared.program)
     else:

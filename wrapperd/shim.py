@@ -30,8 +30,12 @@ class Plan:
         self.executable = None
 
 
-def prepare(spec) -> Plan:
-    spec.check_runnable()
+def prepare(spec, find_target: bool = True) -> Plan:
+    """find_target: the spec must name a target, looked up now (so "not found" is 127
+    before any step); False for a consumer that runs nothing (`sandbox seccomp
+    compile`), whose spec may leave argv out."""
+    if find_target:
+        spec.check_runnable()
     plan = Plan(spec)
     from sandbox import fds, procattr  # noqa: F401  (imported now: see the docstring)
     if spec.rlimits:
@@ -73,7 +77,8 @@ def prepare(spec) -> Plan:
         arches = plan.seccomp.architectures if plan.seccomp is not None else ("native",)
         plan.dynamic_user = dynamicuser.prepare(      # allocated by its step, not here
             spec, seccomp.restrict_suid_sgid(arches))
-    plan.executable = find_executable(spec.argv[0], spec.env.get("PATH", DEFAULT_PATH))
+    if find_target:
+        plan.executable = find_executable(spec.argv[0], spec.env.get("PATH", DEFAULT_PATH))
     return plan
 
 

@@ -456,6 +456,25 @@ def test_cli_compile_writes_the_same_program(tmp_path):
     assert main(["seccomp", "compile", str(empty), "-o", str(out)]) == 125
 
 
+def test_cli_compile_is_wrapperds_own_prepare(tmp_path, capsys):
+    # The same prepare as the shim: a filter that kills the shim's own execve is refused
+    # there as it is by wrapperd; root inside a new user namespace keeps the caps the
+    # capability-aware rules look at, as the shim decides.
+    from sandbox.cli import main
+    from wrapperd import shim
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"seccomp": {"default_action": "allow", "syscalls": [
+        {"names": ["execve"], "action": "kill_process"}]}}))
+    assert main(["seccomp", "compile", str(spec), "-o", str(tmp_path / "x.bpf")]) == 125
+    assert "execve" in capsys.readouterr().err
+    d = {"namespaces": {"user": True}, "seccomp": {"profile": "default"}}
+    spec.write_text(json.dumps(d))
+    out = tmp_path / "u.bpf"
+    assert main(["seccomp", "compile", str(spec), "-o", str(out)]) == 0
+    want = shim.prepare(Spec.from_dict(dict(d, argv=["/bin/true"]))).seccomp.program
+    assert out.read_bytes() == want
+
+
 def test_cli_list(capsys):
     from sandbox.cli import main
     assert main(["seccomp", "list"]) == 0
