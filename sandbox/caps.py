@@ -125,11 +125,18 @@ class Prepared:
     last_cap: int
 
 
-def prepare(caps, target_is_root: bool, securebits: int = 0) -> Prepared:
-    """Work out the target's five sets from the spec's `capabilities` (or None)."""
+def prepare(caps, target_is_root: bool, securebits: int = 0,
+            shim_holds: "int | None" = None) -> Prepared:
+    """Work out the target's five sets from the spec's `capabilities` (or None), for a
+    shim holding what this process holds -- or, with shim_holds, a mask it would hold
+    in its bounding and permitted sets (exposure scores a spec as for a shim holding
+    every capability, whoever scores it)."""
     last = last_cap()
-    bnd = bounding_set()
-    _eff, held, _inh = _libc.capget()
+    if shim_holds is None:
+        bnd = bounding_set()
+        _eff, held, _inh = _libc.capget()
+    else:
+        bnd = held = shim_holds
     for field in ("drop", "keep", "ambient"):
         for i, name in enumerate(getattr(caps, field, None) or ()):
             if cap_number(name) > last:

@@ -164,25 +164,14 @@ def _all_caps() -> frozenset:
     return frozenset(caps.CAP_NAMES[:caps.last_cap() + 1])
 
 
-def _spec_caps(spec, root: bool) -> "tuple[frozenset, frozenset]":
-    """(held, bounding) as capabilities(7) gives them at execve -- computed for a shim
-    holding every capability, so the score of a spec does not depend on who scores it
-    (sandbox.caps.prepare does the same arithmetic against the running process)."""
-    full = _all_caps()
-    c = spec.capabilities
-    if c is None:
-        bnd = full
-    elif c.keep is not None:
-        bnd = frozenset(c.keep)
-    else:
-        bnd = full - frozenset(c.drop or ())
-    if c is not None and c.ambient is not None:
-        amb = frozenset(c.ambient) & bnd
-    elif c is not None and c.keep is not None and not root:
-        amb = bnd
-    else:
-        amb = frozenset()
-    return (bnd | amb if root else amb), bnd
+def _spec_caps(spec, root: bool, securebits: int) -> "tuple[frozenset, frozenset]":
+    """(held, bounding) as capabilities(7) gives them at execve: caps.prepare's own
+    arithmetic, for a shim holding every capability, so the score of a spec does not
+    depend on who scores it."""
+    from . import caps
+    p = caps.prepare(spec.capabilities, root, securebits,
+                     shim_holds=(1 << (caps.last_cap() + 1)) - 1)
+    return frozenset(caps.names(p.permitted)), frozenset(caps.names(p.bounding))
 
 
 def _spec_facts(spec) -> _Facts:
@@ -221,7 +210,7 @@ def _spec_facts(spec) -> _Facts:
                                       isinstance(getattr(ns, f), dict))
                for f, *_ in NS_CHECKS}
     # Caps are computed for the uid inside; "root" is judged by the uid outside.
-    held, bnd = _spec_caps(spec, root)
+    held, bnd = _spec_caps(spec, root, bits)
     dynamic = spec.user is not None and spec.user.dynamic
     outside_uid = uid if not private["user"] else None
     if dynamic:
