@@ -30,6 +30,27 @@ def _printable(text: str) -> str:
     return "".join(out)
 
 
+def _helper_role(name: str) -> "str | None":
+    """What a wrapperd helper calls itself (namespaces.REAPER_COMM ...), else None."""
+    from .namespaces import REAPER_COMM, SUPERVISOR_COMM
+    return {REAPER_COMM: "reaper (pid 1 of the target's pid namespace)",
+            SUPERVISOR_COMM: "supervisor (it forwards signals to the target and "
+                             "exits with its status)"}.get(name)
+
+
+def _children(pid: int) -> "list[int]":
+    from . import procfs
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if procfs.ppid(entry) == pid:
+                    out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return sorted(out)
+
+
 def _cmd_inspect(a) -> int:
     from .inspection import inspect
     try:
@@ -50,6 +71,12 @@ def _cmd_inspect(a) -> int:
         print(_printable(line))
 
     say(f"pid {info['pid']} ({info['name']})")
+    helper = _helper_role(info["name"])
+    if helper is not None:
+        kids = _children(info["pid"])
+        say(f"  this is wrapperd's {helper}, not a target: the target is "
+            + (", ".join(f"pid {k}" for k in kids) if kids else "gone") +
+            " (sandbox inspect that pid)")
     say("  uids      " + " ".join(f"{k}={v}" for k, v in info["uids"].items()))
     say("  gids      " + " ".join(f"{k}={v}" for k, v in info["gids"].items()))
     say(f"  groups    {info['groups']}")

@@ -665,12 +665,27 @@ def _fork(reaper: bool, step: str = STEP, what: str = "pid: fork into the pid na
     signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
 
 
+# What a helper that stays beside a target calls itself (/proc/PID/comm).
+REAPER_COMM = "wrapperd-reaper"
+SUPERVISOR_COMM = "wrapperd-super"
+
+
+def _set_comm(name: str) -> None:
+    try:
+        with open("/proc/thread-self/comm", "w") as f:
+            f.write(name)
+    except OSError:
+        pass                    # a name is a courtesy: never a reason to fail
+
+
 def _supervise(child: int, old_mask, pid_1: bool, keep: int = -1) -> "None":
     """Wait for child, forward signals to it, exit with its status.  As pid 1 of the
     namespace, also reap every orphan reparented to us.  keep: the one fd to hold (the
     write end of the reaper's is-the-shim-alive pipe, see _fork)."""
     code = EXIT_FAILURE
     try:
+        # Named for what it is (`sandbox inspect`, ps): the comm, 15 bytes at most.
+        _set_comm(REAPER_COMM if pid_1 else SUPERVISOR_COMM)
         # Hold nothing the target should not have: an open pipe end here would keep the
         # caller from seeing EOF (on the status fd, on the target's stdout).
         if keep >= 0:

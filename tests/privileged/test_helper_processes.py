@@ -28,7 +28,7 @@ import pytest
 import sandbox
 from sandbox.forkserver import ForkServer
 from sandbox.spawning import DEVNULL, PIPE
-from tests.conftest import SYSTEM_PYTHON, TARGET_ENV, nspid, probe_spec, wrapperd_cmd
+from tests.conftest import SYSTEM_PYTHON, TARGET_ENV, nspid, probe_spec, until, wrapperd_cmd
 
 ALL_BUT_USER = {"pid": True, "net": True, "mount": True, "ipc": True, "uts": True,
                 "cgroup": True}
@@ -223,3 +223,27 @@ def test_the_session_forks_supervisor_keeps_nothing_of_the_callers_environment(
         p.kill()
         p.wait()
         p.stdout.close()
+
+
+def test_sandbox_inspect_names_a_helper_and_its_target():
+    # spawn()'s shim is pid 1 of the namespace it asked for: the reaper; the target is
+    # its child.  `sandbox inspect` says which one it was given and where the target is.
+    import sys as _sys
+    spec = {"argv": ["/bin/sleep", "30"], "env": {"PATH": "/usr/bin:/bin"},
+            "namespaces": {"pid": True}}
+    with sandbox.spawn(spec) as p:
+        target = until(lambda: p.target_pid if p.target_pid != p.pid else None, 30,
+                       "the target to be forked")
+        with open(f"/proc/{p.pid}/comm") as f:
+            assert f.read().strip() == "wrapperd-reaper"
+        r = subprocess.run([_sys.executable, "-I", "-c",
+                            "from sandbox.cli import entry; entry()", "inspect",
+                            str(p.pid)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        line = r.stdout.splitlines()[1]
+        assert "wrapperd's reaper" in line and f"pid {target}" in line
+        r = subprocess.run([_sys.executable, "-I", "-c",
+                            "from sandbox.cli import entry; entry()", "inspect",
+                            str(target)], capture_output=True, text=True, timeout=60)
+        assert "wrapperd's" not in r.stdout
+        p.kill()
