@@ -66,6 +66,15 @@ def prepare(spec, suid_filter: bytes = b"") -> "Prepared | None":
     # Not refused here when we are not root: `sandbox check` validates a spec as
     # anyone.  A non-root shim fails at its dynamic_user step (the registry must be
     # root's), before any id changes.
+    # A file capability outlives the id as a setuid bit would (anyone running it gets
+    # the capabilities); CAP_SYS_ADMIN mounts past the filter that keeps those off.
+    c = spec.capabilities
+    for which in ("keep", "ambient"):
+        for i, cap in enumerate(getattr(c, which, None) or ()):
+            if cap in ("CAP_SETFCAP", "CAP_SYS_ADMIN"):
+                raise SpecError(f"{cap} cannot be kept by a dynamic user: files it makes "
+                                "outlive its id (a file capability, a mount's setuid "
+                                "file)", f"capabilities.{which}[{i}]")
     ns = spec.namespaces
     userns = getattr(ns, "user", False) if ns is not None else False
     if isinstance(userns, str):

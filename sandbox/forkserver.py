@@ -730,9 +730,9 @@ class ForkServer:
 
         from . import plan as plan_mod
         from .process import Process
-        from .spawning import _cgroup_dirs, _read_status, build_spec
+        from .spawning import _cgroup_dirs, _read_status, build_spec, check_library_spec
         spec = build_spec(target, **fields)
-        spec.check_runnable()
+        check_library_spec(spec)
         try:
             payload = plan_mod.encode(shim.prepare(spec))
         except SandboxError as e:

@@ -672,8 +672,7 @@ SUPERVISOR_COMM = "wrapperd-super"
 
 def _set_comm(name: str) -> None:
     try:
-        with open("/proc/thread-self/comm", "w") as f:
-            f.write(name)
+        _libc.set_name(name.encode())
     except OSError:
         pass                    # a name is a courtesy: never a reason to fail
 

@@ -264,6 +264,21 @@ def _drop_none(v):
     return v
 
 
+def _check_seccomp_profile(base: dict, spec_dict: dict, name: str) -> None:
+    """A spec naming another seccomp profile than its profile's would swap the whole
+    filter (`default` over `strict`: ~150 more syscalls): a loosening, which as any
+    other takes `replace_profile_rules: true` (sandbox.seccomp)."""
+    t, o = base.get("seccomp"), spec_dict.get("seccomp")
+    theirs: dict = t if isinstance(t, dict) else {}
+    ours: dict = o if isinstance(o, dict) else {}
+    if ours.get("profile") is None or theirs.get("profile") is None or \
+            ours["profile"] == theirs["profile"] or ours.get("replace_profile_rules") is True:
+        return
+    raise SpecError(f"{ours['profile']!r} replaces the seccomp profile "
+                    f"{theirs['profile']!r} of profile {name!r}; give "
+                    "replace_profile_rules: true to replace it", "seccomp.profile")
+
+
 def apply_profile(spec_dict: dict, name: "str | None" = None) -> dict:
     """Merge the spec (a raw dict) over its profile; the profile name stays recorded."""
     name = name or spec_dict.get("profile")
@@ -271,7 +286,9 @@ def apply_profile(spec_dict: dict, name: "str | None" = None) -> dict:
         return spec_dict
     if not isinstance(name, str):
         raise SpecError("expected a string", "profile")
-    merged = merge(resolve(name), spec_dict)
+    base = resolve(name)
+    _check_seccomp_profile(base, spec_dict, name)
+    merged = merge(base, spec_dict)
     merged["profile"] = name
     cg = merged.get("cgroup")
     if isinstance(cg, dict) and "path" not in cg:

@@ -652,9 +652,17 @@ def _export(flt) -> bytes:
 # spec's (the kernel applies the stricter result of every filter), that refuses to make
 # such a file: chmod and friends with S_ISUID or S_ISGID, and creating a file with
 # either bit.  openat2 (its mode is inside a struct no filter can read) is ENOSYS, what
-# libc falls back from; io_uring (whose opens no filter sees) is EPERM.
+# libc falls back from; io_uring (whose opens no filter sees) is EPERM.  A mode the
+# kernel sets itself reaches no filter either -- an overlay's copy-up of a setuid file
+# a FUSE or tmpfs lower layer claims -- so a new user namespace (where the target could
+# mount those) and the mount API are refused too: clone/unshare with CLONE_NEWUSER
+# EPERM, clone3 (flags inside a struct) ENOSYS, mount and its new API EPERM.  The
+# shim makes the namespaces and mounts the spec asks for before this filter is loaded.
+# And the per-uid kernel keyring, which outlives every process of the id, is refused
+# (the next holder of the id would find it).
 
 _S_ISUID, _S_ISGID = 0o4000, 0o2000
+_CLONE_NEWUSER = 0x10000000
 # (syscall, index of the mode argument, index of the flags argument or None)
 _SUID_CALLS = (("chmod", 1, None), ("fchmod", 1, None), ("fchmodat", 2, None),
                ("fchmodat2", 2, None), ("creat", 1, None), ("mknod", 1, None),
@@ -678,6 +686,12 @@ def suid_sgid_entries() -> "list[_Entry]":
     out.append(_Entry("openat2", "errno:ENOSYS", (), where))
     out += [_Entry(n, "errno:EPERM", (), where)
             for n in ("io_uring_setup", "io_uring_enter", "io_uring_register")]
+    newuser = SeccompArg(0, "masked_eq", _CLONE_NEWUSER, _CLONE_NEWUSER)
+    out += [_Entry(n, "errno:EPERM", (newuser,), where) for n in ("clone", "unshare")]
+    out.append(_Entry("clone3", "errno:ENOSYS", (), where))
+    out += [_Entry(n, "errno:EPERM", (), where)
+            for n in ("mount", "fsopen", "fsmount", "fsconfig", "fspick", "move_mount",
+                      "open_tree", "mount_setattr", "add_key", "request_key", "keyctl")]
     return out
 
 

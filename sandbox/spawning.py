@@ -121,6 +121,16 @@ def _caps_field(v):
 _FIELD_SUGAR = {"user": _user_field, "cgroup": _cgroup_field, "capabilities": _caps_field}
 
 
+def check_library_spec(spec) -> None:
+    """What spawn() and the fork server refuse beyond the shim: `"cwd": "inherit"`,
+    whose directory would be the caller's (the fork server's: its start-time one) and
+    never checked as the target's -- it is wrapperd's flags mode, Talos's shim."""
+    spec.check_runnable()
+    if spec.cwd is None:
+        raise SpecError("'inherit' is wrapperd's flags mode (Talos's shim); the library "
+                        "gives the target a directory: name it", "cwd")
+
+
 def build_spec(target=None, **fields: Unpack[SpawnFields]):
     """A resolved Spec from spawn()'s arguments: a Spec, a spec dict, or an argv list
     plus spec fields as keywords (`user="svc"`, `cgroup="/wrapperd/svc"`,
@@ -573,7 +583,7 @@ def spawn(target=None, *, stdin=None, stdout=None, stderr=None,
                                           stderr=stderr, setup_timeout=setup_timeout,
                                           **fields)
     spec = build_spec(target, **fields)
-    spec.check_runnable()
+    check_library_spec(spec)
     payload, lean_root, premade = _prepared(spec, python)
     shim_python = python or sys.executable
     if payload is None:

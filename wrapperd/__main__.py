@@ -2,7 +2,8 @@ import sys
 
 args = sys.argv[1:]
 environ_fd = None
-if args[:1] == ["--environ-fd"] and len(args) > 1 and args[1].isdigit():
+if args[:1] == ["--environ-fd"] and len(args) > 1 and args[1].isdigit() and \
+        int(args[1]) > 2:       # never stdin, stdout or stderr: those are the target's
     # The static launcher (sandbox/launcher.c) hands over the caller's environment on
     # this fd; this interpreter itself started with a clean one.
     environ_fd = int(args[1])

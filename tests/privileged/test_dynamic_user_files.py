@@ -55,12 +55,22 @@ how = (ctypes.c_uint64 * 3)(os.O_RDONLY, 0, 0)             # struct open_how
 attempt("openat2", lambda: raw(437, -100, b"/", ctypes.byref(how), 24))
 params = (ctypes.c_uint8 * 120)()                           # struct io_uring_params
 attempt("io_uring_setup", lambda: raw(425, 1, ctypes.byref(params)))
+# A mode the kernel sets itself (an overlay's copy-up of a setuid file a FUSE or tmpfs
+# lower layer claims) needs a user namespace and mounts of the target's own.
+def plain_syscall(nr, *args):
+    if libc.syscall(nr, *args) < 0:
+        raise OSError(ctypes.get_errno(), "")
+attempt("unshare_user", lambda: plain_syscall(272, 0x10000000))      # CLONE_NEWUSER
+attempt("clone3", lambda: plain_syscall(435, 0, 0))
+attempt("fsopen", lambda: raw(430, b"tmpfs", 0))
+attempt("mount", lambda: plain_syscall(165, b"none", b"/", b"tmpfs", 0, None))
+attempt("add_key", lambda: plain_syscall(248, b"user", b"k", b"v", 1, -4))
 attempt("chmod_plain", lambda: os.chmod(plain, 0o750))     # allowed: no special bit
 print(json.dumps(out))
 """
 
 DENIED = ("chmod_suid", "chmod_sgid", "fchmod_suid", "create_suid", "tmpfile_sgid",
-          "mknod_sgid")
+          "mknod_sgid", "unshare_user", "fsopen", "mount", "add_key")
 
 
 @pytest.fixture
@@ -74,9 +84,13 @@ def outdir():
     shutil.rmtree(d, ignore_errors=True)
 
 
-def _spec(outdir, fixed_uid):
+def _spec(outdir, fixed_uid, profile="service"):
     spec = {"argv": [SYSTEM_PYTHON, "-I", "-c", ATTEMPT, outdir], "env": dict(TARGET_ENV),
-            "profile": "service", "name": f"suid-{uuid.uuid4().hex[:8]}"}
+            "name": f"suid-{uuid.uuid4().hex[:8]}"}
+    if profile is not None:
+        spec["profile"] = profile
+    else:                           # a bare dynamic user: its own filter alone
+        spec["user"] = {"dynamic": True}
     if fixed_uid:
         spec["user"] = {"uid": 4244, "gid": 4244}
     return spec
@@ -105,11 +119,12 @@ def _run(how, spec) -> dict:
     return json.loads(out)
 
 
+@pytest.mark.parametrize("profile", ["service", None])
 @pytest.mark.parametrize("how", ["wrapperd", "spawn", "fast"])
-def test_a_dynamic_user_cannot_make_a_setuid_or_setgid_file(outdir, how):
-    r = _run(how, _spec(outdir, fixed_uid=False))
+def test_a_dynamic_user_cannot_make_a_setuid_or_setgid_file(outdir, how, profile):
+    r = _run(how, _spec(outdir, fixed_uid=False, profile=profile))
     assert {k: r[k] for k in DENIED} == dict.fromkeys(DENIED, "EPERM")
-    assert r["openat2"] == "ENOSYS"
+    assert r["openat2"] == r["clone3"] == "ENOSYS"
     assert r["io_uring_setup"] == "EPERM"
     assert r["chmod_plain"] == "ok"
     assert _special_files(outdir) == []                 # as the host sees it
@@ -118,4 +133,8 @@ def test_a_dynamic_user_cannot_make_a_setuid_or_setgid_file(outdir, how):
 def test_control_a_fixed_uid_makes_them(outdir):
     r = _run("wrapperd", _spec(outdir, fixed_uid=True))
     assert r["chmod_suid"] == r["create_suid"] == "ok"
+    # and, without the service profile's filter, a user namespace of its own
+    r = _run("wrapperd", dict(_spec(outdir, fixed_uid=True, profile=None),
+                              user={"uid": 4244, "gid": 4244}))
+    assert r["unshare_user"] == "ok"
     assert _special_files(outdir) != []

@@ -459,3 +459,15 @@ def test_a_failure_in_the_shim_born_as_pid_1_reports_the_step(scratch, as_pid_1)
     assert (e.value.step, e.value.errno, e.value.exit_status) == ("cwd", errno.ENOENT, 125)
     assert gone(e.value.pid) and not marker.exists()
     assert zombie_children() == before
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_cwd_inherit_is_the_command_lines_not_the_librarys(scratch, fast):
+    # "inherit" keeps the caller's directory without checking it as the target's: the
+    # flags mode of wrapperd (Talos's shim).  Through the library the directory would
+    # be the caller's -- the fork server's, as it was when it started -- never checked.
+    out = scratch / f"cwd-{fast}.log"
+    with pytest.raises(SpecError, match="cwd: 'inherit' is wrapperd's flags mode"):
+        sandbox.spawn({"argv": ["/bin/pwd"], "env": TARGET_ENV, "cwd": "inherit"},
+                      stdout=str(out), fast=fast)
+    assert not out.exists()

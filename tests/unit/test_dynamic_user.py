@@ -143,3 +143,24 @@ def test_a_dynamic_user_without_no_new_privs_is_refused():
         shim.prepare(build_spec({"argv": ARGV, "user": {"dynamic": True},
                                  "no_new_privs": False}))
     assert e.value.path == "no_new_privs"
+
+
+@pytest.mark.parametrize("cap", ["CAP_SETFCAP", "CAP_SYS_ADMIN"])
+@pytest.mark.parametrize("which", ["keep", "ambient"])
+def test_a_dynamic_user_keeps_no_capability_whose_files_outlive_it(cap, which):
+    from wrapperd import shim
+    caps = {"keep": [cap]} if which == "keep" else {"keep": [cap], "ambient": [cap]}
+    with pytest.raises(SpecError) as e:
+        shim.prepare(build_spec({"argv": ARGV, "user": {"dynamic": True},
+                                 "capabilities": caps}))
+    assert e.value.path.startswith("capabilities.keep[0]")
+    shim.prepare(build_spec({"argv": ARGV, "user": {"dynamic": True},       # control
+                             "capabilities": {"keep": ["CAP_NET_BIND_SERVICE"]}}))
+
+
+def test_service_masks_the_hosts_mqueue_filesystem():
+    # A queue made through the host's /dev/mqueue would live in the host's IPC
+    # namespace, past the service and its id.
+    from sandbox import profile
+    for name in ("service", "network-service", "strict"):
+        assert "/dev/mqueue" in profile.resolve(name)["masked_paths"], name

@@ -90,3 +90,13 @@ def test_lean_path_leaves_out_the_callers_pythonpath_and_user_site(tmp_path):
     assert r.returncode == 0, r.stderr
     assert str(planted) not in r.stdout.split(":")
     assert str(tmp_path) not in r.stdout
+
+
+def test_environ_fd_is_never_stdio(tmp_path):
+    # --environ-fd 0 would read stdin as the environment and close the target's stdin:
+    # taken as an argument like any other (and refused by the parser), not as the fd.
+    r = subprocess.run([sys.executable, "-I", "-m", "wrapperd", "--environ-fd", "0",
+                        "--", "/bin/true"], stdin=subprocess.DEVNULL, capture_output=True,
+                       timeout=60)
+    assert r.returncode == 125
+    assert b"unrecognized arguments: --environ-fd" in r.stderr

@@ -179,3 +179,16 @@ def test_the_library_is_ordered_by_exposure():
     assert score["talos"] > score["default"] > score["service"] > score["strict"] \
         > score["untrusted"]
     assert score["strict"] < 1.0                      # SAFE
+
+
+def test_a_spec_swapping_its_profiles_seccomp_profile_must_say_so():
+    # `default` over `strict` would allow ~150 more syscalls: a loosening.
+    spec = {"argv": ["/bin/true"], "profile": "strict", "seccomp": {"profile": "default"}}
+    with pytest.raises(SpecError, match=r"seccomp.profile: 'default' replaces the "
+                                        r"seccomp profile 'strict' of profile 'strict'"):
+        profile.apply_profile(spec)
+    spec["seccomp"]["replace_profile_rules"] = True
+    assert profile.apply_profile(spec)["seccomp"]["profile"] == "default"
+    # Naming the same one is no swap.
+    profile.apply_profile({"argv": ["/bin/true"], "profile": "strict",
+                           "seccomp": {"profile": "strict"}})
