@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import sandbox
-from sandbox import ExecError, SetupError, SpecError, bpfcache, cgroups
+from sandbox import ExecError, SetupError, SpecError, bpfcache, cgroups, procfs
 from sandbox.forkserver import ForkServer
 from sandbox.spawning import DEVNULL, PIPE
 from tests.conftest import (
@@ -262,11 +262,10 @@ def _server_zombies(server) -> list:
     for d in os.listdir("/proc"):
         if d.isdigit():
             try:
-                with open(f"/proc/{d}/stat") as f:
-                    rest = f.read().rsplit(")", 1)[1].split()
+                f = procfs.stat(d)          # bytes-safe: a comm need not be UTF-8
             except OSError:
                 continue
-            if int(rest[1]) == server.pid and rest[0] == "Z":
+            if int(f[3]) == server.pid and f[2] == "Z":
                 out.append(int(d))
     return out
 

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import sandbox
-from sandbox import ExecError, SetupError, SpecError, cgroups, dynamicuser
+from sandbox import ExecError, SetupError, SpecError, cgroups, dynamicuser, procfs
 from sandbox.spawning import DEVNULL, PIPE, build_spec
 from tests.conftest import SYSTEM_PYTHON, TARGET_ENV, nspid, probe_spec, skip_or_fail
 
@@ -36,11 +36,10 @@ def zombie_children() -> list:
         if not d.isdigit():
             continue
         try:
-            with open(f"/proc/{d}/stat") as f:
-                rest = f.read().rsplit(")", 1)[1].split()
+            f = procfs.stat(d)              # bytes-safe: a comm need not be UTF-8
         except OSError:
             continue
-        if int(rest[1]) == me and rest[0] == "Z":
+        if int(f[3]) == me and f[2] == "Z":
             out.append(int(d))
     return out
 
