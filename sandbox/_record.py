@@ -9,11 +9,20 @@ keyword/positional __init__ from the annotated fields (with class-level defaults
 immutability, equality, hashing and a repr -- the subset of `attrs.frozen` the
 facilities used.  `__record_fields__` lists the field names, in order (sandbox.plan
 encodes and decodes records through it).
+
+A record a plan may carry also declares `__record_types__ = field_types(...)`: each
+field's type as a runtime object (`int`, `str | None`, `tuple[str, ...]`,
+`dict[str, str]`, another record class), which sandbox.plan checks a decoded value
+against.  Not the annotations: under `from __future__ import annotations` those are
+strings, and the shim does not parse them.  frozen() checks that it names exactly the
+fields, in order.  A record whose values must also hold together (an argv that is not
+empty) says what is wrong with itself in a `__record_check__(self) -> str | None`
+method, which sandbox.plan calls on every record it decodes.
 """
 
 from __future__ import annotations
 
-__all__ = ["frozen", "field", "fields", "is_record"]
+__all__ = ["frozen", "field", "fields", "field_types", "is_record"]
 
 _MISSING = object()
 
@@ -35,6 +44,11 @@ def fields(cls) -> tuple:
     return cls.__record_fields__
 
 
+def field_types(**types) -> dict:
+    """A record's __record_types__: field name -> type, in the fields' order."""
+    return types
+
+
 def is_record(obj) -> bool:
     return hasattr(type(obj), "__record_fields__")
 
@@ -53,6 +67,10 @@ def frozen(cls):
         elif defaults:
             raise TypeError(f"{cls.__name__}.{n}: a field without a default follows one "
                             "with a default")
+    types = cls.__dict__.get("__record_types__")
+    if types is not None and tuple(types) != names:
+        raise TypeError(f"{cls.__name__}.__record_types__ must name the fields "
+                        f"{names}, in order")
     ns = {k: v for k, v in cls.__dict__.items()
           if k not in names and k not in ("__dict__", "__weakref__")}
     ns["__slots__"] = names

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 
 from . import _libc
-from ._record import frozen
+from ._record import field_types, frozen
 from .errors import SetupError, SpecError
 
 __all__ = ["CAP_NAMES", "cap_number", "normalize", "mask", "names", "last_cap",
@@ -123,6 +123,9 @@ class Prepared:
     ambient: int
     permitted: int     # permitted == effective before exec
     last_cap: int
+
+    __record_types__ = field_types(bounding=int, inheritable=int, ambient=int, permitted=int,
+                                   last_cap=int)
 
 
 def prepare(caps, target_is_root: bool, securebits: int = 0,

@@ -16,7 +16,7 @@ import errno as _errno
 import os
 import stat
 
-from ._record import frozen
+from ._record import field_types, frozen
 from .errors import SetupError, SpecError
 from .fds import read_all
 
@@ -32,6 +32,8 @@ class Hierarchy:
     version: int          # 1 or 2
     mountpoint: str
     controllers: tuple    # v1: the controllers bound to this mount; v2: ()
+
+    __record_types__ = field_types(version=int, mountpoint=str, controllers=tuple[str, ...])
 
 
 def hierarchies(mountinfo: str = "/proc/self/mountinfo",
@@ -94,12 +96,17 @@ class Target:
     writes: tuple          # ((file, value), ...) written, in order, before joining
     enable: tuple = ()     # v2: controllers to enable in every ancestor's subtree_control
 
+    __record_types__ = field_types(hierarchy=Hierarchy, writes=tuple[tuple[str, str], ...],
+                                   enable=tuple[str, ...])
+
 
 @frozen
 class Prepared:
     path: str              # absolute within each mount
     create: bool
     targets: tuple
+
+    __record_types__ = field_types(path=str, create=bool, targets=tuple[Target, ...])
 
 
 def _v2_writes(cg) -> list:

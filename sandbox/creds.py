@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from . import _libc, caps
-from ._record import frozen
+from ._record import field_types, frozen
 from .errors import SetupError, SpecError
 
 __all__ = ["Prepared", "prepare", "apply", "resolve_uid", "resolve_gid"]
@@ -45,6 +45,9 @@ class Prepared:
     groups: tuple
     securebits: int       # the bits the target must end with (spec's, with locks)
     keep_caps: bool       # keep the permitted set across setresuid, for the later steps
+
+    __record_types__ = field_types(uid=int, gid=int, groups=tuple[int, ...], securebits=int,
+                                   keep_caps=bool)
 
 
 # The id of a dynamic user until the shim's dynamic_user step allocates it: apply()

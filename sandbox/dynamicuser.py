@@ -35,7 +35,7 @@ import errno
 import os
 
 from . import procfs
-from ._record import field, frozen
+from ._record import field, field_types, frozen
 from .errors import SetupError, SpecError
 
 __all__ = ["Prepared", "prepare", "apply", "lookup", "registry_dir", "DYNAMIC_RANGE",
@@ -55,6 +55,8 @@ class Prepared:
     user_ns: bool                # the id stands for the one id mapped in a new user ns
     suid_filter: bytes = field(repr=lambda b: f"<{len(b) // 8} BPF instructions>",
                                default=b"")   # seccomp.restrict_suid_sgid, loaded too
+
+    __record_types__ = field_types(name=str | None, user_ns=bool, suid_filter=bytes)
 
 
 def prepare(spec, suid_filter: bytes = b"") -> "Prepared | None":

@@ -9,9 +9,25 @@ from __future__ import annotations
 
 import os
 
+from ._record import field_types, frozen
 from .errors import SetupError
 
-__all__ = ["check_pass_fds", "close_others", "read_all"]
+__all__ = ["Prepared", "prepare", "check_pass_fds", "close_others", "read_all"]
+
+
+@frozen
+class Prepared:
+    pass_fds: tuple     # the fds besides 0-2 that reach the target
+
+    __record_types__ = field_types(pass_fds=tuple[int, ...])
+
+    def __record_check__(self) -> "str | None":
+        return None if all(fd >= 0 for fd in self.pass_fds) else \
+            "pass_fds: non-negative integers expected"
+
+
+def prepare(spec) -> Prepared:
+    return Prepared(tuple(spec.pass_fds))
 
 
 def read_all(fd: int, limit: "int | None" = None) -> bytes:

@@ -42,10 +42,10 @@ import stat
 
 from . import _ct as ctypes  # the ctypes subset, without ctypes' import cost
 from . import _libc
-from ._record import frozen
+from ._record import field_types, frozen
 from .errors import SetupError, SpecError
 
-__all__ = ["Prepared", "prepare", "apply", "OCI_MASKED_PATHS", "OCI_READONLY_PATHS",
+__all__ = ["Mount", "Prepared", "prepare", "apply", "OCI_MASKED_PATHS", "OCI_READONLY_PATHS",
            "DEV_NODES"]
 
 STEP = "mounts"
@@ -170,12 +170,30 @@ def move_mount_fd(from_fd: int, to_fd: int) -> None:
 # --------------------------------------------------------------------------- prepare
 
 @frozen
+class Mount:
+    """One of the spec's `mounts`, as apply() reads it (see sandbox.spec.Mount)."""
+    type: str                   # bind, tmpfs, proc, mqueue, devpts or dev
+    destination: str
+    source: "str | None"        # bind only
+    options: tuple              # names in OPTION_FLAGS, "recursive" (bind)
+    size: "int | None"          # tmpfs and dev only
+    mode: "str | None"          # tmpfs and dev only: octal
+
+    __record_types__ = field_types(type=str, destination=str, source=str | None,
+                                   options=tuple[str, ...], size=int | None, mode=str | None)
+
+
+@frozen
 class Prepared:
-    mounts: tuple               # spec.Mount, in order
+    mounts: tuple               # Mount, in order
     fresh_proc: bool            # mount a new /proc for the new pid namespace
     masked_paths: tuple = ()
     readonly_paths: tuple = ()
     readonly_root: bool = False
+
+    __record_types__ = field_types(mounts=tuple[Mount, ...], fresh_proc=bool,
+                                   masked_paths=tuple[str, ...], readonly_paths=tuple[str, ...],
+                                   readonly_root=bool)
 
 
 def _under(path: str, dirs) -> bool:
@@ -235,7 +253,9 @@ def prepare(spec) -> "Prepared | None":
             ours.append(m.destination)
     fresh_proc = ns.pid is True and not any(m.destination.rstrip("/") == "/proc"
                                             for m in spec.mounts)
-    return Prepared(mounts=tuple(spec.mounts), fresh_proc=fresh_proc,
+    return Prepared(mounts=tuple(Mount(m.type, m.destination, m.source, tuple(m.options),
+                                       m.size, m.mode) for m in spec.mounts),
+                    fresh_proc=fresh_proc,
                     masked_paths=tuple(getattr(spec, "masked_paths", ()) or ()),
                     readonly_paths=tuple(getattr(spec, "readonly_paths", ()) or ()),
                     readonly_root=bool(getattr(spec, "readonly_root", False)))
@@ -418,7 +438,7 @@ def _open_dest(dest: str, ours, is_dir: bool) -> _Dest:
         os.close(root)
 
 
-def _flags(m) -> int:
+def _flags(m: Mount) -> int:
     flags = 0
     for o in m.options:
         flags |= OPTION_FLAGS.get(o, 0)

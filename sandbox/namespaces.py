@@ -31,7 +31,7 @@ import errno
 import os
 
 from . import _libc, procfs
-from ._record import frozen
+from ._record import field_types, frozen
 from .errors import EXIT_FAILURE, SetupError, SpecError
 from .fds import read_all
 
@@ -83,6 +83,13 @@ class Prepared:
     hostname: "str | None" = None
     as_pid_1: bool = False
     caller_uid_inside: "int | None" = None   # what the shim's uid becomes in a new user ns
+
+    __record_types__ = field_types(join=tuple[tuple[str, str], ...], new=tuple[str, ...],
+                                   uid_map=tuple[tuple[int, int, int], ...],
+                                   gid_map=tuple[tuple[int, int, int], ...], map_via=str,
+                                   deny_setgroups=bool, newuidmap=str, newgidmap=str,
+                                   hostname=str | None, as_pid_1=bool,
+                                   caller_uid_inside=int | None)
 
     @property
     def forks(self) -> bool:

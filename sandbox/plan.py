@@ -12,64 +12,52 @@ checked: a document that is not what encode() writes -- bad JSON, unknown versio
 unknown record type, a missing or extra field, a value of the wrong type -- is refused
 with SpecError (exit 125) before any step runs.
 
-Format (version 1), one JSON object:
-  {"wrapperd_plan": 1, "executable": str,
-   "spec": {"argv", "env", "cwd", "umask", "oom_score_adj", "nice", "pdeathsig",
-            "no_new_privs", "new_session", "pass_fds"},
-   "rlimits" | "cgroup" | "dynamic_user" | "creds" | "caps" | "namespaces" | "mounts" |
-   "seccomp": value}
-Values: JSON scalars; lists (decoded as tuples); {"@bytes": hex}; {"@": "module.Class",
-"f": {field: value}} for a facility record; {"@": "rec", "f": {...}} for a spec-model
-object a step reads attributes of (such as spec.Mount), decoded as a plain record.
+Format (version 2), one JSON object: "wrapperd_plan": 2, and one member per attribute
+of wrapperd.shim.Plan (PLAN_FIELDS), each holding that facility's record or null:
+  {"wrapperd_plan": 2, "procattr": ..., "fds": ..., "target": ..., "rlimits": ...,
+   "cgroup": ..., "dynamic_user": ..., "creds": ..., "caps": ..., "namespaces": ...,
+   "mounts": ..., "seccomp": ...}
+Values: JSON scalars; lists (decoded as tuples); {"@bytes": hex}; {"@dict": [[key,
+value], ...]}; {"@": "module.Class", "f": {field: value}} for a record of RECORDS (a
+class of sandbox.<module> made with sandbox._record.frozen).  Decoding is mechanical: a
+record's fields must be exactly its __record_fields__, each value of the type its
+__record_types__ declares, and what a record's __record_check__ says is wrong is
+refused; each member must hold the record PLAN_FIELDS names, or null where allowed.
 
 Decoding imports only the modules of the records present (and _json, ctypes through
-them): no json package, no re, no attrs.
+them): no json package, no re, no attrs, no typing.
 """
 
 from __future__ import annotations
 
 from .errors import SpecError
 
-__all__ = ["FORMAT", "SPEC_FIELDS", "PLAN_FIELDS", "encode", "decode", "Rec"]
+__all__ = ["FORMAT", "PLAN_FIELDS", "RECORDS", "encode", "decode"]
 
-FORMAT = 1
+FORMAT = 2
 MAX_PLAN_BYTES = 8 << 20
-# The spec fields the steps read (plan.spec.X in wrapperd/shim.py; a unit test checks
-# that no step reads any other), and the Plan attributes holding Prepared records.
-SPEC_FIELDS = ("argv", "env", "cwd", "umask", "oom_score_adj", "nice", "pdeathsig",
-               "no_new_privs", "new_session", "pass_fds")
-PLAN_FIELDS = ("rlimits", "cgroup", "dynamic_user", "creds", "caps", "namespaces", "mounts",
-               "seccomp")
-# The facility record types a plan may hold: "module.Class" under sandbox.
-RECORDS = ("caps.Prepared", "creds.Prepared", "dynamicuser.Prepared", "seccomp.Prepared",
-           "namespaces.Prepared",
-           "mounts.Prepared", "cgroups.Prepared", "cgroups.Target", "cgroups.Hierarchy")
-
-
-class Rec:
-    """A read-only attribute bag: a decoded spec-model object, or the plan's spec."""
-
-    def __init__(self, **kw):
-        self.__dict__.update(kw)
-
-    def __setattr__(self, name, value):
-        raise AttributeError(f"plan record is read-only: {name}")
-
-    def __repr__(self) -> str:
-        return f"Rec({', '.join(f'{k}={v!r}' for k, v in self.__dict__.items())})"
+# The attributes of wrapperd.shim.Plan: the record each holds ("module.Class" under
+# sandbox), and whether every plan has one (the others are null when their facility
+# has nothing to do).
+PLAN_FIELDS = {
+    "procattr": ("procattr.Prepared", True),
+    "fds": ("fds.Prepared", True),
+    "target": ("execution.Prepared", True),
+    "rlimits": ("rlimits.Prepared", False),
+    "cgroup": ("cgroups.Prepared", False),
+    "dynamic_user": ("dynamicuser.Prepared", False),
+    "creds": ("creds.Prepared", False),
+    "caps": ("caps.Prepared", True),
+    "namespaces": ("namespaces.Prepared", False),
+    "mounts": ("mounts.Prepared", False),
+    "seccomp": ("seccomp.Prepared", False),
+}
+# Every record type a plan may hold, at any depth.
+RECORDS = (*(tag for tag, _required in PLAN_FIELDS.values()),
+           "mounts.Mount", "cgroups.Target", "cgroups.Hierarchy")
 
 
 # --------------------------------------------------------------------------- encode
-
-def _field_names(obj) -> "tuple[str, ...] | None":
-    names = getattr(type(obj), "__record_fields__", None)
-    if names is not None:
-        return names
-    attrs_fields = getattr(type(obj), "__attrs_attrs__", None)
-    if attrs_fields is not None:
-        return tuple(a.name for a in attrs_fields)
-    return None
-
 
 def _enc(v, where: str):
     if v is None or isinstance(v, (bool, str)):
@@ -82,29 +70,17 @@ def _enc(v, where: str):
         return [_enc(x, f"{where}[{i}]") for i, x in enumerate(v)]
     if isinstance(v, dict):
         return {"@dict": [[_enc(k, where), _enc(x, f"{where}.{k}")] for k, x in v.items()]}
-    names = _field_names(v)
-    if names is None:
-        raise TypeError(f"plan: {where}: cannot encode a {type(v).__name__}")
-    mod = type(v).__module__
-    tag = f"{mod.rpartition('.')[2]}.{type(v).__qualname__}"
-    if tag not in RECORDS:
-        if mod != "sandbox.spec":
-            raise TypeError(f"plan: {where}: {tag} is not a known plan record")
-        tag = "rec"                      # spec-model data: attributes only
+    names = getattr(type(v), "__record_fields__", None)
+    tag = f"{type(v).__module__.rpartition('.')[2]}.{type(v).__qualname__}"
+    if names is None or tag not in RECORDS:
+        raise TypeError(f"plan: {where}: a {tag} is not a plan record")
     return {"@": tag, "f": {n: _enc(getattr(v, n), f"{where}.{n}") for n in names}}
 
 
 def encode(plan) -> bytes:
     """The plan wrapperd.shim.prepare() returned, as the bytes `--plan-fd` reads."""
     import json
-    s = plan.spec
-    doc = {"wrapperd_plan": FORMAT, "executable": plan.executable,
-           "spec": {"argv": list(s.argv), "env": dict(s.env), "cwd": s.cwd,
-                    "umask": s.user.umask if s.user is not None else None,
-                    "oom_score_adj": s.oom_score_adj, "nice": s.nice,
-                    "pdeathsig": s.pdeathsig, "no_new_privs": bool(s.no_new_privs),
-                    "new_session": bool(s.new_session),
-                    "pass_fds": list(s.pass_fds)}}
+    doc = {"wrapperd_plan": FORMAT}
     for name in PLAN_FIELDS:
         doc[name] = _enc(getattr(plan, name), name)
     # ASCII: a spec string may hold lone surrogates U+DC80-U+DCFF (bytes that are not
@@ -174,30 +150,29 @@ def _loads(text: str):
     return obj
 
 
-_TYPES = {"int": int, "bool": bool, "str": str, "tuple": tuple, "bytes": bytes,
-          "None": type(None), "dict": dict}
+def _is(value, t) -> bool:
+    """Is value of the type t, as a record's __record_types__ declares it: a class, a
+    union (`int | None`), `tuple[X, ...]`, `tuple[X, Y]` or `dict[K, V]`?  (Read from
+    the objects themselves: neither types nor typing is imported for them.)"""
+    if isinstance(t, type):
+        if t is int:
+            return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, t)
+    origin = getattr(t, "__origin__", None)
+    args: tuple = getattr(t, "__args__", ())
+    if origin is None:                                  # a union
+        return any(_is(value, a) for a in args)
+    if origin is tuple and isinstance(value, tuple):
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_is(x, args[0]) for x in value)
+        return len(value) == len(args) and all(map(_is, value, args))
+    if origin is dict and isinstance(value, dict):
+        return all(_is(k, args[0]) and _is(x, args[1]) for k, x in value.items())
+    return False
 
 
-def _check_type(cls, name: str, value, where: str) -> None:
-    """Check value against the field's annotation, where it is a simple one."""
-    ann = cls.__dict__.get("__annotations__", {}).get(name)
-    if not isinstance(ann, str):
-        return
-    ok = []
-    import sys
-    module = sys.modules[cls.__module__]
-    for part in ann.strip("'\"").split("|"):
-        part = part.strip()
-        t = _TYPES.get(part) or getattr(module, part, None)
-        if not isinstance(t, type):
-            return                      # an annotation this check does not understand
-        ok.append(t)
-    if bool in ok or int not in ok:
-        good = isinstance(value, tuple(ok))
-    else:
-        good = isinstance(value, tuple(ok)) and (bool in ok or not isinstance(value, bool))
-    if not good:
-        raise _Bad(f"{where}: expected {ann}, got {type(value).__name__}")
+def _type_name(t) -> str:
+    return t.__qualname__ if isinstance(t, type) else repr(t)
 
 
 def _record_class(tag: str):
@@ -229,53 +204,23 @@ def _dec(v, where: str):
     if set(v) != {"@", "f"} or not isinstance(v["f"], dict):
         raise _Bad(f"{where}: not a plan value")
     tag, f = v["@"], v["f"]
-    values = {k: _dec(x, f"{where}.{k}") for k, x in f.items()}
-    if tag == "rec":
-        return Rec(**values)
     if tag not in RECORDS:
         raise _Bad(f"{where}: unknown record type {tag!r}")
+    values = {k: _dec(x, f"{where}.{k}") for k, x in f.items()}
     cls = _record_class(tag)
-    names = getattr(cls, "__record_fields__", None)
-    if names is None:                   # still an attrs class
-        names = tuple(a.name for a in cls.__attrs_attrs__)
+    names = cls.__record_fields__
     if set(values) != set(names):
         raise _Bad(f"{where}: {tag} fields {sorted(values)} != {sorted(names)}")
-    for k, x in values.items():
-        _check_type(cls, k, x, f"{where}.{k}")
-    return cls(**values)
-
-
-def _need(d: dict, key: str, types, where: str):
-    v = d.get(key)
-    if not isinstance(v, types) or (isinstance(v, bool) and bool not in
-                                    (types if isinstance(types, tuple) else (types,))):
-        raise _Bad(f"{where}{key}: missing or of the wrong type")
-    return v
-
-
-def _decode_spec(s) -> Rec:
-    if not isinstance(s, dict) or set(s) != set(SPEC_FIELDS):
-        raise _Bad("spec: expected exactly the fields " + ", ".join(SPEC_FIELDS))
-    argv = _need(s, "argv", list, "spec.")
-    env = _need(s, "env", dict, "spec.")
-    if not argv or not all(isinstance(a, str) for a in argv):
-        raise _Bad("spec.argv: a non-empty list of strings expected")
-    if not all(isinstance(v, str) for v in env.values()):
-        raise _Bad("spec.env: string values expected")
-    pass_fds = _need(s, "pass_fds", list, "spec.")
-    if not all(isinstance(fd, int) and not isinstance(fd, bool) and fd >= 0
-               for fd in pass_fds):
-        raise _Bad("spec.pass_fds: non-negative integers expected")
-    _need(s, "cwd", (str, type(None)), "spec.")       # None: inherited, no chdir
-    _need(s, "no_new_privs", bool, "spec.")
-    _need(s, "new_session", bool, "spec.")
-    _need(s, "umask", (str, type(None)), "spec.")
-    for k in ("oom_score_adj", "nice", "pdeathsig"):
-        _need(s, k, (int, type(None)), "spec.")
-    return Rec(argv=tuple(argv), env=env, cwd=s["cwd"],
-               user=Rec(umask=s["umask"]), oom_score_adj=s["oom_score_adj"],
-               nice=s["nice"], pdeathsig=s["pdeathsig"], no_new_privs=s["no_new_privs"],
-               new_session=s["new_session"], pass_fds=tuple(pass_fds))
+    for k, t in cls.__record_types__.items():
+        if not _is(values[k], t):
+            raise _Bad(f"{where}.{k}: expected {_type_name(t)}, got "
+                       f"{type(values[k]).__name__}")
+    rec = cls(**values)
+    check = getattr(rec, "__record_check__", None)
+    wrong = check() if check is not None else None
+    if wrong:
+        raise _Bad(f"{where}: {wrong}")
+    return rec
 
 
 def decode(data: bytes):
@@ -294,39 +239,21 @@ def decode(data: bytes):
             raise _Bad("not a JSON object")
         if doc.get("wrapperd_plan") != FORMAT or isinstance(doc.get("wrapperd_plan"), bool):
             raise _Bad(f"unknown plan format {doc.get('wrapperd_plan')!r} (expected {FORMAT})")
-        extra = set(doc) - {"wrapperd_plan", "executable", "spec", *PLAN_FIELDS}
-        if extra or not set(PLAN_FIELDS) <= set(doc):
-            raise _Bad(f"unknown or missing fields {sorted(extra ^ (set(PLAN_FIELDS) - set(doc)))}")
-        executable = _need(doc, "executable", str, "")
-        spec = _decode_spec(doc["spec"])
-        plan = shim.Plan(spec)
-        plan.executable = executable
-        for name in PLAN_FIELDS:
-            setattr(plan, name, _dec(doc[name], name))
-        _check_plan(plan)
+        odd = set(doc) ^ {"wrapperd_plan", *PLAN_FIELDS}
+        if odd:
+            raise _Bad(f"unknown or missing fields {sorted(odd)}")
+        plan = shim.Plan()
+        for name, (tag, required) in PLAN_FIELDS.items():
+            value = _dec(doc[name], name)
+            if value is None:
+                if required:
+                    raise _Bad(f"{name}: missing (every plan has its {tag})")
+            elif not isinstance(value, _record_class(tag)):
+                raise _Bad(f"{name}: expected a {tag}")
+            setattr(plan, name, value)
     except _Bad as e:
         raise SpecError(f"malformed plan: {e}") from None
     except (ValueError, TypeError, RecursionError, KeyError) as e:
         raise SpecError(f"malformed plan: {type(e).__name__}: {e}") from None
     shim.import_step_modules(plan)
     return plan
-
-
-def _check_plan(plan) -> None:
-    expect = {"cgroup": "cgroups.Prepared", "creds": "creds.Prepared",
-              "dynamic_user": "dynamicuser.Prepared",
-              "caps": "caps.Prepared", "namespaces": "namespaces.Prepared",
-              "mounts": "mounts.Prepared", "seccomp": "seccomp.Prepared"}
-    for name, tag in expect.items():
-        v = getattr(plan, name)
-        if v is not None and not isinstance(v, _record_class(tag)):
-            raise _Bad(f"{name}: expected a {tag}")
-    if plan.caps is None:
-        raise _Bad("caps: missing (every plan has the capability sets)")
-    r = plan.rlimits
-    if r is not None:
-        if not isinstance(r, tuple) or not all(
-                isinstance(x, tuple) and len(x) == 4 and isinstance(x[0], str) and
-                all(isinstance(n, int) and not isinstance(n, bool) for n in x[1:])
-                for x in r):
-            raise _Bad("rlimits: expected ((name, resource, soft, hard), ...)")

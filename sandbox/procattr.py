@@ -1,6 +1,7 @@
 """Per-process attributes: oom_score_adj, nice, session, umask, cwd, pdeathsig,
-dumpable, no_new_privs, the environment a helper keeps.  Each a small side-effect
-function; the shim decides when."""
+dumpable, no_new_privs, the environment a helper keeps.  prepare() takes the spec's
+values; each attribute is then a small side-effect function, and the shim decides
+when."""
 
 from __future__ import annotations
 
@@ -8,10 +9,36 @@ import errno
 import os
 
 from . import _libc, procfs
+from ._record import field_types, frozen
 from .errors import SetupError
 
-__all__ = ["set_oom_score_adj", "set_nice", "new_session", "set_pdeathsig",
-           "set_dumpable", "set_no_new_privs", "erase_environment"]
+__all__ = ["Prepared", "prepare", "set_oom_score_adj", "set_nice", "new_session",
+           "set_pdeathsig", "set_dumpable", "set_no_new_privs", "erase_environment"]
+
+
+@frozen
+class Prepared:
+    """The spec's per-process attributes, for the shim's steps of the same names.
+    None: left as the caller has it."""
+    oom_score_adj: "int | None"
+    nice: "int | None"
+    umask: "int | None"
+    cwd: "str | None"           # None: the caller's directory, no chdir
+    pdeathsig: "int | None"
+    no_new_privs: bool
+    new_session: bool
+
+    __record_types__ = field_types(oom_score_adj=int | None, nice=int | None, umask=int | None,
+                                   cwd=str | None, pdeathsig=int | None, no_new_privs=bool,
+                                   new_session=bool)
+
+
+def prepare(spec) -> Prepared:
+    umask = spec.user.umask if spec.user is not None else None
+    return Prepared(oom_score_adj=spec.oom_score_adj, nice=spec.nice,
+                    umask=None if umask is None else int(umask, 8), cwd=spec.cwd,
+                    pdeathsig=spec.pdeathsig, no_new_privs=bool(spec.no_new_privs),
+                    new_session=bool(spec.new_session))
 
 
 def set_oom_score_adj(value: int, pid: "int | str" = "self") -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import resource
 
+from ._record import field_types, frozen
 from .errors import SetupError
 
-__all__ = ["prepare", "apply"]
+__all__ = ["Prepared", "prepare", "apply"]
 
 
 def _num(v) -> int:
@@ -18,13 +19,21 @@ def _num(v) -> int:
     return v - 2**64 if v >= 2**63 else v
 
 
-def prepare(rlimits: dict) -> "tuple[tuple[str, int, int, int], ...]":
-    return tuple((name, getattr(resource, "RLIMIT_" + name), _num(r.soft), _num(r.hard))
-                 for name, r in rlimits.items())
+@frozen
+class Prepared:
+    limits: tuple     # ((name, RLIMIT_ number, soft, hard), ...), in the spec's order
+
+    __record_types__ = field_types(limits=tuple[tuple[str, int, int, int], ...])
 
 
-def apply(prepared) -> None:
-    for name, res, soft, hard in prepared:
+def prepare(rlimits: dict) -> Prepared:
+    return Prepared(tuple(
+        (name, getattr(resource, "RLIMIT_" + name), _num(r.soft), _num(r.hard))
+        for name, r in rlimits.items()))
+
+
+def apply(prepared: Prepared) -> None:
+    for name, res, soft, hard in prepared.limits:
         try:
             resource.setrlimit(res, (soft, hard))
         except (OSError, ValueError) as e:

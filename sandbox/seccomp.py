@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 
 from . import _libc
-from ._record import field, frozen
+from ._record import field, field_types, frozen
 from .errors import SetupError, SpecError
 from .fds import read_all
 
@@ -216,6 +216,10 @@ class Prepared:
     skipped: tuple                 # "where: why" for rules not applied (capabilities)
     replaced: tuple = ()           # "where (syscall: action): by where": profile rules a
                                    # spec rule replaced (replace_profile_rules)
+
+    __record_types__ = field_types(program=bytes, default_action=str,
+                                   architectures=tuple[str, ...], syscalls=int,
+                                   skipped=tuple[str, ...], replaced=tuple[str, ...])
 
     @property
     def instructions(self) -> int:

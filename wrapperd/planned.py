@@ -120,7 +120,7 @@ def _born_in_new_pidns(plan) -> str:
     `premade`."""
     from sandbox import namespaces
     kind = namespaces.premade_kind(plan.namespaces)
-    if kind is None or os.getpid() != 1 or plan.spec.pdeathsig is not None:
+    if kind is None or os.getpid() != 1 or plan.procattr.pdeathsig is not None:
         raise SetupError("namespaces", 0, "--in-new-pidns: not pid 1 of a new pid "
                          "namespace, or a plan that cannot use one made ahead")
     return "reaper" if kind == "pid" else "pid1"

@@ -14,30 +14,30 @@ from __future__ import annotations
 import errno
 import os
 
-from sandbox.errors import ExecError, SetupError, SpecError
-
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
+from sandbox.errors import SetupError, SpecError
 
 
 class Plan:
-    """Everything prepare() worked out; each step reads its own attribute."""
+    """Everything prepare() worked out: one facility record per attribute (None: that
+    facility has nothing to do), and each step reads its own.  The spec itself is not
+    kept: what a step needs of it is in a record, which sandbox.plan can carry."""
 
-    def __init__(self, spec):
-        self.spec = spec
+    def __init__(self):
+        self.procattr = self.fds = self.target = None
         self.rlimits = self.cgroup = self.dynamic_user = self.creds = self.caps = None
         self.namespaces = self.mounts = self.seccomp = None
-        self.executable = None
 
 
 def prepare(spec, find_target: bool = True) -> Plan:
     """find_target: the spec must name a target, looked up now (so "not found" is 127
     before any step); False for a consumer that runs nothing (`sandbox seccomp
-    compile`), whose spec may leave argv out."""
+    compile`), whose spec may leave argv out: plan.target stays None."""
     if find_target:
         spec.check_runnable()
-    plan = Plan(spec)
-    from sandbox import fds, procattr  # noqa: F401  (imported now: see the docstring)
+    plan = Plan()
+    from sandbox import fds, procattr
+    plan.procattr = procattr.prepare(spec)
+    plan.fds = fds.prepare(spec)
     if spec.rlimits:
         from sandbox import rlimits
         plan.rlimits = rlimits.prepare(spec.rlimits)
@@ -78,7 +78,8 @@ def prepare(spec, find_target: bool = True) -> Plan:
         plan.dynamic_user = dynamicuser.prepare(      # allocated by its step, not here
             spec, seccomp.restrict_suid_sgid(arches))
     if find_target:
-        plan.executable = find_executable(spec.argv[0], spec.env.get("PATH", DEFAULT_PATH))
+        from sandbox import execution
+        plan.target = execution.prepare(spec)
     return plan
 
 
@@ -90,9 +91,9 @@ STEP_MODULES = (
     ("sandbox.fds", lambda plan: True),
     ("sandbox.procattr", lambda plan: True),
     # the session step may fork with namespaces' supervisor
-    ("sandbox.namespaces", lambda plan: plan.spec.new_session or
+    ("sandbox.namespaces", lambda plan: plan.procattr.new_session or
      plan.namespaces is not None),
-    ("sandbox.rlimits", lambda plan: bool(plan.rlimits)),
+    ("sandbox.rlimits", lambda plan: plan.rlimits is not None),
     ("sandbox.cgroups", lambda plan: plan.cgroup is not None),
     ("sandbox.mounts", lambda plan: plan.mounts is not None),
     ("sandbox.creds", lambda plan: plan.creds is not None),
@@ -100,6 +101,7 @@ STEP_MODULES = (
     # a dynamic user loads a filter of its own
     ("sandbox.seccomp", lambda plan: plan.seccomp is not None or
      plan.dynamic_user is not None),
+    ("sandbox.execution", lambda plan: True),
 )
 
 
@@ -109,24 +111,6 @@ def import_step_modules(plan: Plan) -> None:
     for name, needed in STEP_MODULES:
         if needed(plan):
             __import__(name)
-
-
-def find_executable(name: str, path: str) -> str:
-    """execvpe's lookup, done up front so 'not found' is known before any step runs."""
-    if "/" in name:
-        if not os.path.exists(name):
-            raise ExecError(errno.ENOENT, f"{name}: not found")
-        return name
-    denied = False
-    for d in path.split(":"):
-        cand = os.path.join(d or ".", name)
-        if os.path.isfile(cand):
-            if os.access(cand, os.X_OK):
-                return cand
-            denied = True
-    if denied:
-        raise ExecError(errno.EACCES, f"{name}: found in PATH but not executable")
-    raise ExecError(errno.ENOENT, f"{name}: not found in PATH {path!r}")
 
 
 class Context:
@@ -171,22 +155,22 @@ def _premade_reaper(ctx) -> "int | None":
 
 
 def _oom_score_adj(plan, ctx):
-    if plan.spec.oom_score_adj is not None:
+    if plan.procattr.oom_score_adj is not None:
         from sandbox import procattr
-        procattr.set_oom_score_adj(plan.spec.oom_score_adj)
+        procattr.set_oom_score_adj(plan.procattr.oom_score_adj)
         reaper = _premade_reaper(ctx)
         if reaper is not None:
-            procattr.set_oom_score_adj(plan.spec.oom_score_adj, reaper)
+            procattr.set_oom_score_adj(plan.procattr.oom_score_adj, reaper)
 
 
 def _nice(plan, ctx):
-    if plan.spec.nice is not None:
+    if plan.procattr.nice is not None:
         from sandbox import procattr
-        procattr.set_nice(plan.spec.nice)
+        procattr.set_nice(plan.procattr.nice)
 
 
 def _rlimits(plan, ctx):
-    if plan.rlimits:
+    if plan.rlimits is not None:
         from sandbox import rlimits
         rlimits.apply(plan.rlimits)
 
@@ -209,7 +193,7 @@ def _dynamic_user(plan, ctx):
 
 def _before_fork(plan, ctx) -> int:
     """A step that may fork: pdeathsig's parent check must not be lost across it."""
-    if plan.spec.pdeathsig is not None and os.getppid() != ctx.ppid:
+    if plan.procattr.pdeathsig is not None and os.getppid() != ctx.ppid:
         raise SetupError("pdeathsig", 0, "the parent exited before pdeathsig was armed")
     return os.getpid()
 
@@ -236,7 +220,7 @@ def _mounts(plan, ctx):
 
 
 def _session(plan, ctx):
-    if plan.spec.new_session:
+    if plan.procattr.new_session:
         from sandbox import procattr
         pid = _before_fork(plan, ctx)
         procattr.new_session()               # may fork: returns in the future target
@@ -245,9 +229,9 @@ def _session(plan, ctx):
 
 def _fds(plan, ctx):
     from sandbox import fds
-    fds.check_pass_fds(plan.spec.pass_fds)
+    fds.check_pass_fds(plan.fds.pass_fds)
     keep = () if ctx.status_fd is None else (ctx.status_fd,)
-    fds.close_others(plan.spec.pass_fds, keep)
+    fds.close_others(plan.fds.pass_fds, keep)
 
 
 def _cwd(plan, ctx):
@@ -255,17 +239,18 @@ def _cwd(plan, ctx):
     # caps, so a directory it could not enter itself (root's 0700 home, say) never
     # becomes its cwd -- from there it could reach what lies below by relative paths.
     # None: the caller's directory, kept as Talos's wrapperd kept it (flags mode).
-    if plan.spec.cwd is None:
+    cwd = plan.procattr.cwd
+    if cwd is None:
         return
     try:
-        os.chdir(plan.spec.cwd)
+        os.chdir(cwd)
     except OSError as e:
-        raise SetupError("cwd", e.errno, f"chdir {plan.spec.cwd} as the target") from None
+        raise SetupError("cwd", e.errno, f"chdir {cwd} as the target") from None
 
 
 def _umask(plan, ctx):
-    if plan.spec.user is not None and plan.spec.user.umask is not None:
-        os.umask(int(plan.spec.user.umask, 8))
+    if plan.procattr.umask is not None:
+        os.umask(plan.procattr.umask)
 
 
 def _identity(plan, ctx):
@@ -280,9 +265,9 @@ def _capabilities(plan, ctx):
 
 
 def _pdeathsig(plan, ctx):
-    if plan.spec.pdeathsig is not None:
+    if plan.procattr.pdeathsig is not None:
         from sandbox import procattr
-        procattr.set_pdeathsig(plan.spec.pdeathsig, ctx.ppid)
+        procattr.set_pdeathsig(plan.procattr.pdeathsig, ctx.ppid)
 
 
 def _dumpable(plan, ctx):
@@ -294,7 +279,7 @@ def _dumpable(plan, ctx):
 
 
 def _no_new_privs(plan, ctx):
-    if plan.spec.no_new_privs:
+    if plan.procattr.no_new_privs:
         from sandbox import procattr
         procattr.set_no_new_privs()
 
@@ -327,11 +312,8 @@ def _seccomp(plan, ctx):
 
 
 def _exec(plan, ctx):                  # never returns
-    spec = plan.spec
-    try:
-        os.execve(plan.executable, list(spec.argv), dict(spec.env))
-    except OSError as e:
-        raise ExecError(e.errno, f"execve {plan.executable}") from None
+    from sandbox import execution
+    execution.apply(plan.target)
 
 
 # (name, step) pairs.  No typing import: it costs the lean shim ~2 ms.

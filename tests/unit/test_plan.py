@@ -34,9 +34,10 @@ def test_round_trip_gives_the_same_records():
     q = plan.decode(plan.encode(p))
     for name in plan.PLAN_FIELDS:
         assert getattr(q, name) == getattr(p, name), name
-    assert q.executable == p.executable
-    assert q.spec.argv == p.spec.argv and q.spec.env == p.spec.env
-    assert q.spec.user.umask == "0027" and q.spec.no_new_privs is True
+    assert q.target.executable == "/bin/true" and q.target.argv == ("/bin/true",)
+    assert q.target.env == {"PATH": "/usr/bin:/bin"}
+    assert q.procattr.umask == 0o027 and q.procattr.no_new_privs is True
+    assert q.procattr.oom_score_adj == 100 and q.rlimits.limits[0][0] == "CORE"
     assert q.seccomp.program == p.seccomp.program and q.seccomp.instructions > 100
 
 
@@ -54,13 +55,22 @@ def test_decoding_needs_no_attrs_json_or_libseccomp():
     assert r.stdout.decode().strip() == "[]"
 
 
-def test_steps_read_only_the_spec_fields_a_plan_carries():
-    # A step that starts reading another plan.spec field must be added to the plan.
+def test_steps_read_only_records_a_plan_carries():
+    # The spec stays with prepare(): a step reads facility records, which the plan
+    # carries, and nothing else of the Plan.
     import inspect
-    used = set(re.findall(r"plan\.spec\.(\w+)", inspect.getsource(shim)))
-    used |= set(re.findall(r"\bspec\.(\w+)", inspect.getsource(shim._exec)))
-    carried = set(plan.SPEC_FIELDS) | {"user"}
-    assert used <= carried, used - carried
+    steps = "".join(inspect.getsource(step) for _name, step in shim.STEPS)
+    steps += inspect.getsource(shim._before_fork)
+    steps += "".join(inspect.getsource(needed) for _module, needed in shim.STEP_MODULES)
+    used = set(re.findall(r"\bplan\.(\w+)", steps))
+    assert used and used <= set(plan.PLAN_FIELDS), used - set(plan.PLAN_FIELDS)
+    assert not hasattr(shim.Plan(), "spec")
+
+
+def test_every_plan_record_declares_the_types_decode_checks():
+    for tag in plan.RECORDS:
+        cls = plan._record_class(tag)
+        assert tuple(cls.__record_types__) == cls.__record_fields__, tag
 
 
 def _mutations(spec=SPEC):
@@ -74,7 +84,7 @@ def _mutations(spec=SPEC):
     yield "truncated", raw[:-40]
     yield "nan", raw.replace(b'"no_new_privs":true', b'"no_new_privs":NaN')
     muts = {
-        "wrong version": lambda d: d.update(wrapperd_plan=2),
+        "wrong version": lambda d: d.update(wrapperd_plan=plan.FORMAT + 1),
         "no version": drop("wrapperd_plan"),
         "missing caps": drop("caps"),
         "extra top field": lambda d: d.update(extra=1),
@@ -85,12 +95,18 @@ def _mutations(spec=SPEC):
         "bool for int": lambda d: d["caps"]["f"].update(last_cap=True),
         "record in the wrong slot": lambda d: d.update(seccomp=d["caps"]),
         "bad hex": lambda d: d["seccomp"]["f"]["program"].update({"@bytes": "zz"}),
-        "empty argv": lambda d: d["spec"].update(argv=[]),
-        "env not strings": lambda d: d["spec"].update(env={"A": 1}),
-        "missing spec field": lambda d: d["spec"].pop("cwd"),
-        "negative pass_fd": lambda d: d["spec"].update(pass_fds=[-1]),
-        "bad rlimits": lambda d: d.update(rlimits=[["CORE", 4, "x", 0]]),
-        "executable not a string": lambda d: d.update(executable=None),
+        "missing procattr": lambda d: d.update(procattr=None),
+        "missing target": lambda d: d.update(target=None),
+        "empty argv": lambda d: d["target"]["f"].update(argv=[]),
+        "argv not strings": lambda d: d["target"]["f"].update(argv=["/bin/true", 1]),
+        "env not strings": lambda d: d["target"]["f"].update(env={"@dict": [["A", 1]]}),
+        "env a plain object": lambda d: d["target"]["f"].update(env={"A": "1"}),
+        "missing procattr field": lambda d: d["procattr"]["f"].pop("cwd"),
+        "umask a string": lambda d: d["procattr"]["f"].update(umask="0027"),
+        "negative pass_fd": lambda d: d["fds"]["f"].update(pass_fds=[-1]),
+        "bad rlimits": lambda d: d["rlimits"]["f"].update(limits=[["CORE", 4, "x", 0]]),
+        "rlimits not a record": lambda d: d.update(rlimits=[["CORE", 4, 0, 0]]),
+        "executable not a string": lambda d: d["target"]["f"].update(executable=None),
     }
     for name, mut in muts.items():
         d = json.loads(raw)
@@ -110,7 +126,7 @@ def test_malformed_plan_is_refused(name):
 
 @pytest.mark.parametrize("lean", [False, True], ids=["-m wrapperd", "python -I -S"])
 @pytest.mark.parametrize("name", ["not json", "unknown record", "wrong field type",
-                                  "truncated", "missing spec field"])
+                                  "truncated", "missing procattr field"])
 def test_malformed_plan_exits_125_and_never_runs_the_target(tmp_path, name, lean):
     marker = tmp_path / "ran"
     touch = dict(SPEC, argv=["/bin/touch", str(marker)])

@@ -185,7 +185,7 @@ def test_any_string_is_a_spec_or_a_spec_error_and_encodes(d, drop):
     except SandboxError:
         return
     q = plan.decode(plan.encode(p))
-    assert q.spec.argv == s.argv and q.spec.env == s.env and q.spec.cwd == s.cwd
+    assert q.target.argv == s.argv and q.target.env == s.env and q.procattr.cwd == s.cwd
 
 
 @pytest.mark.parametrize("field,where", [
@@ -220,8 +220,8 @@ def test_surrogate_escaped_bytes_reach_the_plan_unchanged(args, env, cwd):
     from wrapperd import shim
     s = Spec.from_dict({"argv": ["/bin/true", *args], "env": env, "cwd": "/" + cwd})
     q = plan.decode(plan.encode(shim.prepare(s)))
-    assert [os.fsencode(a) for a in q.spec.argv] == [os.fsencode(a) for a in s.argv]
-    assert q.spec.env == s.env and q.spec.cwd == s.cwd
+    assert [os.fsencode(a) for a in q.target.argv] == [os.fsencode(a) for a in s.argv]
+    assert q.target.env == s.env and q.procattr.cwd == s.cwd
 
 
 def test_cwd_inherit_is_no_chdir_and_round_trips():
@@ -230,7 +230,7 @@ def test_cwd_inherit_is_no_chdir_and_round_trips():
     s = Spec.from_dict({"argv": ["/bin/true"], "cwd": "inherit"})
     assert s.cwd is None                                # the shim's cwd step skips chdir
     assert s.to_dict()["cwd"] == "inherit" and Spec.from_json(s.to_json()) == s
-    assert plan.decode(plan.encode(shim.prepare(s))).spec.cwd is None
+    assert plan.decode(plan.encode(shim.prepare(s))).procattr.cwd is None
     # Not given, or null ("not set"): "/", as before.
     assert Spec.from_dict({"argv": ["/bin/true"]}).cwd == "/"
     assert Spec.from_dict({"argv": ["/bin/true"], "cwd": None}).cwd == "/"

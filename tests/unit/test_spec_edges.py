@@ -19,7 +19,7 @@ def test_rlimits_above_2_63_pass_as_twos_complement():
     from sandbox import rlimits
     spec = Spec.from_dict({"argv": ["/bin/true"],
                            "rlimits": {"CORE": [2**63, "unlimited"]}})
-    ((_name, _res, soft, hard),) = rlimits.prepare(spec.rlimits)
+    ((_name, _res, soft, hard),) = rlimits.prepare(spec.rlimits).limits
     assert soft % 2**64 == 2**63 and hard == -1
 
 
