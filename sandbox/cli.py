@@ -38,19 +38,6 @@ def _helper_role(name: str) -> "str | None":
                              "exits with its status)"}.get(name)
 
 
-def _children(pid: int) -> "list[int]":
-    from . import procfs
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if procfs.ppid(entry) == pid:
-                    out.append(int(entry))
-            except (OSError, ValueError, IndexError):
-                continue
-    return sorted(out)
-
-
 def _cmd_inspect(a) -> int:
     from .inspection import inspect
     try:
@@ -73,7 +60,8 @@ def _cmd_inspect(a) -> int:
     say(f"pid {info['pid']} ({info['name']})")
     helper = _helper_role(info["name"])
     if helper is not None:
-        kids = _children(info["pid"])
+        from .process import _children
+        kids = sorted(_children(info["pid"]))
         say(f"  this is wrapperd's {helper}, not a target: the target is "
             + (", ".join(f"pid {k}" for k in kids) if kids else "gone") +
             " (sandbox inspect that pid)")
