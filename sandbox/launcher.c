@@ -16,6 +16,7 @@
  * given, as wrapperd does: the target never runs. */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +76,15 @@ int main(int argc, char **argv)
 	int fd = memfd_create("wrapperd-environ", 0);   /* inherited by the interpreter */
 	if (fd < 0)
 		return fail(argv, "memfd_create");
+	if (fd <= 2) {
+		/* The caller closed a stdio fd: leave that slot closed for the target, as
+		 * given (wrapperd takes no --environ-fd of 0, 1 or 2). */
+		int high = fcntl(fd, F_DUPFD, 3);
+		if (high < 0)
+			return fail(argv, "fcntl F_DUPFD");
+		close(fd);
+		fd = high;
+	}
 	size_t keep = 0;
 	for (char **e = environ; *e; e++) {
 		if (write_all(fd, *e, strlen(*e) + 1) < 0)

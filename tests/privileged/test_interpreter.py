@@ -208,3 +208,15 @@ def test_sandbox_run_keeps_ld_variables_from_root_wrapperd(tmp_path, preload):
                        env=env, capture_output=True, timeout=60)
     assert r.returncode == 125
     assert b"fault injected (WRAPPERD_FAULT)" in r.stderr
+
+
+def test_a_closed_stdin_stays_closed_and_the_launcher_still_runs():
+    # memfd_create gives the lowest free fd: with stdin closed by the caller that is 0,
+    # which wrapperd never takes as --environ-fd.  The launcher moves it up; the
+    # target's stdin stays closed, as the caller gave it.
+    r = subprocess.run(["/bin/sh", "-c", 'exec 0<&-; exec "$0" --uid 65534 -- /bin/sh -c '
+                        '"[ -e /proc/\\$\\$/fd/0 ] && echo open || echo closed"',
+                        _launcher("wrapperd")], capture_output=True,
+                       env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"closed\n"
