@@ -31,8 +31,8 @@ def _printable(text: str) -> str:
 
 
 def _helper_role(name: str) -> "str | None":
-    """What a wrapperd helper calls itself (namespaces.REAPER_COMM ...), else None."""
-    from .namespaces import REAPER_COMM, SUPERVISOR_COMM
+    """What a wrapperd helper calls itself (supervisor.REAPER_COMM ...), else None."""
+    from .supervisor import REAPER_COMM, SUPERVISOR_COMM
     return {REAPER_COMM: "reaper (pid 1 of the target's pid namespace)",
             SUPERVISOR_COMM: "supervisor (it forwards signals to the target and "
                              "exits with its status)"}.get(name)

@@ -287,11 +287,11 @@ def _own_pidns() -> None:
 def _reaper_spare(chan: int) -> None:
     """Pid 1 of a premade namespace: fork the worker (pid 2) that takes the request,
     join the namespaces the worker's steps make, then reap and forward signals as the
-    shim's reaper does (namespaces._supervise)."""
+    shim's reaper does (supervisor.supervise)."""
     import _signal as signal
     import socket
 
-    from . import namespaces, procattr
+    from . import namespaces, procattr, supervisor
     try:
         # As the shim's own reaper is (the dumpable step comes first): not ptraceable,
         # its /proc/PID/mem and exe not reachable, by a target without CAP_SYS_PTRACE.
@@ -301,7 +301,7 @@ def _reaper_spare(chan: int) -> None:
         # target the host's network and mounts through /proc/1.
         ours, theirs = (s.detach() for s in socket.socketpair(socket.AF_UNIX,
                                                               socket.SOCK_SEQPACKET))
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, namespaces.FORWARDED_SIGNALS)
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, supervisor.FORWARDED_SIGNALS)
         worker = os.fork()
         if worker == 0:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
@@ -312,7 +312,7 @@ def _reaper_spare(chan: int) -> None:
         os.closerange(ours + 1, 1 << 20)
         # Forwarded signals stay blocked (queued) until _supervise handles them.
         namespaces.join_for_worker(ours)
-        namespaces._supervise(worker, old_mask, pid_1=True)    # never returns
+        supervisor.supervise(worker, old_mask, pid_1=True)    # never returns
     except BaseException:              # noqa: B036 -- the child must never return
         pass
     finally:

@@ -24,19 +24,15 @@ apply() returns only in the process that goes on to become the target.
 
 from __future__ import annotations
 
-# _signal: the C module under `signal`, whose enum wrappers cost the lean shim an
-# `enum` import (~2 ms).  The same functions; handlers and masks are plain ints.
-import _signal as signal
 import errno
 import os
 
-from . import _libc, procfs
+from . import _libc, procfs, supervisor
 from ._record import field_types, frozen
-from .errors import EXIT_FAILURE, SetupError, SpecError
+from .errors import SetupError, SpecError
 from .fds import read_all
 
-__all__ = ["Prepared", "prepare", "apply", "fork_supervised", "FORWARDED_SIGNALS",
-           "CLONE_FLAGS", "PROC_NAMES"]
+__all__ = ["Prepared", "prepare", "apply", "CLONE_FLAGS", "PROC_NAMES"]
 
 STEP = "namespaces"
 
@@ -56,8 +52,6 @@ PROC_NAMES = {"user": "user", "mount": "mnt", "pid": "pid", "net": "net", "ipc":
 # After user: the order they are created in; pid is last because it forks.
 ORDER = ("mount", "net", "ipc", "uts", "cgroup", "pid")
 
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1,
-                     signal.SIGUSR2)
 
 # <linux/sockios.h>, <net/if.h>
 SIOCGIFFLAGS = 0x8913
@@ -375,9 +369,9 @@ def apply(p: Prepared, premade: "str | None" = None, reaper_channel: int = -1) -
     if premade == "pid":
         _share_with_reaper(p, reaper_channel)
     if p.forks and not premade:
-        _fork(reaper="pid" in p.new and not p.as_pid_1)
+        supervisor.fork(reaper="pid" in p.new and not p.as_pid_1)
     elif premade == "reaper":
-        _fork(reaper=True, outside=False)
+        supervisor.fork(reaper=True, outside=False)
 
 
 def _share_with_reaper(p: Prepared, fd: int) -> None:
@@ -597,127 +591,3 @@ def _run_quiet(args) -> None:
         lines = out.decode("utf-8", "replace").strip().splitlines()
         raise OSError(0, f"{os.path.basename(args[0])} failed: "
                          f"{lines[-1] if lines else os.waitstatus_to_exitcode(status)}")
-
-
-# ------------------------------------------------------------------ pid namespace
-
-def exit_code(status: int) -> int:
-    """A wait status as a shell would report it: the code, or 128+N when killed."""
-    code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
-
-
-def fork_supervised(step: str, what: str) -> None:
-    """Fork once, the parent staying behind as _supervise() does for a pid namespace:
-    signals forwarded, the child's exit status passed on (128+N when killed by signal
-    N), no fd held.  Returns only in the child.  For other steps that need a fork (the
-    session step, when the shim leads its process group): one supervisor, not two."""
-    _fork(reaper=False, step=step, what=what)
-
-
-def _fork(reaper: bool, step: str = STEP, what: str = "pid: fork into the pid namespace",
-          outside: bool = True) -> None:
-    """Fork into the pid namespace.  Returns only in the process that becomes the target.
-    outside=False: this process already is pid 1 of the new namespace, and only the
-    reaper's part is left (fork the target, supervise it).
-
-    Forwarded signals are blocked across each fork so none is lost (a blocked signal is
-    queued even for a namespace's pid 1) and each parent installs its forwarding
-    handlers before unblocking them; each child restores the caller's dispositions and
-    mask, since both survive execve.
-    """
-    # Whatever stays behind is a helper beside the target: it keeps nothing of the
-    # caller's environment (done before the fork, so there is no moment it has it).
-    from . import procattr
-    procattr.erase_environment(step)
-    saved = {s: signal.getsignal(s) for s in FORWARDED_SIGNALS}
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, FORWARDED_SIGNALS)
-    # The reaper arms PDEATHSIG and then checks that the shim outside did not already
-    # die (its getppid() says nothing: 0, the parent is outside its namespace).  The
-    # shim holds this pipe's write end until it exits, so EOF on the read end means it
-    # is gone.  (A pipe rather than poll() on a pidfd: select would cost an import.)
-    alive_r, alive_w = os.pipe() if reaper and outside else (-1, -1)
-    try:
-        child = os.fork() if outside else 0
-    except OSError as e:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        if alive_r >= 0:
-            os.close(alive_r)
-            os.close(alive_w)
-        raise SetupError(step, e.errno or 0, what) from None
-    if child:
-        _supervise(child, old_mask, pid_1=False, keep=alive_w)     # never returns
-    if reaper and outside:
-        os.close(alive_w)
-        try:
-            _libc.prctl(_libc.PR_SET_PDEATHSIG, signal.SIGKILL)
-            os.set_blocking(alive_r, False)
-            try:
-                gone = os.read(alive_r, 1) == b""
-            except BlockingIOError:
-                gone = False
-            if gone:
-                os._exit(EXIT_FAILURE)   # the shim outside is gone: nobody to report to
-        finally:
-            os.close(alive_r)
-    if reaper:
-        try:
-            target = os.fork()
-        except OSError as e:
-            raise _fail("fork the target inside the pid namespace", e, "pid") from None
-        if target:
-            _supervise(target, old_mask, pid_1=True)      # never returns
-    for s, h in saved.items():
-        signal.signal(s, h if h is not None else signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-
-
-# What a helper that stays beside a target calls itself (/proc/PID/comm).
-REAPER_COMM = "wrapperd-reaper"
-SUPERVISOR_COMM = "wrapperd-super"
-
-
-def _set_comm(name: str) -> None:
-    try:
-        _libc.set_name(name.encode())
-    except OSError:
-        pass                    # a name is a courtesy: never a reason to fail
-
-
-def _supervise(child: int, old_mask, pid_1: bool, keep: int = -1) -> "None":
-    """Wait for child, forward signals to it, exit with its status.  As pid 1 of the
-    namespace, also reap every orphan reparented to us.  keep: the one fd to hold (the
-    write end of the reaper's is-the-shim-alive pipe, see _fork)."""
-    code = EXIT_FAILURE
-    try:
-        # Named for what it is (`sandbox inspect`, ps): the comm, 15 bytes at most.
-        _set_comm(REAPER_COMM if pid_1 else SUPERVISOR_COMM)
-        # Hold nothing the target should not have: an open pipe end here would keep the
-        # caller from seeing EOF (on the status fd, on the target's stdout).
-        if keep >= 0:
-            os.closerange(0, keep)
-            os.closerange(keep + 1, 1 << 20)
-        else:
-            os.closerange(0, 1 << 20)
-
-        def forward(sig, _frame):
-            try:
-                os.kill(child, sig)
-            except OSError:
-                pass
-
-        for s in FORWARDED_SIGNALS:
-            signal.signal(s, forward)
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-        while True:
-            try:
-                pid, status = os.waitpid(-1 if pid_1 else child, 0)
-            except ChildProcessError:
-                break
-            if pid == child:
-                code = exit_code(status)
-                break
-    except BaseException:
-        pass
-    finally:
-        os._exit(code)

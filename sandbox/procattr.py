@@ -70,7 +70,7 @@ def new_session() -> None:
     setsid() fails with EPERM in a process that already leads a process group: a shim
     exec'd by an interactive shell (job control makes each job a group) or by an init
     as a session leader.  Only a child, which leads nothing, can then start a session:
-    fork once, the shim staying outside as the supervisor namespaces.py uses for a pid
+    fork once, the shim staying outside as the supervisor (sandbox.supervisor) does for a pid
     namespace (signals forwarded, exit status passed on, no fds held).  Returns only in
     the process that goes on to become the target.
     """
@@ -81,8 +81,8 @@ def new_session() -> None:
         if e.errno != errno.EPERM:
             raise SetupError("session", e.errno, "setsid") from None
     # Already in sys.modules: prepare() (and plan.decode) import it for this step.
-    from . import namespaces
-    namespaces.fork_supervised("session", "fork to leave the caller's process group")
+    from . import supervisor
+    supervisor.fork_supervised("session", "fork to leave the caller's process group")
     try:
         os.setsid()
     except OSError as e:

@@ -90,9 +90,10 @@ STEP_MODULES = (
     ("sandbox.caps", lambda plan: True),
     ("sandbox.fds", lambda plan: True),
     ("sandbox.procattr", lambda plan: True),
-    # the session step may fork with namespaces' supervisor
-    ("sandbox.namespaces", lambda plan: plan.procattr.new_session or
+    # the session step may fork with the supervisor
+    ("sandbox.supervisor", lambda plan: plan.procattr.new_session or
      plan.namespaces is not None),
+    ("sandbox.namespaces", lambda plan: plan.namespaces is not None),
     ("sandbox.rlimits", lambda plan: plan.rlimits is not None),
     ("sandbox.cgroups", lambda plan: plan.cgroup is not None),
     ("sandbox.mounts", lambda plan: plan.mounts is not None),

@@ -137,5 +137,6 @@ def test_new_fields_round_trip():
 
 
 def test_exit_code():
-    assert namespaces.exit_code(42 << 8) == 42
-    assert namespaces.exit_code(15) == 128 + 15
+    from sandbox import supervisor
+    assert supervisor.exit_code(42 << 8) == 42
+    assert supervisor.exit_code(15) == 128 + 15
