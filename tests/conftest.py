@@ -179,6 +179,24 @@ def run_with_status_fd(cmd: "list[str]", **kw) -> "tuple[subprocess.CompletedPro
             os.close(w_fd)
 
 
+def run_report(mode: str, spec: dict, server=None) -> dict:
+    """Run spec to its end through the wrapperd command line (a mode starting with
+    "wrapperd"), sandbox.spawn() ("spawn") or the fork server ("fast": `server`); the
+    target's stdout as JSON.  The test fails unless the target exited 0."""
+    if mode.startswith("wrapperd"):
+        p = run_wrapperd(spec, timeout=60)
+        assert p.returncode == 0, p.stderr
+        return json.loads(p.stdout)
+    import sandbox
+    from sandbox.spawning import DEVNULL, PIPE
+    kw = dict(stdin=DEVNULL, stdout=PIPE, stderr=PIPE)
+    proc = server.spawn(spec, **kw) if mode == "fast" else sandbox.spawn(spec, **kw)
+    with proc:
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return json.loads(out)
+
+
 def probe_spec(probe_path: str, *actions: str, **fields) -> dict:
     spec = {"argv": [SYSTEM_PYTHON, "-I", probe_path, *actions], "env": dict(TARGET_ENV)}
     spec.update(fields)

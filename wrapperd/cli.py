@@ -148,12 +148,12 @@ def _read_spec(opts) -> "dict | None":
 MAX_ENVIRON_BYTES = 64 << 20
 
 
-def read_environ(environ_fd: "int | None") -> bytes:
-    """The caller's environment block: from the static launcher's memfd (closed here: it
-    must not reach the target), else this process's own initial one."""
+def read_environ(environ_fd: "int | None") -> "bytes | None":
+    """The caller's environment block from the static launcher's memfd (closed here: it
+    must not reach the target); None without one (initial_environ then reads this
+    process's own, only where a target gets it)."""
     if environ_fd is None:
-        with open("/proc/self/environ", "rb") as f:
-            return f.read()
+        return None
     try:
         os.lseek(environ_fd, 0, os.SEEK_SET)
         return read_all(environ_fd, MAX_ENVIRON_BYTES)
@@ -167,7 +167,7 @@ def read_environ(environ_fd: "int | None") -> bytes:
             pass
 
 
-def initial_environ(raw: bytes) -> "dict[str, str]":
+def initial_environ(raw: "bytes | None") -> "dict[str, str]":
     """The environment this process's caller started it with, as execve(2) gave it: the
     launcher's copy, or /proc/self/environ, the strings on the initial stack, which
     nothing in the interpreter rewrites.  os.environ is not that: at start-up Python's
@@ -175,6 +175,9 @@ def initial_environ(raw: bytes) -> "dict[str, str]":
     Bytes that are not UTF-8 stay bytes (os.fsdecode).  An entry without '=' cannot be
     an environment variable of the spec and is left out; of repeated names the first
     wins, as getenv(3) finds it."""
+    if raw is None:
+        from sandbox import procfs
+        raw = procfs.read("/proc/self/environ")
     env: "dict[str, str]" = {}
     for entry in raw.split(b"\0"):
         name, eq, value = entry.partition(b"=")
@@ -188,7 +191,7 @@ def flags_mode(opts) -> bool:
     return opts.spec is None and opts.spec_fd is None and opts.profile is None
 
 
-def _talos_spec(environ: bytes, warnings: list) -> dict:
+def _talos_spec(environ: "bytes | None", warnings: list) -> dict:
     """What Talos's wrapperd did, as spec fields: the caller's environment byte for
     byte, its working directory, session and terminal, no no_new_privs, and NOFILE
     1048576 soft and hard (or, where the host forbids it, the soft limit raised to the
@@ -202,7 +205,7 @@ def _talos_spec(environ: bytes, warnings: list) -> dict:
             "new_session": False, "rlimits": {"NOFILE": [soft, hard]}}
 
 
-def build_spec(opts, argv: "list[str]", environ: bytes = b"",
+def build_spec(opts, argv: "list[str]", environ: "bytes | None" = None,
                warnings: "list | None" = None):
     """warnings: (step, message) pairs for stderr are appended here."""
     from sandbox import profile

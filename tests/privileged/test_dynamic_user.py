@@ -28,7 +28,14 @@ import sandbox
 from sandbox import cgroups, cli, dynamicuser
 from sandbox.forkserver import ForkServer
 from sandbox.spawning import DEVNULL, PIPE
-from tests.conftest import needs_host_root, probe_spec, run_wrapperd, until, wrapperd_cmd
+from tests.conftest import (
+    needs_host_root,
+    probe_spec,
+    run_report,
+    run_wrapperd,
+    until,
+    wrapperd_cmd,
+)
 
 PROFILES = ("service", "network-service", "strict", "untrusted")
 MODES = ("wrapperd", "spawn", "fast")
@@ -133,20 +140,6 @@ def _running(mode, spec, server):
             p.stderr.close()
 
 
-def _once(mode, spec, server) -> dict:
-    """Run spec to its end by mode; the probe's report."""
-    if mode == "wrapperd":
-        r = run_wrapperd(spec, timeout=60)
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
-    kw = dict(stdin=DEVNULL, stdout=PIPE, stderr=PIPE)
-    proc = server.spawn(spec, **kw) if mode == "fast" else sandbox.spawn(spec, **kw)
-    with proc:
-        out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    return json.loads(out)
-
-
 def _token() -> str:
     return uuid.uuid4().hex
 
@@ -171,7 +164,7 @@ def test_sandboxes_of_two_names_get_two_uids_and_cannot_reach_each_other(
         for attacker, victim, victim_uid in ((a_name, b_pid, b_uid), (b_name, a_pid, a_uid)):
             spec = _spec(probe, by, attacker, cgroup_root, f"attack:{victim}",
                          token=_token())
-            report = _once(mode, spec, server)
+            report = run_report(mode, spec, server)
             own = int(report["status"]["Uid"].split()[0])
             assert own == (a_uid if attacker == a_name else b_uid) != victim_uid
             got = report["attack"]
@@ -183,7 +176,7 @@ def test_sandboxes_of_two_names_get_two_uids_and_cannot_reach_each_other(
             victim_name = b_name if attacker == a_name else a_name
             spec = _spec(probe, by, victim_name, cgroup_root, f"attack:{victim}",
                          token=_token())
-            ctl = _once(mode, spec, server)["attack"]
+            ctl = run_report(mode, spec, server)["attack"]
             assert ctl["kill0"] == "ok", ctl             # signals go by uid alone
             if profile != "untrusted":
                 # (A target in a user namespace of its own is out of ptrace's reach for
@@ -203,7 +196,7 @@ def test_ptrace_attach_is_refused_across_names_without_seccomp_in_the_way(
         for name, expect in ((f"dyn-x-{tag}", "EPERM"), (f"dyn-v-{tag}", "ok")):
             spec = probe_spec(probe, f"attack:{victim}", name=name,
                               user={"dynamic": True})
-            got = _once(mode, spec, server)["attack"]
+            got = run_report(mode, spec, server)["attack"]
             assert got["ptrace"] == expect, (name, got)     # "ok": the control
             if expect != "ok":
                 assert all(got[k] != "ok" for k in ATTACKS), got

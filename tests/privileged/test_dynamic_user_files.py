@@ -7,7 +7,6 @@ file with either bit exists.  Control: the same spec with a fixed uid makes them
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import stat
@@ -15,10 +14,8 @@ import uuid
 
 import pytest
 
-import sandbox
 from sandbox.forkserver import ForkServer
-from sandbox.spawning import PIPE
-from tests.conftest import SYSTEM_PYTHON, TARGET_ENV, host_dir_root, run_wrapperd
+from tests.conftest import SYSTEM_PYTHON, TARGET_ENV, host_dir_root, run_report
 
 ATTEMPT = r"""
 import ctypes, errno, json, os, stat, sys
@@ -102,21 +99,10 @@ def _special_files(d) -> list:
 
 
 def _run(how, spec) -> dict:
-    if how == "wrapperd":
-        p = run_wrapperd(spec)
-        assert p.returncode == 0, p.stderr
-        return json.loads(p.stdout)
-    if how == "spawn":
-        proc = sandbox.spawn(spec, stdout=PIPE)
-    else:
-        with ForkServer() as fs:
-            proc = fs.spawn(spec, stdout=PIPE)
-            out, _ = proc.communicate(timeout=60)
-            assert proc.returncode == 0
-            return json.loads(out)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0
-    return json.loads(out)
+    if how != "fast":
+        return run_report(how, spec)
+    with ForkServer() as fs:
+        return run_report(how, spec, fs)
 
 
 @pytest.mark.parametrize("profile", ["service", None])

@@ -30,6 +30,7 @@ from tests.conftest import (
     TARGET_ENV,
     nspid,
     probe_spec,
+    run_report,
     run_wrapperd,
     skip_or_fail,
     until,
@@ -86,24 +87,11 @@ def _state(report: dict, cgroup_path: str) -> dict:
     }
 
 
-def _via(mode: str, spec: dict, server) -> dict:
-    if mode == "wrapperd --spec":
-        p = run_wrapperd(spec)
-        assert p.returncode == 0, p.stderr
-        return json.loads(p.stdout)
-    kw = dict(stdin=DEVNULL, stdout=PIPE, stderr=PIPE)
-    proc = server.spawn(spec, **kw) if mode == "fast" else sandbox.spawn(spec, **kw)
-    with proc:
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-    return json.loads(out)
-
-
 def test_prepared_and_fast_paths_give_the_same_target_state(probe, server, cgroup_root):
     states = {}
     for i, mode in enumerate(("wrapperd --spec", "spawn (prepared)", "fast")):
         path = f"{cgroup_root}/svc{i}"
-        states[mode] = _state(_via(mode, _full_spec(probe, path), server), path)
+        states[mode] = _state(run_report(mode, _full_spec(probe, path), server), path)
     plain = states.pop("wrapperd --spec")
     # The spec really was applied (so equality is not equality of nothing).
     assert plain["status"]["Uid"].split() == ["65534"] * 4
@@ -124,9 +112,9 @@ def test_control_a_different_spec_gives_a_different_state(probe, server, cgroup_
     # The comparison above can fail: one field changed shows up.
     path = f"{cgroup_root}/ctl"
     spec = _full_spec(probe, path)
-    a = _state(_via("fast", spec, server), path)
+    a = _state(run_report("fast", spec, server), path)
     spec["user"]["umask"] = "0077"
-    b = _state(_via("fast", spec, server), path)
+    b = _state(run_report("fast", spec, server), path)
     assert a["status"]["Umask"] != b["status"]["Umask"]
 
 
@@ -147,7 +135,7 @@ def _premade_spec(probe, **fields) -> dict:
 def test_a_premade_pid_namespace_gives_the_same_target_state(probe, server):
     states = {}
     for mode in ("wrapperd --spec", "fast", "fast again"):
-        states[mode] = _state(_via(mode.replace(" again", ""), _premade_spec(probe), server),
+        states[mode] = _state(run_report(mode.replace(" again", ""), _premade_spec(probe), server),
                               "-")
     plain = states.pop("wrapperd --spec")
     assert plain["pid"] == 2 and plain["ns_new"]["pid"] and plain["hostname"] == "premade"

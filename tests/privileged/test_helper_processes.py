@@ -66,6 +66,19 @@ class Launched:
         self._stop()
 
 
+def _wrapperd_with_secret(spec: dict, secret: str, **popen) -> subprocess.Popen:
+    """wrapperd reading spec from a pipe, with `secret` in its environment only."""
+    r, w = os.pipe()
+    os.write(w, json.dumps(spec).encode())
+    os.close(w)
+    try:
+        return subprocess.Popen(wrapperd_cmd("--spec-fd", str(r)), pass_fds=(r,),
+                                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                env=dict(os.environ, **{SECRET_NAME: secret}), **popen)
+    finally:
+        os.close(r)
+
+
 def _launch(via: str, probe: str, secret: str, monkeypatch) -> Launched:
     """Start the probe under ALL_BUT_USER as root keeping CAP_SYS_PTRACE, with `secret`
     in the caller's environment (never in the spec's)."""
@@ -73,15 +86,7 @@ def _launch(via: str, probe: str, secret: str, monkeypatch) -> Launched:
                       namespaces=ALL_BUT_USER, **ROOT_WITH_PTRACE)
     assert secret not in json.dumps(spec)
     if via == "wrapperd":
-        r, w = os.pipe()
-        os.write(w, json.dumps(spec).encode())
-        os.close(w)
-        try:
-            p = subprocess.Popen(wrapperd_cmd("--spec-fd", str(r)), pass_fds=(r,),
-                                 stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                 env=dict(os.environ, **{SECRET_NAME: secret}))
-        finally:
-            os.close(r)
+        p = _wrapperd_with_secret(spec, secret)
 
         def stop():
             p.kill()                   # the supervisor: the reaper gets PDEATHSIG
@@ -204,16 +209,8 @@ def test_the_session_forks_supervisor_keeps_nothing_of_the_callers_environment(
         probe, secret):
     # wrapperd leading its process group forks once for setsid and supervises: in the
     # host's pid namespace, a target's parent.
-    spec = probe_spec(probe, "sleep:60", **ROOT_WITH_PTRACE)
-    r, w = os.pipe()
-    os.write(w, json.dumps(spec).encode())
-    os.close(w)
-    try:
-        p = subprocess.Popen(wrapperd_cmd("--spec-fd", str(r)), pass_fds=(r,),
-                             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                             process_group=0, env=dict(os.environ, **{SECRET_NAME: secret}))
-    finally:
-        os.close(r)
+    p = _wrapperd_with_secret(probe_spec(probe, "sleep:60", **ROOT_WITH_PTRACE), secret,
+                              process_group=0)
     try:
         report = json.loads(p.stdout.readline())
         assert report["stat"]["ppid"] == p.pid           # the supervisor is its parent
