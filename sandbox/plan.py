@@ -60,21 +60,23 @@ RECORDS = (*(tag for tag, _required in PLAN_FIELDS.values()),
 # --------------------------------------------------------------------------- encode
 
 def _enc(v, where: str):
+    """where: the plan member being encoded, named in an error (built once per member,
+    not per value: encode runs for every spawn)."""
     if v is None or isinstance(v, (bool, str)):
         return v
     if isinstance(v, int):
         return int(v)
+    if isinstance(v, (tuple, list)):
+        return [_enc(x, where) for x in v]
     if isinstance(v, (bytes, bytearray)):
         return {"@bytes": bytes(v).hex()}
-    if isinstance(v, (tuple, list)):
-        return [_enc(x, f"{where}[{i}]") for i, x in enumerate(v)]
     if isinstance(v, dict):
-        return {"@dict": [[_enc(k, where), _enc(x, f"{where}.{k}")] for k, x in v.items()]}
+        return {"@dict": [[_enc(k, where), _enc(x, where)] for k, x in v.items()]}
     names = getattr(type(v), "__record_fields__", None)
     tag = f"{type(v).__module__.rpartition('.')[2]}.{type(v).__qualname__}"
     if names is None or tag not in RECORDS:
         raise TypeError(f"plan: {where}: a {tag} is not a plan record")
-    return {"@": tag, "f": {n: _enc(getattr(v, n), f"{where}.{n}") for n in names}}
+    return {"@": tag, "f": {n: _enc(getattr(v, n), where) for n in names}}
 
 
 def encode(plan) -> bytes:
