@@ -55,8 +55,12 @@ class Prepared:
     user_ns: bool                # the id stands for the one id mapped in a new user ns
     suid_filter: bytes = field(repr=lambda b: f"<{len(b) // 8} BPF instructions>",
                                default=b"")   # seccomp.restrict_suid_sgid, loaded too
+    # The registry directory, decided with the rest of the plan (registry_dir()): the
+    # step reads no environment of its own.
+    registry: str = REGISTRY_DIR
 
-    __record_types__ = field_types(name=str | None, user_ns=bool, suid_filter=bytes)
+    __record_types__ = field_types(name=str | None, user_ns=bool, suid_filter=bytes,
+                                   registry=str)
 
 
 def prepare(spec, suid_filter: bytes = b"") -> "Prepared | None":
@@ -91,7 +95,8 @@ def prepare(spec, suid_filter: bytes = b"") -> "Prepared | None":
                 raise SpecError("with dynamic: true, a user namespace maps exactly one id "
                                 "(count 1), which the dynamic id stands for outside",
                                 f"namespaces.user.{k}")
-    return Prepared(name=spec.name, user_ns=userns is not False, suid_filter=suid_filter)
+    return Prepared(name=spec.name, user_ns=userns is not False, suid_filter=suid_filter,
+                    registry=registry_dir())
 
 
 def inside_ids(namespaces) -> "tuple[int, int]":
@@ -300,15 +305,17 @@ def first_candidate(name: "str | None") -> int:
     return lo + h % (hi - lo + 1)
 
 
-def allocate(name: "str | None") -> int:
+def allocate(name: "str | None", registry: "str | None" = None) -> int:
     """Pick (or share, for a name that holds one) an id and record this process as a
-    holder.  Raises SetupError when none is free or the registry is unsound."""
+    holder, in registry (default: registry_dir()).  Raises SetupError when none is free
+    or the registry is unsound."""
     import fcntl
     me = _host_pid()
     me_start = _start_time(me)
     if me_start is None:
         raise SetupError(STEP, 0, "cannot read our own /proc/PID/stat")
-    dfd = _open_dir(registry_dir(), create=True)
+    registry = registry or registry_dir()
+    dfd = _open_dir(registry, create=True)
     try:
         lock = os.open(LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                        dir_fd=dfd)
@@ -320,7 +327,7 @@ def allocate(name: "str | None") -> int:
     except SetupError:
         raise
     except OSError as e:
-        raise SetupError(STEP, e.errno or 0, f"registry {registry_dir()}") from None
+        raise SetupError(STEP, e.errno or 0, f"registry {registry}") from None
     finally:
         os.close(dfd)
 
@@ -410,7 +417,7 @@ def _with(record, **changes):
 
 def apply(p: Prepared, creds_prepared, ns_prepared):
     """Allocate the id; return (creds, namespaces) prepared records that use it."""
-    uid = allocate(p.name)
+    uid = allocate(p.name, p.registry)
     if p.user_ns:
         # The target keeps its inside ids; the one id each map gives is now ours.
         return creds_prepared, _with(ns_prepared,

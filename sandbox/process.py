@@ -32,7 +32,7 @@ class Process:
     exit_grace = 10.0
 
     def __init__(self, popen, spec, created_cgroups=(), pidfd=None):
-        # popen: a subprocess.Popen, or what has its shape (forkserver._Child).
+        # popen: a subprocess.Popen, or what has its shape (forkserver.client._Child).
         self._popen = popen
         self.spec = spec
         self.pid = popen.pid

@@ -304,7 +304,8 @@ def main(args: "list[str] | None" = None, environ_fd: "int | None" = None) -> in
             return 0
         import wrapperd
         shim.start(plan, shim.Context(status_fd, wrapperd.PPID_AT_START
-                                      if opts.parent_pid is None else opts.parent_pid))
+                                      if opts.parent_pid is None else opts.parent_pid,
+                                      fault=os.environ.get(shim.FAULT_ENV)))
     except SandboxError as e:
         return _report(e, status_fd)
     except SystemExit:

@@ -152,12 +152,13 @@ def main(args: "list[str]") -> int:
         plan = plan_mod.decode(data)
         import wrapperd
         from wrapperd import shim
+        fault = os.environ.get(shim.FAULT_ENV)
         if in_new_pidns:
             # getppid() says 0 of a parent outside our pid namespace
-            ctx = shim.Context(status_fd, 0, premade=_born_in_new_pidns(plan))
+            ctx = shim.Context(status_fd, 0, premade=_born_in_new_pidns(plan), fault=fault)
         else:
             ctx = shim.Context(status_fd, wrapperd.PPID_AT_START if parent_pid is None
-                               else parent_pid)
+                               else parent_pid, fault=fault)
         shim.start(plan, ctx)
     except SystemExit:
         raise

@@ -85,7 +85,7 @@ def prepare(spec, find_target: bool = True) -> Plan:
 
 # The facility modules the steps use, listed once: which a plan needs (its record is
 # set, or the condition holds), for import_step_modules(); all of them, for the fork
-# server to import ahead of its forks (sandbox.forkserver._preload).
+# server to import ahead of its forks (sandbox.forkserver.server._preload).
 STEP_MODULES = (
     ("sandbox.caps", lambda plan: True),
     ("sandbox.fds", lambda plan: True),
@@ -128,17 +128,20 @@ class Context:
       1, which the target will be); "reaper" (pid 1, which forks the target and stays
       as its reaper: the lean shim spawn() starts with --in-new-pidns).
     reaper_channel: with premade "pid", this worker's end of a socket to that reaper
-      (sandbox.forkserver._reaper_spare), which joins the namespaces the worker makes.
+      (sandbox.forkserver.server), which joins the namespaces the worker makes.
+    fault: the hardening tests' fault injection (FAULT_ENV, read by the entry point).
     """
 
-    __slots__ = ("status_fd", "ppid", "premade", "reaper_channel")
+    __slots__ = ("status_fd", "ppid", "premade", "reaper_channel", "fault")
 
     def __init__(self, status_fd: "int | None" = None, ppid: "int | None" = None,
-                 premade: "str | None" = None, reaper_channel: int = -1):
+                 premade: "str | None" = None, reaper_channel: int = -1,
+                 fault: "str | None" = None):
         self.status_fd = status_fd
         self.ppid = os.getppid() if ppid is None else ppid
         self.premade = premade
         self.reaper_channel = reaper_channel
+        self.fault = fault
 
 
 # --------------------------------------------------------------------------- steps
@@ -362,7 +365,7 @@ def start(plan: Plan, ctx: Context):     # never returns
     """The one start of every launch path -- wrapperd's command line, a plan from
     spawn(), a fork server's worker -- with what only that path knows in ctx: every
     step, in the order of STEPS, then execve.  Raises SetupError naming the step."""
-    fault = os.environ.get(FAULT_ENV)
+    fault = ctx.fault
     for name, step in STEPS:
         try:
             if fault:

@@ -120,7 +120,7 @@ def test_control_a_different_spec_gives_a_different_state(probe, server, cgroup_
 
 # ------------------------------------------------------------- premade pid namespaces
 # Without a cgroup, oom_score_adj or user namespace in the spec, the server makes the
-# pid namespace ahead of the request (sandbox.forkserver._prefork): its reaper and the
+# pid namespace ahead of the request (sandbox.forkserver.server.Server.prefork): its reaper and the
 # worker are forked while no caller waits.  The target must not tell the difference.
 
 def _premade_spec(probe, **fields) -> dict:

@@ -69,7 +69,8 @@ def test_the_plan_carries_the_dynamic_user_and_an_unallocated_identity():
     p = shim.prepare(build_spec({"argv": ARGV, "name": "web", "user": {"dynamic": True}}))
     from sandbox import seccomp
     assert p.dynamic_user == dynamicuser.Prepared(
-        name="web", user_ns=False, suid_filter=seccomp.restrict_suid_sgid())
+        name="web", user_ns=False, suid_filter=seccomp.restrict_suid_sgid(),
+        registry=dynamicuser.registry_dir())
     assert p.creds.uid == p.creds.gid == -1 and p.creds.groups == ()
     back = plan.decode(plan.encode(p))
     assert back.dynamic_user == p.dynamic_user and back.creds == p.creds

@@ -1,0 +1,421 @@
+"""The fork server's own process: serve requests (protocol.py) by forking a worker each,
+which runs wrapperd.shim.start() on the caller's plan -- the one start, the same steps
+as the shim -- and execs the target.
+
+Started once with a clean exec (`python -I -S`, never forked from the possibly
+multithreaded caller), it imports every module a step can use (_preload), then serves
+single-threaded.  Per request it hands the request to a spare child forked ahead of
+time (or forks one), opens a pidfd for it while it is still its unreaped child, sends
+the pid and that pidfd back, and closes its copies before the next request (so no
+child ever holds another request's fds).  When the child exits (its pidfd polls
+readable) the server reaps it and sends the wait status.
+
+Spares: one per kind in use, idle until a request is handed to one, so the fork (and
+the copy-on-write faults right after it) happen while the previous target runs, not
+while a caller waits.  A kind is a pid namespace made ahead of time or none
+(sandbox.namespaces.premade_kind): for "pid" the spare is pid 1 of a new pid namespace,
+the reaper, which forks the worker (pid 2); for "pid1" the spare is pid 1 and becomes
+the target.  Everything the server keeps is in one Server object, never a module
+global: its own pid namespace to return to, the spares, the decoded plans.
+"""
+
+from __future__ import annotations
+
+import os
+
+from ..errors import EXIT_FAILURE, SetupError
+from . import protocol
+
+_MAX_PLANS = 16
+
+
+def _preload() -> None:
+    """Everything a child may import, imported once here: a forked child then needs no
+    file access for code (see wrapperd/shim.py) and pays nothing for imports."""
+    from wrapperd import shim
+    for name in ("_json", "_signal", "fcntl", "grp", "resource", "socket",
+                 "sandbox._libc", "sandbox.plan", "wrapperd.planned",
+                 *(module for module, _needed in shim.STEP_MODULES)):
+        __import__(name)
+    # ctypes resolves (dlsym) and caches a libc function on first use: once here, not
+    # in every child.
+    import sys
+    libc = sys.modules["sandbox._libc"]._libc
+    for fn in ("capget", "capset", "unshare", "setns", "syscall", "mount", "umount2"):
+        getattr(libc, fn, None)
+    sys.modules["sandbox.caps"].last_cap()      # read once, inherited by every child
+
+
+class Server:
+    """The server's state.  Children forked from it read their copy of `plans`."""
+
+    def __init__(self, fault: "str | None"):
+        # Decoded plans by their encoded bytes, most recent last (plan_for).
+        self.plans: dict = {}
+        # Spare children by kind: (pid, pidfd, our end of its channel).
+        self.spares: dict = {}
+        # The server's own pid namespace, to return to after making one for a spare;
+        # -1: premade pid namespaces cannot be made here (plain children only).
+        self.own_pidns = -1
+        # wrapperd.shim.Context.fault for every child (the hardening tests' setting).
+        self.fault = fault
+
+    # ------------------------------------------------------------------ plans
+    def plan_for(self, plan_fd: int):
+        """The request's plan, decoded once per distinct plan and kept: a child forked
+        after that -- the next spare -- has it decoded already.  None when it does not
+        decode (the child then decodes it again and reports why, as the shim would)."""
+        try:
+            data = _read_plan(plan_fd)
+        except OSError:
+            return None
+        plan = self.plans.pop(data, None)
+        if plan is None:
+            from .. import plan as plan_mod
+            try:
+                plan = plan_mod.decode(data)
+            except Exception:          # noqa: BLE001 -- the child reports it
+                return None
+            while len(self.plans) >= _MAX_PLANS:
+                del self.plans[next(iter(self.plans))]
+        self.plans[data] = plan        # most recent last
+        return plan
+
+    def premade_kind(self, plan) -> "str | None":
+        """The kind of spare child for this plan: None (a plain fork) or a pid namespace
+        made ahead of time (sandbox.namespaces.premade_kind).  The worker moves its
+        reaper into the spec's cgroup and gives it the oom score too, as the shim's own
+        reaper, forked after those steps, would have them (wrapperd.shim)."""
+        if plan is None or self.own_pidns < 0:
+            return None
+        from .. import namespaces
+        return namespaces.premade_kind(plan.namespaces)
+
+    # ------------------------------------------------------------------ spares
+    def prefork(self, kind: "str | None") -> "tuple[int, int, object]":
+        """Fork a spare child of this kind: (pid, pidfd, our end of its channel).
+
+        For a pid namespace: unshare(CLONE_NEWPID) moves only the children made after
+        it into the new namespace, so this server forks the spare there and then
+        returns to its own namespace for every later child (setns)."""
+        import socket
+
+        from .. import _libc, namespaces
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            if kind is not None:
+                try:
+                    _libc.unshare(namespaces.CLONE_FLAGS["pid"])
+                except OSError:
+                    self._no_premade()     # not allowed here: plain children from now on
+                    raise
+            try:
+                pid = os.fork()
+            except BaseException:
+                if kind is not None:
+                    self._own_pidns()
+                raise
+        except BaseException:
+            ours.close()
+            theirs.close()
+            raise
+        if pid and kind is not None:
+            self._own_pidns()
+        if pid == 0:
+            if kind == "pid":
+                _reaper_spare(self, theirs.fileno())     # never returns
+            _spare(self, theirs.fileno(), kind)          # never returns
+        theirs.close()
+        return pid, os.pidfd_open(pid), ours
+
+    def _no_premade(self) -> None:
+        if self.own_pidns >= 0:
+            os.close(self.own_pidns)
+            self.own_pidns = -1
+
+    def _own_pidns(self) -> None:
+        """Back to the server's own pid namespace for its later children."""
+        from .. import _libc, namespaces
+        try:
+            _libc.setns(self.own_pidns, namespaces.CLONE_FLAGS["pid"])
+        except OSError:
+            # Every later child would be born in that namespace: stop rather than serve
+            # anything from here (the caller's next spawn starts a new server).
+            os._exit(70)
+
+    def start(self, msg: bytes, fds: list, layout, kind) -> "tuple[int, int]":
+        """Hand the request to the spare child of its kind (or make one now); (pid,
+        pidfd).  A plain child forked here, when no premade pid namespace can be made,
+        runs the shim's own namespaces step (supervisor, reaper) instead."""
+        import socket
+        spare = self.spares.pop(kind, None)
+        if spare is None and kind is not None:
+            try:
+                spare = self.prefork(kind)   # made now: still no reaper forked after a request
+            except OSError:
+                spare = None           # a plain fork below: its steps make the namespace
+        if spare is not None:
+            pid, pidfd, chan = spare
+            try:
+                chan.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                      protocol.fd_array(fds))])
+                return pid, pidfd
+            except OSError:            # it died: reap it, fork instead
+                try:
+                    import _signal
+                    os.kill(pid, _signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                except OSError:
+                    pass
+                os.close(pidfd)
+            finally:
+                chan.close()
+        pid = os.fork()
+        if pid == 0:
+            _child(self, fds, layout, None)      # never returns
+        return pid, os.pidfd_open(pid)  # still our unreaped child: it is this process
+
+    # ------------------------------------------------------------------ requests
+    def serve_one(self, ctl, children: dict, poller) -> bool:
+        import select
+        import socket
+        try:
+            msg, fds, truncated = protocol.recv_with_fds(ctl, protocol.MAX_FDS)
+        except ConnectionError:
+            return False
+        if not msg:
+            for fd in fds:
+                os.close(fd)
+            return False
+        try:
+            layout = protocol.parse_request(msg, len(fds))
+            if truncated:
+                raise ValueError("fds truncated")
+        except ValueError:
+            for fd in fds:
+                os.close(fd)           # the caller sees EOF on its reply socket
+            return True
+        reply = socket.socket(fileno=fds[0])
+        kind = self.premade_kind(self.plan_for(fds[1]))
+        try:
+            pid, pidfd = self.start(msg, fds, layout, kind)
+        except OSError:                # fork failed (EAGAIN, ENOMEM): refuse this one;
+            reply.close()              # the caller sees no pid and raises
+            return True
+        finally:
+            for fd in fds[1:]:
+                os.close(fd)
+        try:
+            reply.sendmsg([protocol.pid_reply(pid)],
+                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, protocol.fd_array([pidfd]))])
+        except OSError:
+            pass                       # the caller is gone; the child still gets reaped
+        children[pidfd] = (pid, reply)
+        poller.register(pidfd, select.POLLIN)
+        if kind not in self.spares:
+            try:
+                self.spares[kind] = self.prefork(kind)   # for the next request, now
+            except OSError:
+                pass                   # the next request forks for itself
+        return True
+
+
+def serve(ctl_fd: int) -> None:
+    import select
+    import socket
+    _preload()
+    from wrapperd import shim
+
+    from .. import procattr
+    server = Server(fault=os.environ.get(shim.FAULT_ENV))
+    # The server stays alive beside its targets, and every reaper it forks is one's
+    # pid 1: none keeps an environment to show (see procattr.erase_environment).  What
+    # the steps need of wrapperd's settings came with the plan or is in `server`.
+    procattr.erase_environment("spawn")
+    try:
+        server.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        server.own_pidns = -1          # no premade pid namespaces, then
+    # Every object now in memory stays out of the collector's reach (gc.freeze), and no
+    # collection runs in the server or its children: a collection walks every object,
+    # and in a forked child each page it writes to is copied (copy-on-write).
+    import gc
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    ctl = socket.socket(fileno=ctl_fd)
+    ctl.setblocking(True)
+    ctl.send(protocol.READY)
+    children: dict = {}                # pidfd -> (pid, reply socket)
+    poller = select.poll()
+    poller.register(ctl_fd, select.POLLIN)
+    while True:
+        for fd, _ev in poller.poll():
+            if fd == ctl_fd:
+                if not server.serve_one(ctl, children, poller):
+                    return             # the caller closed the socket (or died): stop
+            else:
+                pid, reply = children.pop(fd)
+                poller.unregister(fd)
+                os.close(fd)
+                _, status = os.waitpid(pid, 0)
+                try:
+                    reply.send(protocol.exit_reply(status))
+                except OSError:
+                    pass               # the caller is gone
+                reply.close()
+
+
+def _read_plan(fd: int) -> bytes:
+    from .. import plan as plan_mod
+    size = os.fstat(fd).st_size
+    return os.pread(fd, min(size, plan_mod.MAX_PLAN_BYTES + 1), 0)
+
+
+# --------------------------------------------------------------------------- children
+# Each runs in a process forked from the server and never returns (os._exit).
+
+def _reaper_spare(server: Server, chan: int) -> None:
+    """Pid 1 of a premade namespace: fork the worker (pid 2) that takes the request,
+    join the namespaces the worker's steps make, then reap and forward signals as the
+    shim's reaper does (supervisor.supervise)."""
+    import _signal as signal
+    import socket
+
+    from .. import namespaces, procattr, supervisor
+    try:
+        # As the shim's own reaper is (the dumpable step comes first): not ptraceable,
+        # its /proc/PID/mem and exe not reachable, by a target without CAP_SYS_PTRACE.
+        procattr.set_dumpable(False)
+        # The worker asks on this once it has made the target's other namespaces
+        # (shim.Context.reaper_channel): a reaper left in the server's would show a
+        # target the host's network and mounts through /proc/1.
+        ours, theirs = (s.detach() for s in socket.socketpair(socket.AF_UNIX,
+                                                              socket.SOCK_SEQPACKET))
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, supervisor.FORWARDED_SIGNALS)
+        worker = os.fork()
+        if worker == 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            os.close(ours)
+            _spare(server, chan, "pid", theirs)      # never returns
+        # Nothing of the server's from here on (its channel to the worker): only ours.
+        os.closerange(0, ours)
+        os.closerange(ours + 1, 1 << 20)
+        # Forwarded signals stay blocked (queued) until _supervise handles them.
+        namespaces.join_for_worker(ours)
+        supervisor.supervise(worker, old_mask, pid_1=True)    # never returns
+    except BaseException:              # noqa: B036 -- the child must never return
+        pass
+    finally:
+        os._exit(EXIT_FAILURE)
+
+
+def _warm() -> None:
+    """In an idle spare: take now, not while a caller waits, the first copy-on-write
+    faults the steps would take -- the ctypes calls and records they go through (a
+    first call of each libc function in a fresh fork costs ~0.1 ms of page copies).
+    Only reads: nothing here changes this process."""
+    import _signal
+
+    from .. import _libc, caps
+    try:
+        _libc.prctl(_libc.PR_GET_DUMPABLE)
+        _libc.prctl(_libc.PR_CAPBSET_READ, 0)
+        _libc.prctl(_libc.PR_GET_NO_NEW_PRIVS)
+        _libc.prctl(_libc.PR_CAP_AMBIENT, _libc.PR_CAP_AMBIENT_IS_SET, 0)
+        _libc.capget()
+        caps._status_masks()
+        _signal.pthread_sigmask(_signal.SIG_BLOCK, ())
+    except OSError:
+        pass
+
+
+def _spare(server: Server, chan: int, kind: "str | None", reaper: int = -1) -> None:
+    """Wait on chan for the request, then be its worker (_child).  reaper: with kind
+    "pid", our end of the socket to the reaper above us."""
+    code = EXIT_FAILURE
+    try:
+        import socket
+        # Drop every fd of the server's (its socket, other requests' reply sockets and
+        # pidfds): only the channel (and the reaper's) stays.
+        lo = 0
+        for fd in sorted({chan, reaper} - {-1}):
+            os.closerange(lo, fd)
+            lo = fd + 1
+        os.closerange(lo, 1 << 20)
+        _warm()
+        sock = socket.socket(fileno=chan)
+        msg, fds, truncated = protocol.recv_with_fds(sock, protocol.MAX_FDS)
+        if not msg or truncated:
+            code = 0                   # the server closed: nothing to do
+        else:
+            sock.close()
+            _child(server, fds, protocol.parse_request(msg, len(fds)), kind, reaper)
+    except BaseException:              # noqa: B036 -- the child must never return
+        pass
+    finally:
+        os._exit(code)
+
+
+def _child(server: Server, fds: list, layout, premade: "str | None",
+           reaper: int = -1) -> None:
+    """The worker: put the fds in place, decode the plan (unless the server had,
+    before this child was forked), run the steps.  premade: the pid namespace this
+    child was born in (Server.prefork); reaper: then, the socket to its reaper."""
+    status = None
+    code = EXIT_FAILURE
+    try:
+        from wrapperd import shim
+
+        from .. import plan as plan_mod
+        stdio, passed = layout
+        _reply, plan_fd, status_src = fds[:3]
+        sources = fds[3:]
+        targets = dict(zip(stdio + passed, sources, strict=True))
+        # Move everything above any fd number in play, then into place: a source may
+        # sit on another's target number.  The status fd first, so that whatever fails
+        # from here on is reported on it (EOF without a record would read "exec'd").
+        high = max([*fds, *targets, 2, reaper]) + 1
+        import fcntl
+        status = fcntl.fcntl(status_src, fcntl.F_DUPFD_CLOEXEC, high)
+        if reaper >= 0:                # out of the way of the targets too
+            reaper = fcntl.fcntl(reaper, fcntl.F_DUPFD_CLOEXEC, high)
+        data = _read_plan(plan_fd)
+        moved = {t: fcntl.fcntl(s, fcntl.F_DUPFD_CLOEXEC, high) for t, s in targets.items()}
+        for t, s in moved.items():
+            os.dup2(s, t)              # inheritable
+        final = max([*targets, 2]) + 1
+        if final != status:
+            os.dup2(status, final, inheritable=False)
+            status = final
+        if reaper >= 0 and reaper != final + 1:    # just above the status fd
+            os.dup2(reaper, final + 1, inheritable=False)
+            reaper = final + 1
+        keep = sorted({*targets, status} | ({reaper} if reaper >= 0 else set()))
+        lo = 0
+        for fd in keep:                # everything else goes now: the server's socket,
+            if fd > lo:                # the plan memfd, every high copy
+                os.closerange(lo, fd)
+            lo = fd + 1
+        os.closerange(lo, 1 << 20)
+        # The server's own stdio is not the caller's: a slot the caller did not give
+        # (its own fd was closed) stays closed, as it would through the plain shim.
+        plan = server.plans.get(data)
+        if plan is None:
+            plan = plan_mod.decode(data)
+        if premade is not None:
+            from .. import namespaces
+            if namespaces.premade_kind(plan.namespaces) != premade:
+                raise SetupError("namespaces", 0, f"this child was born in a {premade!r} "
+                                 "pid namespace the plan does not ask for")
+        # ppid: ours, not the server's that decoded the plan.
+        shim.start(plan, shim.Context(status, os.getppid(), premade, reaper,
+                                      fault=server.fault))
+    except BaseException as e:         # noqa: B036 -- the child must never return
+        try:
+            from wrapperd import planned
+            code = planned.report(e, status)
+        except BaseException:          # noqa: B036
+            code = EXIT_FAILURE
+    finally:
+        os._exit(code)

@@ -1,0 +1,44 @@
+"""The fork server's modules: what the server process imports, and its protocol."""
+
+import subprocess
+import sys
+
+import pytest
+
+from sandbox.forkserver import protocol
+from sandbox.spawning import package_root
+
+
+def test_the_server_imports_neither_the_client_nor_the_spec_model():
+    # Every module the server holds is copied into each worker and each spare (page by
+    # page as they touch it): the client's side (threading, subprocess, the spec model)
+    # has no business there.
+    code = ("import sys; sys.path.append(sys.argv[1]); "
+            "from sandbox.forkserver import server; server._preload(); "
+            "print(sorted(m for m in ('sandbox.forkserver.client', 'sandbox.spawning', "
+            "'sandbox.spec', 'sandbox.process', 'attrs', 'attr', 'threading', "
+            "'subprocess', 'pyseccomp', 'psutil', 'cgroupspy', 'typing') "
+            "if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-I", "-S", "-c", code, package_root()],
+                       capture_output=True, check=True)
+    assert r.stdout.decode().strip() == "[]"
+
+
+def test_a_request_round_trips_and_anything_else_is_refused():
+    header = protocol.request([0, 2], [5, 9])
+    assert protocol.parse_request(header, 3 + 2 + 2) == ((0, 2), (5, 9))
+    for msg, nfds in ((header, 6),                         # an fd missing
+                      (b"spawn 1 1", 5),                   # a pass_fd on a stdio number
+                      (b"spawn 0 5,5", 5),                 # twice the same target
+                      (b"exec 0 ", 3), (b"spawn 0", 3)):
+        with pytest.raises(ValueError):
+            protocol.parse_request(msg, nfds)
+
+
+def test_replies_parse_only_what_the_server_sends():
+    assert protocol.parse_pid_reply(protocol.pid_reply(42)) == 42
+    assert protocol.parse_exit_reply(protocol.exit_reply(3 << 8)) == 3
+    assert protocol.parse_exit_reply(protocol.exit_reply(9)) == -9     # killed
+    for junk in (b"", b"pid", b"pid x", b"exit", b"exit -"):
+        assert protocol.parse_pid_reply(junk) is None
+        assert protocol.parse_exit_reply(junk) is None
