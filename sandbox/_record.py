@@ -53,6 +53,12 @@ def is_record(obj) -> bool:
     return hasattr(type(obj), "__record_fields__")
 
 
+def replace(record, **changes):
+    """A copy of record with these fields changed (dataclasses.replace)."""
+    return type(record)(**{n: changes.pop(n, getattr(record, n))
+                           for n in record.__record_fields__}, **changes)
+
+
 def frozen(cls):
     names = tuple(k for k in cls.__dict__.get("__annotations__", {}))
     defaults, reprs = {}, {}

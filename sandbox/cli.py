@@ -230,6 +230,7 @@ def _cmd_seccomp(a) -> int:
     # a target that need not exist on this machine.
     plan = shim.prepare(spec, find_target=False)
     prepared = plan.seccomp
+    assert prepared is not None             # the spec has a filter: prepare compiled it
     if plan.dynamic_user is not None:
         print("sandbox: the spec's dynamic user also loads a filter of its own "
               "(restrict_suid_sgid), not written here", file=sys.stderr)

@@ -35,7 +35,7 @@ import errno
 import os
 
 from . import procfs
-from ._record import field, field_types, frozen
+from ._record import field, field_types, frozen, replace
 from .errors import SetupError, SpecError
 
 __all__ = ["Prepared", "prepare", "apply", "lookup", "registry_dir", "DYNAMIC_RANGE",
@@ -410,17 +410,12 @@ def lookup(uid: int) -> "dict | None":
 
 # --------------------------------------------------------------------------- apply
 
-def _with(record, **changes):
-    return type(record)(**{n: changes.get(n, getattr(record, n))
-                           for n in record.__record_fields__})
-
-
 def apply(p: Prepared, creds_prepared, ns_prepared):
     """Allocate the id; return (creds, namespaces) prepared records that use it."""
     uid = allocate(p.name, p.registry)
     if p.user_ns:
         # The target keeps its inside ids; the one id each map gives is now ours.
-        return creds_prepared, _with(ns_prepared,
-                                     uid_map=((ns_prepared.uid_map[0][0], uid, 1),),
-                                     gid_map=((ns_prepared.gid_map[0][0], uid, 1),))
-    return _with(creds_prepared, uid=uid, gid=uid, groups=()), ns_prepared
+        return creds_prepared, replace(ns_prepared,
+                                       uid_map=((ns_prepared.uid_map[0][0], uid, 1),),
+                                       gid_map=((ns_prepared.gid_map[0][0], uid, 1),))
+    return replace(creds_prepared, uid=uid, gid=uid, groups=()), ns_prepared

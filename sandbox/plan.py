@@ -244,15 +244,15 @@ def decode(data: bytes):
         odd = set(doc) ^ {"wrapperd_plan", *PLAN_FIELDS}
         if odd:
             raise _Bad(f"unknown or missing fields {sorted(odd)}")
-        plan = shim.Plan()
+        values = {}
         for name, (tag, required) in PLAN_FIELDS.items():
-            value = _dec(doc[name], name)
+            value = values[name] = _dec(doc[name], name)
             if value is None:
                 if required:
                     raise _Bad(f"{name}: missing (every plan has its {tag})")
             elif not isinstance(value, _record_class(tag)):
                 raise _Bad(f"{name}: expected a {tag}")
-            setattr(plan, name, value)
+        plan = shim.Plan(**values)
     except _Bad as e:
         raise SpecError(f"malformed plan: {e}") from None
     except (ValueError, TypeError, RecursionError, KeyError) as e:

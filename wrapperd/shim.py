@@ -14,18 +14,46 @@ from __future__ import annotations
 import errno
 import os
 
+from sandbox._record import frozen, replace
 from sandbox.errors import SetupError, SpecError
 
+# For type checkers only (the lean shim imports no typing): the records' modules.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from sandbox import (
+        caps,
+        cgroups,
+        creds,
+        dynamicuser,
+        execution,
+        fds,
+        mounts,
+        namespaces,
+        procattr,
+        rlimits,
+        seccomp,
+    )
 
+
+@frozen
 class Plan:
-    """Everything prepare() worked out: one facility record per attribute (None: that
+    """Everything prepare() worked out: one facility record per field (None: that
     facility has nothing to do), and each step reads its own.  The spec itself is not
-    kept: what a step needs of it is in a record, which sandbox.plan can carry."""
+    kept: what a step needs of it is in a record, which sandbox.plan carries.  Frozen,
+    like the records: a step that changes what later steps read (dynamic_user) returns
+    a new Plan, and start() goes on with that one."""
 
-    def __init__(self):
-        self.procattr = self.fds = self.target = None
-        self.rlimits = self.cgroup = self.dynamic_user = self.creds = self.caps = None
-        self.namespaces = self.mounts = self.seccomp = None
+    procattr: "procattr.Prepared | None" = None
+    fds: "fds.Prepared | None" = None
+    target: "execution.Prepared | None" = None
+    rlimits: "rlimits.Prepared | None" = None
+    cgroup: "cgroups.Prepared | None" = None
+    dynamic_user: "dynamicuser.Prepared | None" = None
+    creds: "creds.Prepared | None" = None
+    caps: "caps.Prepared | None" = None
+    namespaces: "namespaces.Prepared | None" = None
+    mounts: "mounts.Prepared | None" = None
+    seccomp: "seccomp.Prepared | None" = None
 
 
 def prepare(spec, find_target: bool = True) -> Plan:
@@ -34,53 +62,51 @@ def prepare(spec, find_target: bool = True) -> Plan:
     compile`), whose spec may leave argv out: plan.target stays None."""
     if find_target:
         spec.check_runnable()
-    plan = Plan()
     from sandbox import fds, procattr
-    plan.procattr = procattr.prepare(spec)
-    plan.fds = fds.prepare(spec)
+    p: dict = {"procattr": procattr.prepare(spec), "fds": fds.prepare(spec)}
     if spec.rlimits:
         from sandbox import rlimits
-        plan.rlimits = rlimits.prepare(spec.rlimits)
+        p["rlimits"] = rlimits.prepare(spec.rlimits)
     if spec.cgroup is not None:
         from sandbox import cgroups
-        plan.cgroup = cgroups.prepare(spec.cgroup)
+        p["cgroup"] = cgroups.prepare(spec.cgroup)
     from sandbox import caps, creds
-    plan.creds = creds.prepare(spec.user, spec.securebits, spec.namespaces)
+    p["creds"] = creds_p = creds.prepare(spec.user, spec.securebits, spec.namespaces)
     # namespaces also for the session step, which may fork with its supervisor.
     from sandbox import mounts, namespaces
     # Also refuses hostname/mount fields without the namespace they need.
-    plan.namespaces = namespaces.prepare(spec, plan.creds)
-    plan.mounts = mounts.prepare(spec)
-    securebits = plan.creds.securebits if plan.creds else 0
+    p["namespaces"] = ns_p = namespaces.prepare(spec, creds_p)
+    p["mounts"] = mounts.prepare(spec)
+    securebits = creds_p.securebits if creds_p else 0
     # In a new user namespace the target's uid is the one inside it.
-    is_root = plan.namespaces.target_is_root(plan.creds) if plan.namespaces \
-        else creds.target_is_root(plan.creds)
-    plan.caps = caps.prepare(spec.capabilities, is_root, securebits)
+    is_root = ns_p.target_is_root(creds_p) if ns_p else creds.target_is_root(creds_p)
+    p["caps"] = caps_p = caps.prepare(spec.capabilities, is_root, securebits)
+    seccomp_p = None
     if spec.seccomp is not None:
         # Loading a filter needs no_new_privs or CAP_SYS_ADMIN in the effective set;
         # without no_new_privs the shim holds only the target's caps by then.
-        if not spec.no_new_privs and not plan.caps.permitted >> caps.cap_number(
+        if not spec.no_new_privs and not caps_p.permitted >> caps.cap_number(
                 "CAP_SYS_ADMIN") & 1:
             raise SpecError("a seccomp filter needs no_new_privs: true (or a target that "
                             "keeps CAP_SYS_ADMIN)", "seccomp")
         from sandbox import seccomp
-        plan.seccomp = seccomp.prepare(spec.seccomp, plan.caps)   # compiled here, loaded last
-        seccomp.check_execve(plan.seccomp.program)    # SIGSYS in execve: no status record
+        p["seccomp"] = seccomp_p = seccomp.prepare(spec.seccomp, caps_p)   # loaded last
+        seccomp.check_execve(seccomp_p.program)    # SIGSYS in execve: no status record
     if spec.user is not None and spec.user.dynamic:
         from sandbox import dynamicuser, seccomp
         # Its own filter (see seccomp.restrict_suid_sgid) needs what the spec's does.
-        if not spec.no_new_privs and not plan.caps.permitted >> caps.cap_number(
+        if not spec.no_new_privs and not caps_p.permitted >> caps.cap_number(
                 "CAP_SYS_ADMIN") & 1:
             raise SpecError("a dynamic user needs no_new_privs: true (it loads a filter "
                             "that keeps setuid and setgid bits off its files)",
                             "no_new_privs")
-        arches = plan.seccomp.architectures if plan.seccomp is not None else ("native",)
-        plan.dynamic_user = dynamicuser.prepare(      # allocated by its step, not here
+        arches = seccomp_p.architectures if seccomp_p is not None else ("native",)
+        p["dynamic_user"] = dynamicuser.prepare(      # allocated by its step, not here
             spec, seccomp.restrict_suid_sgid(arches))
     if find_target:
         from sandbox import execution
-        plan.target = execution.prepare(spec)
-    return plan
+        p["target"] = execution.prepare(spec)
+    return Plan(**p)
 
 
 # The facility modules the steps use, listed once: which a plan needs (its record is
@@ -191,8 +217,10 @@ def _dynamic_user(plan, ctx):
     # the target) is the one recorded as holding the id.
     if plan.dynamic_user is not None:
         from sandbox import dynamicuser
-        plan.creds, plan.namespaces = dynamicuser.apply(plan.dynamic_user, plan.creds,
-                                                        plan.namespaces)
+        creds, namespaces = dynamicuser.apply(plan.dynamic_user, plan.creds,
+                                              plan.namespaces)
+        return replace(plan, creds=creds, namespaces=namespaces)
+    return None
 
 
 def _before_fork(plan, ctx) -> int:
@@ -370,7 +398,8 @@ def start(plan: Plan, ctx: Context):     # never returns
         try:
             if fault:
                 _fault(name, fault)
-            step(plan, ctx)
+            # A step that changes what later steps read returns the new plan.
+            plan = step(plan, ctx) or plan
         except SetupError:
             raise
         except OSError as e:

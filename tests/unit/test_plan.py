@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from sandbox import SpecError, plan
+from sandbox import SpecError, _record, plan
 from sandbox.spawning import lean_command, package_root
 from sandbox.spec import Spec
 from wrapperd import shim
@@ -65,6 +65,15 @@ def test_steps_read_only_records_a_plan_carries():
     used = set(re.findall(r"\bplan\.(\w+)", steps))
     assert used and used <= set(plan.PLAN_FIELDS), used - set(plan.PLAN_FIELDS)
     assert not hasattr(shim.Plan(), "spec")
+    assert shim.Plan.__record_fields__ == tuple(plan.PLAN_FIELDS)
+
+
+def test_a_plan_is_frozen_and_a_step_that_changes_it_returns_a_new_one():
+    p = shim.prepare(Spec.from_dict(SPEC))
+    with pytest.raises(AttributeError):
+        p.creds = None
+    q = _record.replace(p, creds=None)
+    assert q.creds is None and p.creds is not None and q.caps is p.caps
 
 
 def test_every_plan_record_declares_the_types_decode_checks():
