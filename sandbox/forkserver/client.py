@@ -414,8 +414,8 @@ def _stdio_fd(v, i: int, mine: list, parent_ends: list, given: dict):
         os.fstat(fd)                   # not open: refused here (EBADF), as Popen does
         return fd
     if isinstance(v, (str, bytes, os.PathLike)):
-        from ..spawning import open_stdio_path
-        fd = open_stdio_path(v, i == 0, ("stdin", "stdout", "stderr")[i])
+        from ..stdio import open_path
+        fd = open_path(v, i == 0, ("stdin", "stdout", "stderr")[i])
         mine.append(fd)
         return fd
     raise TypeError(f"{('stdin', 'stdout', 'stderr')[i]}: expected None, PIPE, DEVNULL, "

@@ -17,7 +17,7 @@ from sandbox.forkserver import ForkServer
 from tests.conftest import SYSTEM_PYTHON, TARGET_ENV
 
 # The less privileged user: not 65534, which a user namespace also shows for files of
-# unmapped owners (the host's root), trusted there (sandbox.spawning._trusted_uids).
+# unmapped owners (the host's root), trusted there (sandbox.stdio._trusted_uids).
 OTHER = 4243
 SH = "/bin/sh"
 
