@@ -6,8 +6,9 @@ namespaces -- where the tool has each (the table says what each row applied).
 Speed goals are ratios (docs/performance.md), never timed tests.
 
 Rows: bare posix_spawn; `python -I -S -c pass` (the interpreter's own start); setpriv;
-bwrap; `wrapperd --spec FILE` (the CLI: spec model, seccomp from its cache after the
-first run); `sandbox.spawn()` (the spec prepared once in this process, the lean shim
+bwrap; `wrapperd --spec FILE` (the installed command: spec model, seccomp from its
+cache after the first run); `wrapperd` flags mode (machined's command line: drop
+CAP_SYS_ADMIN, uid 65534); `sandbox.spawn()` (the spec prepared once in this process, the lean shim
 per launch); the fast path (sandbox.ForkServer: a fork per launch; its one-time start
 is reported separately); and, not the sandbox, the fast path with an empty spec: its
 own floor.  Rows are interleaved, one launch of each per round, so load
@@ -32,14 +33,17 @@ ROOT = os.path.dirname(HERE)
 TRUE = "/bin/true"
 
 
-def spawn_wait(argv, pass_fds=(), open_fds=(), env=None):
+def spawn_wait(argv, pass_fds=(), open_fds=(), env=None, quiet=False):
     """posix_spawn + waitpid: the cheapest way Python can launch a process.  open_fds:
-    ((fd, path), ...) opened read-only at those numbers in the child."""
+    ((fd, path), ...) opened read-only at those numbers in the child; quiet: stderr to
+    /dev/null."""
     if pass_fds:
         p = subprocess.Popen(argv, pass_fds=pass_fds, env=env or {})
         rc = p.wait()
     else:
         actions = [(os.POSIX_SPAWN_OPEN, fd, path, os.O_RDONLY, 0) for fd, path in open_fds]
+        if quiet:
+            actions.append((os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0))
         pid = os.posix_spawn(argv[0], argv, env or {}, file_actions=actions)
         rc = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     if rc != 0:
@@ -152,9 +156,16 @@ def main() -> int:
     # Its seccomp cache in our temporary directory, not the machine's /var/cache.
     cache = os.path.join(tmp, "cache")
     os.mkdir(cache, 0o700)
+    # The installed command (the static launcher, sandbox/launcher.c), as an init runs it.
+    wrapperd = os.path.join(os.path.dirname(py), "wrapperd")
+    if not os.access(wrapperd, os.X_OK):
+        raise SystemExit(f"bench: no {wrapperd}: run `make venv`")
     row("wrapperd --spec FILE", applied,
-        lambda: spawn_wait([py, "-I", "-m", "wrapperd", "--spec", spec_path],
-                           env={"WRAPPERD_CACHE_DIR": cache}))
+        lambda: spawn_wait([wrapperd, "--spec", spec_path], env={"WRAPPERD_CACHE_DIR": cache}))
+    # machined's command line (flags mode: Talos's shim); stderr quiet: where the host
+    # forbids NOFILE 1048576 it warns on every start.
+    row("wrapperd flags mode", "caps, uid", lambda: spawn_wait(
+        [wrapperd, "-dropped-caps=cap_sys_admin", "-uid=65534", "--", TRUE], quiet=True))
 
     # The library: the same spec, prepared once in this process (names resolved, BPF
     # compiled), then the lean shim (python -I -S) per launch -- and the fork server.
@@ -205,6 +216,16 @@ def main() -> int:
               f"{q[0] * 1e3:>6.2f}-{q[-1] * 1e3:<7.2f} "
               f"{ratio('bare posix_spawn'):>7} {ratio('python3 -I -S -c pass'):>8} "
               f"{ratio('bwrap'):>8}")
+    # The speed goals (docs/performance.md), as ratios from this one run.
+    print("\ngoals (ratios of medians, this run):")
+    for name, ref, goal in (("wrapperd flags mode", "python3 -I -S -c pass", 2.0),
+                            ("wrapperd --spec FILE", "python3 -I -S -c pass", 3.0),
+                            ("sandbox.spawn() prepared", "python3 -I -S -c pass", 2.0),
+                            ("fast path (ForkServer)", "bwrap", 1.5)):
+        if name in base and ref in base:
+            r = base[name] / base[ref]
+            print(f"  {name}: {r:.2f}x {ref} (goal <= {goal}x: "
+                  f"{'met' if r <= goal else 'NOT met'})")
     print(f"\nfork server warm-up, once: {warmup * 1e3:.1f} ms (interpreter start and imports)")
     print(f"\n{'throughput':<48} {'launches':>8} {'wall':>9} {'per second':>11} {'x bwrap':>8}")
     ref = through.get("bwrap, sequential")

@@ -6,12 +6,16 @@
  * loader and libc, PYTHON* by the interpreter.  So this launcher is linked statically
  * (no dynamic loader reads anything) and does three things only:
  *   1. writes its environment, exactly as execve(2) gave it, to a memfd;
- *   2. execs PYTHON -I -m wrapperd --environ-fd N ARGS..., the interpreter isolated
- *      (-I: no PYTHON* variable, no user site, no working directory on sys.path) and
- *      with an environment of PATH and the WRAPPERD_* settings only;
+ *   2. execs PYTHON -I -S -c BOOT PYPATH --environ-fd N ARGS..., the interpreter
+ *      isolated (-I: no PYTHON* variable, no user site, no working directory on
+ *      sys.path), without the site module (-S: no .pth file runs, and a start costs
+ *      what the interpreter itself costs) -- sys.path gets PYPATH instead, the package
+ *      root and the interpreter's own site-packages -- and with an environment of PATH
+ *      and the WRAPPERD_* settings only;
  *   3. wrapperd reads the memfd (and closes it) as the environment of a flags-mode
  *      target, which so gets it byte for byte.
- * Built by `python3 -I -m sandbox.launchers`, which sets PYTHON to that interpreter.
+ * Built by `python3 -I -m sandbox.launchers`, which sets PYTHON to that interpreter and
+ * PYPATH to its sandbox.spawning.lean_path().
  * If anything fails, exit 125 with one line, and a status record on --status-fd N if
  * given, as wrapperd does: the target never runs. */
 #define _GNU_SOURCE
@@ -26,6 +30,12 @@
 #ifndef PYTHON
 #error "build with -DPYTHON='\"/path/to/python3\"'"
 #endif
+#ifndef PYPATH
+#error "build with -DPYPATH='\"/dir:/dir\"'"
+#endif
+
+/* What python -I -m wrapperd runs, with PYPATH (argv[1]) at the end of sys.path. */
+#define BOOT "import sys; sys.path += sys.argv.pop(1).split(':'); import wrapperd.__main__"
 
 #define EXIT_FAILURE_WRAPPERD 125
 #define CLEAN_PATH "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -97,15 +107,17 @@ int main(int argc, char **argv)
 
 	char fdarg[16];
 	snprintf(fdarg, sizeof fdarg, "%d", fd);
-	char **args = calloc((size_t)argc + 7, sizeof *args);
+	char **args = calloc((size_t)argc + 9, sizeof *args);
 	char **env = calloc(keep + 2, sizeof *env);
 	if (!args || !env)
 		return fail(argv, "calloc");
 	size_t i = 0;
 	args[i++] = PYTHON;
 	args[i++] = "-I";
-	args[i++] = "-m";
-	args[i++] = "wrapperd";
+	args[i++] = "-S";
+	args[i++] = "-c";
+	args[i++] = BOOT;
+	args[i++] = PYPATH;
 	args[i++] = "--environ-fd";
 	args[i++] = fdarg;
 	for (int a = 1; a < argc; a++)

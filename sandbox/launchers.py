@@ -65,8 +65,9 @@ def _script(python: str, module: str, func: str) -> bytes:
             f"sys.exit({func}())\n").encode()
 
 
-def _compile(python: str, out: str) -> None:
-    """Build the static launcher (launcher.c) for python into out."""
+def _compile(python: str, pypath: str, out: str) -> None:
+    """Build the static launcher (launcher.c) for python into out; pypath: the sys.path
+    entries it starts python with (-S: no site module)."""
     import shutil
     import subprocess
     src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launcher.c")
@@ -76,7 +77,7 @@ def _compile(python: str, out: str) -> None:
                       "gcc and libc6-dev, or pass --script to accept a #!python -I "
                       "launcher that leaves LD_* variables to the dynamic loader")
     r = subprocess.run([cc, "-static", "-O2", "-Wall", "-Werror", f"-DPYTHON=\"{python}\"",
-                        "-o", out, src], capture_output=True, text=True,
+                        f"-DPYPATH=\"{pypath}\"", "-o", out, src], capture_output=True, text=True,
                        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
     if r.returncode != 0:
         raise OSError(f"building the static wrapperd launcher failed ({cc}): "
@@ -114,11 +115,21 @@ def write_launchers(bindir: str, python: str, script_only: bool = False) -> "lis
     if any(c in python for c in ' \t\n"\\'):
         raise ValueError(f"{python!r}: an interpreter path with white space, quotes or "
                          "backslashes cannot be a #! line or a C string")
+    if python != sys.executable:
+        raise ValueError(f"{python!r}: the launchers start the interpreter that writes "
+                         f"them ({sys.executable}), whose sys.path they know")
+    from .spawning import lean_path
+    # The same sys.path as the lean shim's: this package, then the interpreter's own
+    # site-packages (what --spec needs: attrs, pyseccomp).
+    pypath = lean_path()
+    if any(c in pypath for c in '\t\n"\\'):
+        raise ValueError(f"{pypath!r}: paths with quotes, backslashes, tabs or newlines "
+                         "cannot be a C string")
     out = []
     for name, (module, func) in COMMANDS.items():
         path = os.path.join(bindir, name)
         if name == "wrapperd" and not script_only:
-            _install(path, lambda tmp: _compile(python, tmp))
+            _install(path, lambda tmp: _compile(python, pypath, tmp))
         else:
             _install(path, _write(_script(python, module, func)))
         out.append(path)

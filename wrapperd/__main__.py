@@ -17,6 +17,7 @@ if args[:1] == ["--plan-fd"]:
     from wrapperd.planned import main
     sys.exit(main(args))
 
-from wrapperd.cli import main as cli_main  # noqa: E402
+# Flags mode takes the lean way when it can (wrapperd.talos), else the full command line.
+from wrapperd import talos  # noqa: E402
 
-sys.exit(cli_main(args, environ_fd=environ_fd))
+sys.exit(talos.main(args, environ_fd))

@@ -14,7 +14,9 @@ import sys
 
 from sandbox.errors import EXIT_FAILURE, SandboxError, SetupError, SpecError
 from sandbox.fds import read_all
+from wrapperd import talos
 from wrapperd.planned import report
+from wrapperd.talos import initial_environ
 
 USAGE = """wrapperd [--spec PATH | --spec - | --spec-fd N] [--profile NAME] [--status-fd N]
                 [--name NAME] [--dropped-caps CAP,...] [--cgroup-path PATH]
@@ -58,7 +60,8 @@ The library's entry point (sandbox.spawn starts it as `python -I -S`):
 runs a spec the caller already prepared (sandbox.plan) through the same steps.
 
 wrapperd runs as root: it starts only as an isolated interpreter (the installed command
-is a static launcher that starts `python3 -I -m wrapperd`; else run that yourself), so
+is a static launcher that starts `python3 -I -S` on it; else run `python3 -I -m
+wrapperd` yourself), so
 neither the working directory nor PYTHON* variables reach it; otherwise exit 125 before
 anything runs.
 
@@ -103,21 +106,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+_WITH_VALUE = {"--spec", "--spec-fd", "--profile", "--status-fd", "--parent-pid",
+               "--name", "-name", "--dropped-caps", "-dropped-caps", "--cgroup-path",
+               "-cgroup-path", "--oom-score", "-oom-score", "--uid", "-uid"}
+
+
 def split_argv(args: "list[str]") -> "tuple[list[str], list[str]]":
     """Options end at '--' or, as with Go's flag package, at the first non-option."""
-    with_value = {"--spec", "--spec-fd", "--profile", "--status-fd", "--parent-pid",
-                  "--name", "-name",
-                  "--dropped-caps", "-dropped-caps", "--cgroup-path", "-cgroup-path",
-                  "--oom-score", "-oom-score", "--uid", "-uid"}
-    i = 0
-    while i < len(args):
-        a = args[i]
-        if a == "--":
-            return args[:i], args[i + 1:]
-        if not a.startswith("-") or a == "-":
-            return args[:i], args[i:]
-        i += 2 if a in with_value else 1
-    return args, []
+    return talos.split_argv(args, _WITH_VALUE)
 
 
 def _read_spec(opts) -> "dict | None":
@@ -141,49 +137,6 @@ def _read_spec(opts) -> "dict | None":
     if not isinstance(data, dict):
         raise SpecError("the spec must be a JSON object")
     return data
-
-
-# The largest environment the launcher may hand over (the kernel's own limit on argv
-# plus envp is a quarter of the stack limit; this is well above the usual 2 MiB).
-MAX_ENVIRON_BYTES = 64 << 20
-
-
-def read_environ(environ_fd: "int | None") -> "bytes | None":
-    """The caller's environment block from the static launcher's memfd (closed here: it
-    must not reach the target); None without one (initial_environ then reads this
-    process's own, only where a target gets it)."""
-    if environ_fd is None:
-        return None
-    try:
-        os.lseek(environ_fd, 0, os.SEEK_SET)
-        return read_all(environ_fd, MAX_ENVIRON_BYTES)
-    except OSError as e:
-        raise SetupError("python", e.errno or 0,
-                         f"--environ-fd {environ_fd}: cannot read it") from None
-    finally:
-        try:
-            os.close(environ_fd)
-        except OSError:
-            pass
-
-
-def initial_environ(raw: "bytes | None") -> "dict[str, str]":
-    """The environment this process's caller started it with, as execve(2) gave it: the
-    launcher's copy, or /proc/self/environ, the strings on the initial stack, which
-    nothing in the interpreter rewrites.  os.environ is not that: at start-up Python's
-    locale coercion (PEP 538) adds LC_CTYPE=C.UTF-8 to it when the locale is C or POSIX.
-    Bytes that are not UTF-8 stay bytes (os.fsdecode).  An entry without '=' cannot be
-    an environment variable of the spec and is left out; of repeated names the first
-    wins, as getenv(3) finds it."""
-    if raw is None:
-        from sandbox import procfs
-        raw = procfs.read("/proc/self/environ")
-    env: "dict[str, str]" = {}
-    for entry in raw.split(b"\0"):
-        name, eq, value = entry.partition(b"=")
-        if eq and name:
-            env.setdefault(os.fsdecode(name), os.fsdecode(value))
-    return env
 
 
 def flags_mode(opts) -> bool:
@@ -247,32 +200,21 @@ def build_spec(opts, argv: "list[str]", environ: "bytes | None" = None,
 _report = report
 
 
-def _status_fd_of(args: "list[str]") -> "int | None":
-    """--status-fd N as given, without argparse: for errors found before parsing."""
-    for i, a in enumerate(args[:-1]):
-        if a == "--":
-            break
-        if a == "--status-fd" and args[i + 1].isdigit():
-            return int(args[i + 1])
-    return None
-
-
 def entry() -> None:
     """The `wrapperd` command (setup.cfg, sandbox.launchers)."""
     sys.exit(main())
 
 
-def main(args: "list[str] | None" = None, environ_fd: "int | None" = None) -> int:
-    """environ_fd: the static launcher's copy of the caller's environment."""
+def main(args: "list[str] | None" = None, environ: "bytes | None" = None) -> int:
+    """environ: the caller's environment as the static launcher handed it over
+    (talos.read_environ); None: this process's own (talos.initial_environ)."""
     args = sys.argv[1:] if args is None else args
     status_fd = None
     try:
-        # Read first, and close: the fd must not reach the target even if parsing fails.
-        environ = read_environ(environ_fd)
         from sandbox import launchers
         why = launchers.require()
         if why is not None:
-            status_fd = _status_fd_of(args)
+            status_fd = talos.status_fd_of(args)
             raise SetupError("python", 0, why)
         optargs, argv = split_argv(args)
         opts = _parser().parse_args(optargs)

@@ -45,7 +45,7 @@ def test_write_launchers_script_only(tmp_path):
 
 
 def test_a_launcher_that_cannot_exec_python_fails_closed(tmp_path):
-    launchers._compile("/nonexistent/python3", str(tmp_path / "wrapperd"))
+    launchers._compile("/nonexistent/python3", "/nonexistent", str(tmp_path / "wrapperd"))
     p, status = run_with_status_fd([str(tmp_path / "wrapperd"), "--status-fd",
                                     "{status_fd}", "--", "/bin/true"])
     assert p.returncode == 125
@@ -67,6 +67,12 @@ def test_launchers_refuse_an_interpreter_path_with_white_space(tmp_path):
         launchers.write_launchers(str(tmp_path), '/opt/x"/python3')
     except ValueError as e:
         assert "quotes" in str(e)
+    else:
+        raise AssertionError("accepted")
+    try:
+        launchers.write_launchers(str(tmp_path), "/usr/bin/python3.0")
+    except ValueError as e:
+        assert "whose sys.path they know" in str(e)
     else:
         raise AssertionError("accepted")
     assert os.listdir(tmp_path) == []
