@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["DEFAULT_DIR", "ENV", "key", "cache_dir", "open_dir", "load", "store"]
+__all__ = ["DEFAULT_DIR", "ENV", "key", "cache_dir", "open_dir", "load", "store",
+           "read_entry", "write_entry"]
 
 DEFAULT_DIR = "/var/cache/wrapperd"
 ENV = "WRAPPERD_CACHE_DIR"
@@ -71,24 +72,57 @@ def _digest(program: bytes) -> str:
     return hashlib.sha256(program).hexdigest()
 
 
-def load(dirfd: int, k: str, max_insns: int) -> "tuple[bytes, int] | None":
-    """(program, syscalls with rules) for key k, or None if absent or not trustworthy."""
-    import json
+def read_entry(dirfd: int, name: str, limit: int) -> "bytes | None":
+    """The content of entry `name` of a cache directory (open_dir), or None if absent or
+    not trustworthy: not a regular file (a symlink is not followed), not root's, group
+    or other accessible, or larger than limit."""
     try:
-        fd = os.open(k + ".bpf", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
     except OSError:
         return None
     try:
         st = os.fstat(fd)
         if not (st.st_mode & 0o170000 == 0o100000) or st.st_uid != 0 or \
-                st.st_mode & 0o077 or st.st_size > MAX_ENTRY:
+                st.st_mode & 0o077 or st.st_size > limit:
             return None
-        data = os.read(fd, MAX_ENTRY + 1)
+        from .fds import read_all
+        data = read_all(fd, limit)
     except OSError:
         return None
     finally:
         os.close(fd)
-    if not data.startswith(FORMAT):
+    return data if len(data) <= limit else None
+
+
+def write_entry(dirfd: int, name: str, data: bytes) -> None:
+    """Write entry `name` atomically (0600, a temporary file renamed over); errors are
+    ignored: a cache that cannot be written is a cache that misses."""
+    tmp = f".{name}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                     os.O_CLOEXEC, 0o600, dir_fd=dirfd)
+    except OSError:
+        return
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
+    except OSError:
+        try:
+            os.unlink(tmp, dir_fd=dirfd)
+        except OSError:
+            pass
+
+
+def load(dirfd: int, k: str, max_insns: int) -> "tuple[bytes, int] | None":
+    """(program, syscalls with rules) for key k, or None if absent or not trustworthy."""
+    import json
+    data = read_entry(dirfd, k + ".bpf", MAX_ENTRY)
+    if data is None or not data.startswith(FORMAT):
         return None
     head, nl, program = data[len(FORMAT):].partition(b"\n")
     try:
@@ -105,23 +139,7 @@ def load(dirfd: int, k: str, max_insns: int) -> "tuple[bytes, int] | None":
 
 
 def store(dirfd: int, k: str, program: bytes, syscalls: int) -> None:
-    """Write the entry atomically (a temporary file renamed over); errors ignored."""
+    """Write the entry for key k (write_entry: atomic, errors ignored)."""
     import json
     head = json.dumps({"key": k, "sha256": _digest(program), "syscalls": syscalls})
-    tmp = f".{k}.{os.getpid()}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
-                     os.O_CLOEXEC, 0o600, dir_fd=dirfd)
-    except OSError:
-        return
-    try:
-        try:
-            os.write(fd, FORMAT + head.encode() + b"\n" + program)
-        finally:
-            os.close(fd)
-        os.rename(tmp, k + ".bpf", src_dir_fd=dirfd, dst_dir_fd=dirfd)
-    except OSError:
-        try:
-            os.unlink(tmp, dir_fd=dirfd)
-        except OSError:
-            pass
+    write_entry(dirfd, k + ".bpf", FORMAT + head.encode() + b"\n" + program)

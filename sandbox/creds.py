@@ -28,6 +28,19 @@ def resolve_uid(v, path: str = "user.uid") -> "tuple[int, int | None]":
     return pw.pw_uid, pw.pw_gid
 
 
+def resolve_ids(uid, gid, groups) -> "tuple[int, int, tuple[int, ...]]":
+    """The spec's user.uid, user.gid (None: the user's primary group, else the uid) and
+    user.groups, as ids -- through the user database (NSS) where they are names.  Also
+    what a cached plan is checked against (sandbox.plancache): NSS can answer from
+    elsewhere than files, so no file's identity tells whether it still holds."""
+    uid, primary = resolve_uid(uid)
+    if gid is not None:
+        gid = resolve_gid(gid, "user.gid")
+    else:
+        gid = primary if primary is not None else uid
+    return uid, gid, tuple(resolve_gid(g, f"user.groups[{i}]") for i, g in enumerate(groups))
+
+
 def resolve_gid(v, path: str) -> int:
     if isinstance(v, int):
         return v
@@ -77,12 +90,7 @@ def prepare(user, securebits_names=(), namespaces=None) -> "Prepared | None":
         else:
             uid = gid = UNALLOCATED
         return Prepared(uid, gid, (), bits, os.geteuid() == 0 and uid != 0)
-    uid, primary = resolve_uid(user.uid)
-    if user.gid is not None:
-        gid = resolve_gid(user.gid, "user.gid")
-    else:
-        gid = primary if primary is not None else uid
-    groups = tuple(resolve_gid(g, f"user.groups[{i}]") for i, g in enumerate(user.groups))
+    uid, gid, groups = resolve_ids(user.uid, user.gid, user.groups)
     # Keep permitted caps across the uid change so the capability step (which runs
     # after identity) can still shape the bounding/ambient sets.
     keep = os.geteuid() == 0 and uid != 0

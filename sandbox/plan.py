@@ -36,6 +36,9 @@ __all__ = ["FORMAT", "PLAN_FIELDS", "RECORDS", "encode", "decode"]
 
 FORMAT = 2
 MAX_PLAN_BYTES = 8 << 20
+# The largest spec wrapperd reads (here, not in sandbox.spec, for readers without the
+# spec model: wrapperd.cached).
+MAX_SPEC_BYTES = 1 << 20
 # The attributes of wrapperd.shim.Plan: the record each holds ("module.Class" under
 # sandbox), and whether every plan has one (the others are null when their facility
 # has nothing to do).

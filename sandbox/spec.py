@@ -23,13 +23,13 @@ from typing import Any, Optional, Union
 import attrs
 
 from .errors import SpecError
+from .plan import MAX_SPEC_BYTES
 
 __all__ = ["Spec", "User", "Capabilities", "Seccomp", "SeccompRule", "SeccompArg",
            "Namespaces", "IdMap", "Mount", "Cgroup", "Rlimit", "MAX_SPEC_BYTES", "MAX_ID",
            "RLIMIT_NAMES", "SPEC_VERSION"]
 
 SPEC_VERSION = 1
-MAX_SPEC_BYTES = 1 << 20
 MAX_ID = 2**32 - 2          # (uid_t)-1 means "leave unchanged" to the kernel: never an id
 RLIM_INFINITY = "unlimited"
 NGROUPS_MAX = 65536          # <linux/limits.h>: setgroups(2) refuses more

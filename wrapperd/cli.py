@@ -65,6 +65,9 @@ wrapperd` yourself), so
 neither the working directory nor PYTHON* variables reach it; otherwise exit 125 before
 anything runs.
 
+A repeated `--spec FILE` start runs the plan the first one prepared, unless anything it
+was prepared from changed (WRAPPERD_CACHE_DIR, root only: docs/internals.md#plan-cache).
+
 exit status: 125 wrapperd failed, 126 the target could not be executed, 127 the target
 was not found; otherwise the target's own (128+N: killed by signal N).
 
@@ -91,35 +94,40 @@ def _parser() -> argparse.ArgumentParser:
                         "is no longer PID when the signal is armed (it exited early)")
     p.add_argument("--dry-run", action="store_true",
                    help="print the fully resolved spec as JSON and exit 0")
-    talos = p.add_argument_group("Talos wrapperd flags")
-    talos.add_argument("--name", "-name", help="service name (spec: name)")
-    talos.add_argument("--dropped-caps", "-dropped-caps", metavar="CAP,...",
+    flags = p.add_argument_group("Talos wrapperd flags")
+    flags.add_argument("--name", "-name", help="service name (spec: name)")
+    flags.add_argument("--dropped-caps", "-dropped-caps", metavar="CAP,...",
                        help="capabilities to drop (spec: capabilities.drop)")
-    talos.add_argument("--cgroup-path", "-cgroup-path", metavar="PATH",
+    flags.add_argument("--cgroup-path", "-cgroup-path", metavar="PATH",
                        help="cgroup to join (spec: cgroup.path)")
-    talos.add_argument("--oom-score", "-oom-score", metavar="N", type=int,
+    flags.add_argument("--oom-score", "-oom-score", metavar="N", type=int,
                        help="oom_score_adj (spec: oom_score_adj; flags mode: 0 leaves "
                             "it unchanged)")
-    talos.add_argument("--uid", "-uid", metavar="N", type=int,
+    flags.add_argument("--uid", "-uid", metavar="N", type=int,
                        help="uid to run as when > 0 (spec: user.uid; flags mode keeps "
                             "the gid and groups)")
     return p
 
 
-_WITH_VALUE = {"--spec", "--spec-fd", "--profile", "--status-fd", "--parent-pid",
-               "--name", "-name", "--dropped-caps", "-dropped-caps", "--cgroup-path",
-               "-cgroup-path", "--oom-score", "-oom-score", "--uid", "-uid"}
-
-
 def split_argv(args: "list[str]") -> "tuple[list[str], list[str]]":
     """Options end at '--' or, as with Go's flag package, at the first non-option."""
-    return talos.split_argv(args, _WITH_VALUE)
+    return talos.split_argv(args, talos.CLI_WITH_VALUE)
 
 
-def _read_spec(opts) -> "dict | None":
+def _read_spec(opts, data: "bytes | None" = None) -> "dict | None":
+    """data: the spec file's bytes, already read (wrapperd.cached.Miss)."""
     from sandbox.spec import MAX_SPEC_BYTES, loads_strict
     if opts.spec is None and opts.spec_fd is None:
         return None
+    if data is None:
+        data = _read_spec_bytes(opts, MAX_SPEC_BYTES)
+    doc = loads_strict(data)
+    if not isinstance(doc, dict):
+        raise SpecError("the spec must be a JSON object")
+    return doc
+
+
+def _read_spec_bytes(opts, limit: int) -> bytes:
     try:
         if opts.spec_fd is not None:
             fd = opts.spec_fd
@@ -127,16 +135,13 @@ def _read_spec(opts) -> "dict | None":
             fd = 0
         else:
             fd = os.open(opts.spec, os.O_RDONLY | os.O_CLOEXEC)
-        data = read_all(fd, MAX_SPEC_BYTES)
+        data = read_all(fd, limit)
         if fd != 0:
             os.close(fd)    # the spec fd must not reach the target
+        return data
     except OSError as e:
         src = f"fd {opts.spec_fd}" if opts.spec_fd is not None else opts.spec
         raise SpecError(f"cannot read spec from {src}: {e.strerror}") from None
-    data = loads_strict(data)
-    if not isinstance(data, dict):
-        raise SpecError("the spec must be a JSON object")
-    return data
 
 
 def flags_mode(opts) -> bool:
@@ -159,14 +164,15 @@ def _talos_spec(environ: "bytes | None", warnings: list) -> dict:
 
 
 def build_spec(opts, argv: "list[str]", environ: "bytes | None" = None,
-               warnings: "list | None" = None):
-    """warnings: (step, message) pairs for stderr are appended here."""
+               warnings: "list | None" = None, spec_bytes: "bytes | None" = None):
+    """warnings: (step, message) pairs for stderr are appended here.  spec_bytes: the
+    spec file's content, already read (wrapperd.cached.Miss)."""
     from sandbox import profile
     from sandbox.spec import Spec
     warnings = [] if warnings is None else warnings
-    talos = flags_mode(opts)
-    d = _read_spec(opts)
-    if talos:
+    talos_mode = flags_mode(opts)
+    d = _read_spec(opts, spec_bytes)
+    if talos_mode:
         d = _talos_spec(environ, warnings)
     elif d is None:
         # A profile without a spec: the target gets wrapperd's own environment.
@@ -182,11 +188,11 @@ def build_spec(opts, argv: "list[str]", environ: "bytes | None" = None,
         cg = dict(d.get("cgroup") or {})
         cg["path"] = opts.cgroup_path
         d["cgroup"] = cg
-    if opts.oom_score is not None and not (talos and opts.oom_score == 0):
+    if opts.oom_score is not None and not (talos_mode and opts.oom_score == 0):
         d["oom_score_adj"] = opts.oom_score     # Talos's shim wrote only a non-zero one
     if opts.uid is not None and opts.uid > 0:
         d["user"] = {"uid": opts.uid}
-        if talos:
+        if talos_mode:
             # Talos's setuid(uid): the gid and supplementary groups stay as they are.
             d["user"].update(gid=os.getegid(), groups=os.getgroups())
     if argv:
@@ -205,9 +211,12 @@ def entry() -> None:
     sys.exit(main())
 
 
-def main(args: "list[str] | None" = None, environ: "bytes | None" = None) -> int:
+def main(args: "list[str] | None" = None, environ: "bytes | None" = None,
+         miss=None) -> int:
     """environ: the caller's environment as the static launcher handed it over
-    (talos.read_environ); None: this process's own (talos.initial_environ)."""
+    (talos.read_environ); None: this process's own (talos.initial_environ).  miss: a
+    wrapperd.cached.Miss -- the spec's bytes to use, and the key to store the plan
+    under."""
     args = sys.argv[1:] if args is None else args
     status_fd = None
     try:
@@ -229,7 +238,8 @@ def main(args: "list[str] | None" = None, environ: "bytes | None" = None) -> int
                 status_fd = None
                 raise SpecError(f"--status-fd {opts.status_fd}: {e.strerror}") from None
         warnings: list = []
-        spec = build_spec(opts, argv, environ, warnings)
+        spec = build_spec(opts, argv, environ, warnings,
+                          miss.spec if miss is not None else None)
         from sandbox import bpfcache
         bpfcache.enabled = True      # a repeated start skips the seccomp compile
         from wrapperd import shim
@@ -244,6 +254,9 @@ def main(args: "list[str] | None" = None, environ: "bytes | None" = None) -> int
             sys.stdout.write(spec.to_json() + "\n")
             sys.stdout.flush()
             return 0
+        if miss is not None and not warnings:
+            from sandbox import plancache
+            plancache.store(miss.key, plan, spec)   # the next start skips all of this
         import wrapperd
         shim.start(plan, shim.Context(status_fd, wrapperd.PPID_AT_START
                                       if opts.parent_pid is None else opts.parent_pid,

@@ -40,6 +40,10 @@ def split_argv(args: "list[str]", with_value) -> "tuple[list[str], list[str]]":
 
 
 _WITH_VALUE = {f"{dashes}{name}" for name in FLAGS for dashes in ("-", "--")}
+# The full command line's options that take their value as the next argument.
+CLI_WITH_VALUE = {"--spec", "--spec-fd", "--profile", "--status-fd", "--parent-pid",
+                  "--name", "-name", "--dropped-caps", "-dropped-caps", "--cgroup-path",
+                  "-cgroup-path", "--oom-score", "-oom-score", "--uid", "-uid"}
 
 
 def parse(args: "list[str]") -> "tuple[dict, list[str]] | None":
@@ -219,7 +223,17 @@ def main(args: "list[str]", environ_fd: "int | None" = None) -> int:
             return report(SetupError("internal", 0, f"{type(e).__name__}: {e}"), status_fd)
         if done:
             return 125                 # unreachable: start() execs or raises
+    from wrapperd import cached
+    try:
+        got = cached.run(args, environ)            # a plan from an earlier start
+    except SandboxError as e:
+        return report(e, status_fd_of(args))
+    except BaseException as e:         # never a traceback: name it and fail closed
+        return report(SetupError("internal", 0, f"{type(e).__name__}: {e}"),
+                      status_fd_of(args))
     from wrapperd import cli
+    if isinstance(got, cached.Miss):
+        return cli.main(args, got.environ, miss=got)
     return cli.main(args, environ)
 
 

@@ -1,0 +1,201 @@
+"""A cache of prepared plans, so a repeated `wrapperd --spec FILE` start -- an init starting
+the same service again -- skips argparse, the spec model (attrs), the profiles (tomllib)
+and prepare(), and runs the plan as the lean shim does (docs/internals.md#plan-cache).
+
+An entry is found by a key: a SHA-256 of everything prepare() reads or depends on, so
+that a change to any of it is another key (and so a miss, never a stale plan):
+  * the invocation: every argument, the spec file's bytes, the caller's environment
+    (a profile hands it to the target), the working directory;
+  * wrapperd itself: the identity (device, inode, size, mtime, ctime) of every file of
+    the sandbox and wrapperd packages and of every profile directory, so an upgrade or
+    an edited profile is a new key;
+  * this process: its real, effective and saved uid and gid, its groups, the capability
+    sets, NoNewPrivs and Seccomp of /proc/self/status, /proc/self/limits, its user
+    namespace's id maps, its cgroup, its WRAPPERD_* settings and PATH;
+  * the machine: the kernel's release and architecture, cap_last_cap, the user
+    namespace sysctls, /proc/self/mountinfo (cgroup hierarchies, mount sources), and the
+    identity of /etc/passwd, /etc/group, /etc/nsswitch.conf, /etc/subuid, /etc/subgid.
+Two things no key can capture are checked again on every hit, with the very functions
+prepare() uses: the ids the spec's user resolves to (the user database may answer from
+elsewhere than files: NSS), which must be the plan's -- a stale plan never runs with the
+wrong uid -- and the target's executable, found again in the plan's PATH.  What
+prepare() only checks for existence (mount sources, namespace paths) the steps open
+again, and fail closed if it is gone.
+
+Trust is sandbox.bpfcache's: the same root-owned 0700 directory (WRAPPERD_CACHE_DIR,
+default /var/cache/wrapperd; empty disables both), used only by a root wrapperd; an entry
+only if it is a root-owned 0600 regular file whose header repeats the key and the plan's
+SHA-256, and whose plan decodes (sandbox.plan.decode checks every record).  Anything else
+is a miss: the full path runs and writes the entry again.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["key", "load", "store", "FORMAT", "MAX_SPEC_BYTES"]
+
+from .plan import MAX_PLAN_BYTES, MAX_SPEC_BYTES
+
+FORMAT = b"wrapperd-plan-cache 1\n"
+MAX_ENTRY = MAX_PLAN_BYTES + (64 << 10)     # a plan and its header
+
+_IDENTITY_FILES = ("/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/subuid",
+                   "/etc/subgid")
+_CONTENT_FILES = ("/proc/self/mountinfo", "/proc/self/uid_map", "/proc/self/gid_map",
+                  "/proc/self/cgroup", "/proc/self/limits", "/proc/sys/kernel/cap_last_cap",
+                  "/proc/sys/user/max_user_namespaces",
+                  "/proc/sys/kernel/unprivileged_userns_clone")
+_STATUS_LINES = (b"CapInh:", b"CapPrm:", b"CapEff:", b"CapBnd:", b"CapAmb:",
+                 b"NoNewPrivs:", b"Seccomp:")
+
+
+def _identity(st) -> bytes:
+    return b"%d %d %d %d %d %o" % (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                                    st.st_ctime_ns, st.st_mode)
+
+
+def _code_dirs() -> "list[str]":
+    """The packages' directories and every profile directory (sandbox.profile)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(here)
+    return [here, os.path.join(root, "wrapperd"), "/etc/wrapperd/profiles",
+            os.path.join(here, "profiles"), os.path.join(root, "profiles")]
+
+
+def _sha256():
+    # The C module itself: hashlib (OpenSSL) costs a start ~4 ms more.
+    import _sha256  # type: ignore[import-not-found]  # CPython's builtin module
+    return _sha256.sha256()
+
+
+def key(args: "list[str]", spec: bytes, environ: bytes) -> str:
+    """The cache key of this invocation (see the module docstring)."""
+    from . import procfs
+    h = _sha256()
+
+    def add(tag: bytes, data: bytes) -> None:
+        h.update(b"%s %d\n" % (tag, len(data)))
+        h.update(data)
+
+    add(b"format", FORMAT)
+    add(b"args", b"\0".join(os.fsencode(a) for a in args))
+    add(b"spec", spec)
+    add(b"environ", environ)
+    add(b"cwd", os.fsencode(os.getcwd()))
+    add(b"ids", repr((os.getresuid(), os.getresgid(), sorted(os.getgroups()))).encode())
+    status = procfs.read("/proc/self/status")
+    add(b"status", b"\n".join(line for line in status.split(b"\n")
+                              if line.startswith(_STATUS_LINES)))
+    add(b"uname", repr(tuple(os.uname())).encode())
+    add(b"settings", b"\0".join(sorted(os.fsencode(f"{k}={v}") for k, v in os.environ.items()
+                                       if k.startswith("WRAPPERD_") or k == "PATH")))
+    for path in _CONTENT_FILES:
+        try:
+            add(path.encode(), procfs.read(path))
+        except OSError:
+            add(path.encode(), b"-")
+    for path in _IDENTITY_FILES:
+        try:
+            add(path.encode(), _identity(os.stat(path)))
+        except OSError:
+            add(path.encode(), b"-")
+    for d in _code_dirs():
+        add(b"dir " + os.fsencode(d), b"")
+        _add_tree(add, d, depth=2)
+    return h.hexdigest()
+
+
+def _add_tree(add, d: str, depth: int) -> None:
+    try:
+        entries = sorted(os.scandir(d), key=lambda e: e.name)
+    except OSError:
+        return
+    for e in entries:
+        if e.name == "__pycache__":
+            continue                   # bytecode follows the sources it is checked against
+        try:
+            st = e.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        add(os.fsencode(e.path), _identity(st))
+        if depth > 1 and e.is_dir(follow_symlinks=False):
+            _add_tree(add, e.path, depth - 1)
+
+
+def _sha(data: bytes) -> str:
+    h = _sha256()
+    h.update(data)
+    return h.hexdigest()
+
+
+def load(k: str):
+    """(plan, header) for key k if the cache holds a trustworthy entry that still holds
+    (the user's ids, the executable), else None.  Side effects: none but reading."""
+    from . import bpfcache
+    from . import plan as plan_mod
+    where = bpfcache.cache_dir()
+    dirfd = bpfcache.open_dir(where, create=False) if where else None
+    if dirfd is None:
+        return None
+    try:
+        data = bpfcache.read_entry(dirfd, k + ".plan", MAX_ENTRY)
+    finally:
+        os.close(dirfd)
+    if data is None or not data.startswith(FORMAT):
+        return None
+    head, nl, body = data[len(FORMAT):].partition(b"\n")
+    try:
+        h = plan_mod._loads(head.decode("ascii"))
+    except (ValueError, plan_mod._Bad):
+        return None
+    if not nl or not isinstance(h, dict) or h.get("key") != k or h.get("sha256") != _sha(body):
+        return None
+    try:
+        plan = plan_mod.decode(body)
+    except Exception:                  # noqa: BLE001 -- not what store() wrote: a miss
+        return None
+    if not _still_holds(plan, h):
+        return None
+    return plan, h
+
+
+def _still_holds(plan, h: dict) -> bool:
+    from . import creds, execution
+    from .errors import SandboxError
+    user = h.get("user")
+    try:
+        if user is not None:
+            uid, gid, groups = user
+            if plan.creds is None or creds.resolve_ids(uid, gid, tuple(groups)) != \
+                    (plan.creds.uid, plan.creds.gid, plan.creds.groups):
+                return False
+        t = plan.target
+        return t is not None and execution.find_executable(
+            t.argv[0], t.env.get("PATH", execution.DEFAULT_PATH)) == t.executable
+    except (SandboxError, OSError, ValueError, TypeError):
+        return False
+
+
+def store(k: str, plan, spec) -> None:
+    """Write the entry for key k: the plan (sandbox.plan.encode) and what load() checks
+    again.  spec: the spec the plan was prepared from.  Errors are ignored."""
+    import json
+
+    from . import bpfcache
+    from . import plan as plan_mod
+    u = spec.user
+    if u is not None and u.dynamic:
+        u = None                       # picked by its step at run time: nothing to check
+    where = bpfcache.cache_dir()
+    dirfd = bpfcache.open_dir(where) if where else None
+    if dirfd is None:
+        return
+    try:
+        body = plan_mod.encode(plan)
+        head = {"key": k, "sha256": _sha(body),
+                "user": None if u is None else [u.uid, u.gid, list(u.groups)]}
+        bpfcache.write_entry(dirfd, k + ".plan", FORMAT + json.dumps(
+            head, ensure_ascii=True).encode() + b"\n" + body)
+    finally:
+        os.close(dirfd)
