@@ -43,7 +43,7 @@ def test_round_trip_gives_the_same_records():
 
 def test_decoding_needs_no_attrs_json_or_libseccomp():
     # The lean shim's promise, checked in a fresh `python -I -S`.  Nor ctypes itself:
-    # sandbox._ct builds the few types the steps use on _ctypes (about 3 ms less).
+    # sandbox._libc builds the few types the steps use on _ctypes (about 3 ms less).
     code = ("import sys; sys.path.append(sys.argv[1]); from sandbox import plan; "
             "plan.decode(sys.stdin.buffer.read()); "
             "print(sorted(m for m in ('attrs', 'attr', 'json', 're', 'pyseccomp', "
