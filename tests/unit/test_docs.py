@@ -328,6 +328,12 @@ def test_the_profile_scores_quoted_are_what_exposure_says(doc):
 def test_the_layout_names_every_module():
     layout = read("docs/internals.md").split("## Layout", 1)[1].split("\n## ", 1)[0]
     for package in ("sandbox", "wrapperd"):
-        for f in os.listdir(os.path.join(ROOT, package)):
-            if f.endswith((".py", ".pyi", ".c")) and f != "__init__.py":
-                assert re.search(rf"(?<![\w.]){re.escape(f)}\b", layout), f"{package}/{f}"
+        top = os.path.join(ROOT, package)
+        for d, dirs, files in os.walk(top):
+            dirs[:] = [x for x in dirs if x != "__pycache__"]
+            for f in files:
+                # A module of a subpackage is named with its directory: forkserver/server.py
+                name = os.path.relpath(os.path.join(d, f), top)
+                if f.endswith((".py", ".pyi", ".c")) and f != "__init__.py":
+                    assert re.search(rf"(?<![\w./]){re.escape(name)}\b", layout), \
+                        f"{package}/{name}"

@@ -73,6 +73,13 @@ def test_every_plan_record_declares_the_types_decode_checks():
         assert tuple(cls.__record_types__) == cls.__record_fields__, tag
 
 
+def test_every_plan_record_is_encoded_under_the_tag_that_decodes_to_it():
+    # A record defined in a module of a package (cgroups.hierarchy.Hierarchy) is named
+    # by the package that exports it.
+    for tag in plan.RECORDS:
+        assert plan._tag(plan._record_class(tag)) == tag
+
+
 def _mutations(spec=SPEC):
     def drop(key):
         return lambda d: d.pop(key)
