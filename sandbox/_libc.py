@@ -1,19 +1,82 @@
-"""Thin ctypes bindings for the syscalls Python's standard library lacks.
+"""Thin ctypes bindings for the syscalls Python's standard library lacks: the one module
+that uses ctypes.
 
 Why not python-prctl for these: its capability table is fixed when it is built
 (here it stops before CAP_CHECKPOINT_RESTORE), it cannot touch the ambient set,
 and it routes capset through libcap's name table.  capget/capset and the
 bounding/ambient prctls are a few lines of ctypes, so they live here.
-Python 3.11 also has no os.unshare/os.setns (added in 3.12).
+Python 3.11 also has no os.unshare/os.setns (added in 3.12), and nothing of the mount
+API (mount, mount_setattr, open_tree, move_mount), which sandbox.mounts uses.
+
+Why not ctypes itself: `import ctypes` costs the lean shim about 3 ms of its ~15 ms
+(ctypes/__init__.py defines every C type, wintypes aliases, the CDLL/PyDLL/LibraryLoader
+machinery, and imports struct and ctypes._endian), while `import _ctypes` costs about
+0.4 ms.  So the few types below are built directly on ctypes' C module, _ctypes, as
+ctypes/__init__.py itself makes them: same names, same behaviour (a value of one of
+these types is accepted wherever ctypes' own type of that name is).  Anything else
+should use the real ctypes.
 """
 
 from __future__ import annotations
 
+import _ctypes
 import os
+from _ctypes import Structure, addressof, byref, get_errno, sizeof
 
-from . import _ct as ctypes  # the ctypes subset, without ctypes' import cost
 
-_libc = ctypes.LibC()
+class c_int(_ctypes._SimpleCData):
+    _type_ = "i"
+
+
+class c_uint(_ctypes._SimpleCData):
+    _type_ = "I"
+
+
+class c_long(_ctypes._SimpleCData):
+    _type_ = "l"
+
+
+class c_ulong(_ctypes._SimpleCData):
+    _type_ = "L"
+
+
+class c_ushort(_ctypes._SimpleCData):
+    _type_ = "H"
+
+
+class c_uint64(_ctypes._SimpleCData):
+    _type_ = "Q"
+
+
+class c_char_p(_ctypes._SimpleCData):
+    _type_ = "z"
+
+
+c_uint32 = c_uint
+c_size_t = c_ulong                  # LP64: the only data model the shim runs on
+
+
+class LibC:
+    """ctypes.CDLL(None, use_errno=True): the process's own symbols (libc), each
+    function an int-returning cdecl function that saves errno (see get_errno)."""
+
+    def __init__(self):
+        class _FuncPtr(_ctypes.CFuncPtr):
+            _flags_ = _ctypes.FUNCFLAG_CDECL | _ctypes.FUNCFLAG_USE_ERRNO
+            _restype_ = c_int
+        self._FuncPtr = _FuncPtr
+        self._handle = _ctypes.dlopen(None, _ctypes.RTLD_LOCAL)
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        func = self._FuncPtr((name, self))      # dlsym; AttributeError if missing
+        func.__name__ = name
+        setattr(self, name, func)               # resolved once
+        return func
+
+
+_libc = LibC()
 
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
@@ -40,15 +103,25 @@ PR_SET_MM_MAP = 14
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 _prctl = _libc.prctl
-_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-_prctl.restype = ctypes.c_int
+_prctl.argtypes = [c_int, c_ulong, c_ulong, c_ulong, c_ulong]
+_prctl.restype = c_int
 
 
-def _check(ret: int, what: str) -> int:
+def _check(ret: int, what: "str | None") -> int:
+    """ret, unless it is a failed call's -1: then OSError(errno), its message prefixed
+    with what (None: the bare strerror)."""
     if ret == -1:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
+        err = get_errno()
+        raise OSError(err, os.strerror(err) if what is None else f"{what}: {os.strerror(err)}")
     return ret
+
+
+def _syscall(number: int, *args) -> int:
+    """syscall(2), for a call libc has no function for: its return value (-1 and errno
+    on failure, for _check)."""
+    syscall = _libc.syscall
+    syscall.restype = c_long
+    return syscall(c_long(number), *args)
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
@@ -58,8 +131,7 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
 PR_SET_NAME = 15
 # prctl again, with a string for its second argument (the name's address).
 _prctl_name = _libc._FuncPtr(("prctl", _libc))
-_prctl_name.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_ulong,
-                        ctypes.c_ulong]
+_prctl_name.argtypes = [c_int, c_char_p, c_ulong, c_ulong, c_ulong]
 
 
 def set_name(name: bytes) -> None:
@@ -69,15 +141,15 @@ def set_name(name: bytes) -> None:
     _check(_prctl_name(PR_SET_NAME, name, 0, 0, 0), "PR_SET_NAME")
 
 
-class _CapHeader(ctypes.Structure):
-    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+class _CapHeader(Structure):
+    _fields_ = [("version", c_uint32), ("pid", c_int)]
 
 
-class _CapData(ctypes.Structure):
+class _CapData(Structure):
     _fields_ = [
-        ("effective", ctypes.c_uint32),
-        ("permitted", ctypes.c_uint32),
-        ("inheritable", ctypes.c_uint32),
+        ("effective", c_uint32),
+        ("permitted", c_uint32),
+        ("inheritable", c_uint32),
     ]
 
 
@@ -88,7 +160,7 @@ def capget(pid: int = 0) -> tuple[int, int, int]:
     """Return (effective, permitted, inheritable) of pid (0: the caller) as 64-bit masks."""
     hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, pid)
     data = _CapDataPair()
-    _check(_libc.capget(ctypes.byref(hdr), data), "capget")
+    _check(_libc.capget(byref(hdr), data), "capget")
     return tuple(getattr(data[0], f) | (getattr(data[1], f) << 32)
                  for f in ("effective", "permitted", "inheritable"))
 
@@ -101,40 +173,47 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
         data[i].effective = (effective >> shift) & 0xFFFFFFFF
         data[i].permitted = (permitted >> shift) & 0xFFFFFFFF
         data[i].inheritable = (inheritable >> shift) & 0xFFFFFFFF
-    _check(_libc.capset(ctypes.byref(hdr), data), "capset")
+    _check(_libc.capset(byref(hdr), data), "capset")
 
 
 def unshare(flags: int) -> None:
-    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+    _check(_libc.unshare(c_int(flags)), "unshare")
 
 
 def setns(fd: int, nstype: int = 0) -> None:
-    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+    _check(_libc.setns(c_int(fd), c_int(nstype)), "setns")
 
 
-class PrctlMmMap(ctypes.Structure):       # struct prctl_mm_map <linux/prctl.h>
-    _fields_ = [(name, ctypes.c_uint64) for name in (
+class _PrctlMmMap(Structure):       # struct prctl_mm_map <linux/prctl.h>
+    _fields_ = [(name, c_uint64) for name in (
         "start_code", "end_code", "start_data", "end_data", "start_brk", "brk",
         "start_stack", "arg_start", "arg_end", "env_start", "env_end", "auxv")] + \
-        [("auxv_size", ctypes.c_uint32), ("exe_fd", ctypes.c_uint32)]
+        [("auxv_size", c_uint32), ("exe_fd", c_uint32)]
 
 
-def set_mm_map(mm: PrctlMmMap) -> None:
+def set_mm_map(**fields: int) -> None:
     """prctl(PR_SET_MM, PR_SET_MM_MAP): rewrite this process's memory map descriptors
     (what /proc/PID/stat, environ, cmdline and auxv are read from).  Needs no
-    capability (CONFIG_CHECKPOINT_RESTORE; exe_fd -1 leaves /proc/PID/exe alone)."""
-    _check(_prctl(PR_SET_MM, PR_SET_MM_MAP, ctypes.addressof(mm), ctypes.sizeof(mm), 0),
+    capability (CONFIG_CHECKPOINT_RESTORE; exe_fd -1 leaves /proc/PID/exe alone).
+
+    fields: struct prctl_mm_map's, but for these two, which are set here: the auxiliary
+    vector becomes its terminator alone (AT_NULL, 0), and brk is the heap's current end
+    (program_break()), read last: nothing may move it before the prctl."""
+    auxv = (c_uint64 * 2)()                       # AT_NULL, 0
+    mm = _PrctlMmMap(auxv=addressof(auxv), auxv_size=sizeof(auxv), **fields)
+    mm.brk = program_break()
+    _check(_prctl(PR_SET_MM, PR_SET_MM_MAP, addressof(mm), sizeof(mm), 0),
            "prctl(PR_SET_MM_MAP)")
 
 
 def program_break() -> int:
     """sbrk(0): the heap's current end (brk), which /proc/PID/stat does not show."""
     sbrk = _libc.sbrk
-    sbrk.restype = ctypes.c_ulong
-    sbrk.argtypes = [ctypes.c_long]
+    sbrk.restype = c_ulong
+    sbrk.argtypes = [c_long]
     brk = sbrk(0)
     if brk == 2**64 - 1:
-        err = ctypes.get_errno()
+        err = get_errno()
         raise OSError(err, f"sbrk: {os.strerror(err)}")
     return brk
 
@@ -142,12 +221,12 @@ def program_break() -> int:
 def zero_memory(address: int, size: int) -> None:
     """memset(address, 0, size) in this process."""
     memset = _libc.memset
-    memset.argtypes = [ctypes.c_ulong, ctypes.c_int, ctypes.c_size_t]
+    memset.argtypes = [c_ulong, c_int, c_size_t]
     memset(address, 0, size)
 
 
-class _SockFprog(ctypes.Structure):       # struct sock_fprog <linux/filter.h>
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
+class _SockFprog(Structure):       # struct sock_fprog <linux/filter.h>
+    _fields_ = [("len", c_ushort), ("filter", c_char_p)]
 
 
 def seccomp_load_bpf(program: bytes, flags: int = 0) -> None:
@@ -162,10 +241,8 @@ def seccomp_load_bpf(program: bytes, flags: int = 0) -> None:
     # all: it is only a pointer here).
     prog = _SockFprog(len(program) // 8, program)
     # SECCOMP_SET_MODE_FILTER = 1 through seccomp(2) so flags can be passed.
-    _syscall = _libc.syscall
-    _syscall.restype = ctypes.c_long
-    _check(_syscall(ctypes.c_long(SYS_seccomp), ctypes.c_long(1), ctypes.c_long(flags),
-                    ctypes.byref(prog)), "seccomp(SECCOMP_SET_MODE_FILTER)")
+    _check(_syscall(SYS_seccomp, c_long(1), c_long(flags), byref(prog)),
+           "seccomp(SECCOMP_SET_MODE_FILTER)")
 
 
 def _sys_seccomp() -> int:
@@ -175,3 +252,52 @@ def _sys_seccomp() -> int:
 
 
 SYS_seccomp = _sys_seccomp()
+
+
+# --------------------------------------------------------------------------- the mount API
+# For sandbox.mounts, which chooses the flags (its MS_*, MOUNT_ATTR_*, AT_* ...).  Paths
+# are str (or bytes), None for a NULL pointer; a failure is OSError with the bare
+# strerror (the mounts step says what it was doing).
+
+# open_tree(2) and move_mount(2) (5.2+): the same numbers on every architecture but alpha
+SYS_open_tree = 428
+SYS_move_mount = 429
+SYS_mount_setattr = 442          # the same number on every architecture
+
+_c_mount = _libc.mount
+_c_mount.argtypes = [c_char_p, c_char_p, c_char_p, c_ulong, c_char_p]
+_c_mount.restype = c_int
+
+
+class _MountAttr(Structure):        # struct mount_attr <linux/mount.h>
+    _fields_ = [("attr_set", c_uint64), ("attr_clr", c_uint64),
+                ("propagation", c_uint64), ("userns_fd", c_uint64)]
+
+
+def _b(s):
+    return None if s is None else os.fsencode(s)
+
+
+def mount(source, target, fstype, flags: int, data=None) -> None:
+    _check(_c_mount(_b(source), _b(target), _b(fstype), flags, _b(data)), None)
+
+
+def mount_setattr(dirfd: int, path, flags: int, attr_set: int, attr_clr: int = 0) -> None:
+    """mount_setattr(2) (5.12+) with a struct mount_attr of attr_set and attr_clr (no
+    propagation change, no idmapping)."""
+    attr = _MountAttr(attr_set, attr_clr, 0, 0)
+    _check(_syscall(SYS_mount_setattr, c_int(dirfd), c_char_p(os.fsencode(path)),
+                    c_uint(flags), byref(attr), c_size_t(sizeof(attr))), None)
+
+
+def open_tree(dirfd: int, path, flags: int) -> int:
+    """open_tree(2): an fd on the mount at path (with OPEN_TREE_CLONE, a detached copy)."""
+    return _check(_syscall(SYS_open_tree, c_int(dirfd), c_char_p(os.fsencode(path)),
+                           c_uint(flags)), None)
+
+
+def move_mount(from_dirfd: int, from_path, to_dirfd: int, to_path, flags: int) -> None:
+    """move_mount(2): attach the mount from_path names (relative to from_dirfd) onto
+    to_path (relative to to_dirfd)."""
+    _check(_syscall(SYS_move_mount, c_int(from_dirfd), c_char_p(os.fsencode(from_path)),
+                    c_int(to_dirfd), c_char_p(os.fsencode(to_path)), c_uint(flags)), None)

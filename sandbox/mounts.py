@@ -40,7 +40,6 @@ import errno
 import os
 import stat
 
-from . import _ct as ctypes  # the ctypes subset, without ctypes' import cost
 from . import _libc
 from ._record import field_types, frozen
 from .errors import SetupError, SpecError
@@ -87,7 +86,6 @@ OPTION_FLAGS = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV,
                 "noexec": MS_NOEXEC, "noatime": MS_NOATIME, "strictatime": MS_STRICTATIME}
 
 # mount_setattr(2)
-SYS_mount_setattr = 442          # the same number on every architecture
 AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 0x1
@@ -101,9 +99,7 @@ _MS_TO_ATTR = {MS_RDONLY: MOUNT_ATTR_RDONLY, MS_NOSUID: MOUNT_ATTR_NOSUID,
                MS_NOATIME: MOUNT_ATTR_NOATIME}
 AT_EMPTY_PATH = 0x1000
 
-# open_tree(2) and move_mount(2) (5.2+): the same numbers on every architecture but alpha
-SYS_open_tree = 428
-SYS_move_mount = 429
+# open_tree(2) and move_mount(2) (5.2+)
 OPEN_TREE_CLONE = 1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
@@ -112,59 +108,24 @@ MOVE_MOUNT_T_EMPTY_PATH = 0x40
 # How a destination's components are opened: the object itself, never a symlink's target.
 _O_WALK = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
-_c_mount = _libc._libc.mount
-_c_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                     ctypes.c_char_p]
-_c_mount.restype = ctypes.c_int
-
-
-class _MountAttr(ctypes.Structure):
-    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
-
-
-def _b(s):
-    return None if s is None else os.fsencode(s)
-
-
-def mount(source, target, fstype, flags: int, data=None) -> None:
-    if _c_mount(_b(source), _b(target), _b(fstype), flags, _b(data)) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def _syscall(*args) -> int:
-    syscall = _libc._libc.syscall
-    syscall.restype = ctypes.c_long
-    ret = syscall(*args)
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return ret
-
 
 def mount_setattr(path: str, attr_set: int, recursive: bool, dirfd: int = AT_FDCWD) -> None:
     """Set attr_set on the mount at path (relative to dirfd; "" with a dirfd: that fd's
     own mount, a detached one included)."""
-    attr = _MountAttr(attr_set, MOUNT_ATTR__ATIME if attr_set & MOUNT_ATTR__ATIME else 0, 0, 0)
     flags = (AT_RECURSIVE if recursive else 0) | (AT_EMPTY_PATH if not path else 0)
-    _syscall(ctypes.c_long(SYS_mount_setattr), ctypes.c_int(dirfd),
-             ctypes.c_char_p(os.fsencode(path)), ctypes.c_uint(flags), ctypes.byref(attr),
-             ctypes.c_size_t(ctypes.sizeof(attr)))
+    _libc.mount_setattr(dirfd, path, flags, attr_set,
+                        MOUNT_ATTR__ATIME if attr_set & MOUNT_ATTR__ATIME else 0)
 
 
 def open_tree_clone(path: str, recursive: bool) -> int:
     """A detached copy of the mount (with recursive: the mount tree) at path, as an fd."""
     flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0)
-    return _syscall(ctypes.c_long(SYS_open_tree), ctypes.c_int(AT_FDCWD),
-                    ctypes.c_char_p(os.fsencode(path)), ctypes.c_uint(flags))
+    return _libc.open_tree(AT_FDCWD, path, flags)
 
 
 def move_mount_fd(from_fd: int, to_fd: int) -> None:
     """Attach the (detached) mount from_fd onto the object to_fd is open on."""
-    _syscall(ctypes.c_long(SYS_move_mount), ctypes.c_int(from_fd), ctypes.c_char_p(b""),
-             ctypes.c_int(to_fd), ctypes.c_char_p(b""),
-             ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH))
+    _libc.move_mount(from_fd, "", to_fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)
 
 
 # --------------------------------------------------------------------------- prepare
@@ -293,7 +254,7 @@ def _clone(path: str, recursive: bool, ms_flags: int) -> int:
 
 def apply(p: Prepared) -> None:
     try:
-        mount(None, "/", None, MS_REC | MS_PRIVATE)
+        _libc.mount(None, "/", None, MS_REC | MS_PRIVATE)
     except OSError as e:
         raise _fail("make every mount private (MS_REC|MS_PRIVATE on /)", e) from None
     # Clone, from the host's view, everything that will be bound: before the read-only
@@ -336,7 +297,7 @@ def _mount_fs(fstype: str, dest: str, flags: int, data: "str | None" = None,
               fd: int = -1) -> None:
     """Mount a new fstype on dest -- on the object fd is open on, when given."""
     try:
-        mount(fstype, dest if fd == -1 else _fd_path(fd), fstype, flags, data)
+        _libc.mount(fstype, dest if fd == -1 else _fd_path(fd), fstype, flags, data)
     except OSError as e:
         raise _fail(f"mount {fstype} on {dest}" + (f" ({data})" if data else ""), e) \
             from None
@@ -344,7 +305,7 @@ def _mount_fs(fstype: str, dest: str, flags: int, data: "str | None" = None,
 
 def _bind(fd: int, dest: str, recursive: bool, what: str) -> None:
     try:
-        mount(_fd_path(fd), dest, None, MS_BIND | (MS_REC if recursive else 0))
+        _libc.mount(_fd_path(fd), dest, None, MS_BIND | (MS_REC if recursive else 0))
     except OSError as e:
         raise _fail(f"bind {what} on {dest}", e) from None
 
@@ -536,7 +497,7 @@ def _readonly(path: str) -> None:
     if not os.path.lexists(path):
         return
     try:
-        mount(path, path, None, MS_BIND | MS_REC)
+        _libc.mount(path, path, None, MS_BIND | MS_REC)
     except OSError as e:
         raise _fail(f"bind read-only path {path} onto itself", e) from None
     set_flags(path, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, recursive=True)
@@ -568,7 +529,7 @@ def set_flags(path: str, ms_flags: int, recursive: bool) -> None:
             for st_bit, ms in _ST_TO_MS.items():
                 if f_flag & st_bit:
                     have |= ms
-            mount(None, t, None, MS_BIND | MS_REMOUNT | have | ms_flags)
+            _libc.mount(None, t, None, MS_BIND | MS_REMOUNT | have | ms_flags)
         except OSError as e:
             raise _fail(f"remount {t} ({_names(ms_flags)})", e) from None
 

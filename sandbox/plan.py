@@ -19,10 +19,12 @@ of wrapperd.shim.Plan (PLAN_FIELDS), each holding that facility's record or null
    "mounts": ..., "seccomp": ...}
 Values: JSON scalars; lists (decoded as tuples); {"@bytes": hex}; {"@dict": [[key,
 value], ...]}; {"@": "module.Class", "f": {field: value}} for a record of RECORDS (a
-class of sandbox.<module> made with sandbox._record.frozen).  Decoding is mechanical: a
-record's fields must be exactly its __record_fields__, each value of the type its
-__record_types__ declares, and what a record's __record_check__ says is wrong is
-refused; each member must hold the record PLAN_FIELDS names, or null where allowed.
+class made with sandbox._record.frozen, named by the facility sandbox.<module> that
+defines it -- or, for a package, exports it: cgroups.Hierarchy is defined in
+sandbox.cgroups.hierarchy).  Decoding is mechanical: a record's fields must be exactly
+its __record_fields__, each value of the type its __record_types__ declares, and what a
+record's __record_check__ says is wrong is refused; each member must hold the record
+PLAN_FIELDS names, or null where allowed.
 
 Decoding imports only the modules of the records present (and _json, ctypes through
 them): no json package, no re, no attrs, no typing.
@@ -62,6 +64,12 @@ RECORDS = (*(tag for tag, _required in PLAN_FIELDS.values()),
 
 # --------------------------------------------------------------------------- encode
 
+def _tag(cls) -> str:
+    """A record class's name in a plan: its facility (the module under sandbox, or the
+    package, whose __init__ exports it) and the class."""
+    return f"{cls.__module__.removeprefix('sandbox.').partition('.')[0]}.{cls.__qualname__}"
+
+
 def _enc(v, where: str):
     """where: the plan member being encoded, named in an error (built once per member,
     not per value: encode runs for every spawn)."""
@@ -76,7 +84,7 @@ def _enc(v, where: str):
     if isinstance(v, dict):
         return {"@dict": [[_enc(k, where), _enc(x, where)] for k, x in v.items()]}
     names = getattr(type(v), "__record_fields__", None)
-    tag = f"{type(v).__module__.rpartition('.')[2]}.{type(v).__qualname__}"
+    tag = _tag(type(v))
     if names is None or tag not in RECORDS:
         raise TypeError(f"plan: {where}: a {tag} is not a plan record")
     return {"@": tag, "f": {n: _enc(getattr(v, n), where) for n in names}}

@@ -148,15 +148,11 @@ def erase_environment(step: str) -> None:
     os.environ.clear()
     if env_end > env_start:
         _libc.zero_memory(env_start, env_end - env_start)
-    ct = _libc.ctypes
-    auxv = (ct.c_uint64 * 2)()                       # AT_NULL, 0
-    mm = _libc.PrctlMmMap(start_code=stat[26], end_code=stat[27], start_stack=stat[28],
-                          start_data=stat[45], end_data=stat[46], start_brk=stat[47],
-                          arg_start=stat[48], arg_end=stat[49], env_start=env_start,
-                          env_end=env_start, auxv=ct.addressof(auxv),
-                          auxv_size=ct.sizeof(auxv), exe_fd=2**32 - 1)
     try:
-        mm.brk = _libc.program_break()     # last: nothing may move it before the prctl
-        _libc.set_mm_map(mm)
+        # auxv: its terminator alone; brk: sbrk(0), read last (see _libc.set_mm_map)
+        _libc.set_mm_map(start_code=stat[26], end_code=stat[27], start_stack=stat[28],
+                         start_data=stat[45], end_data=stat[46], start_brk=stat[47],
+                         arg_start=stat[48], arg_end=stat[49], env_start=env_start,
+                         env_end=env_start, exe_fd=2**32 - 1)
     except OSError:
         pass                # the zeroed strings stay: NUL bytes, nothing of the caller's

@@ -4,7 +4,7 @@ import uuid
 
 import pytest
 
-from sandbox import mounts
+from sandbox import _libc
 from tests.conftest import host_dir_root, skip_or_fail
 
 
@@ -31,7 +31,7 @@ def host_tmpfs():
     d = f"{host_dir_root()}/wrapperd-test-{uuid.uuid4().hex[:10]}"
     os.mkdir(d, 0o755)
     try:
-        mounts.mount("tmpfs", d, "tmpfs", 0, "size=1m,mode=1777")
+        _libc.mount("tmpfs", d, "tmpfs", 0, "size=1m,mode=1777")
         try:
             yield d
         finally:

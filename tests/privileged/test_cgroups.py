@@ -15,6 +15,7 @@ import time
 import pytest
 
 from sandbox import cgroups
+from sandbox.cgroups.v1 import cpu_weight_to_shares
 from sandbox.spec import Cgroup
 from tests.conftest import (
     SYSTEM_PYTHON,
@@ -191,7 +192,7 @@ def test_v1_every_named_controller_has_the_target(probe, top):
     assert v1("pids", "pids.max") == "64"
     assert v1("cpu", "cpu.cfs_quota_us") == "20000"
     assert v1("cpu", "cpu.cfs_period_us") == "100000"
-    assert v1("cpu", "cpu.shares") == str(cgroups.cpu_weight_to_shares(50)) == "512"
+    assert v1("cpu", "cpu.shares") == str(cpu_weight_to_shares(50)) == "512"
     assert v1("cpuset", "cpuset.cpus") == "0"
     assert r["status"]["Cpus_allowed_list"] == "0"  # the kernel applied it to the target
 

@@ -10,6 +10,7 @@ import pytest
 
 from sandbox import cgroups
 from sandbox.cgroups import Group, Hierarchy
+from sandbox.cgroups.v1 import _write_v1, cpu_weight_to_shares, io_weight_to_blkio
 from sandbox.errors import SpecError
 from sandbox.spec import Cgroup
 
@@ -161,12 +162,12 @@ def test_prepare_no_cgroupfs():
 
 
 def test_weight_conversions():
-    assert cgroups.cpu_weight_to_shares(100) == 1024       # default onto default
-    assert cgroups.cpu_weight_to_shares(1) == 10
-    assert cgroups.cpu_weight_to_shares(10000) == 102400
-    assert cgroups.io_weight_to_blkio(100) == 500
-    assert cgroups.io_weight_to_blkio(1) == 10
-    assert cgroups.io_weight_to_blkio(10000) == 1000
+    assert cpu_weight_to_shares(100) == 1024       # default onto default
+    assert cpu_weight_to_shares(1) == 10
+    assert cpu_weight_to_shares(10000) == 102400
+    assert io_weight_to_blkio(100) == 500
+    assert io_weight_to_blkio(1) == 10
+    assert io_weight_to_blkio(10000) == 1000
 
 
 @pytest.mark.parametrize("value, expect", [
@@ -264,9 +265,9 @@ def test_v1_writes_go_through_cgroupspy_at_the_opened_directory(tmp_path):
         (d / name).write_text("")
     fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        cgroups._write_v1(fd, "cpu.shares", "512")
-        cgroups._write_v1(fd, "cpuset.cpus", "0-2,5")
-        cgroups._write_v1(fd, "pids.max", "32")      # plain file: cgroupspy has no pids
+        _write_v1(fd, "cpu.shares", "512")
+        _write_v1(fd, "cpuset.cpus", "0-2,5")
+        _write_v1(fd, "pids.max", "32")      # plain file: cgroupspy has no pids
     finally:
         os.close(fd)
     assert (d / "cpu.shares").read_text() == "512"
@@ -287,7 +288,8 @@ def test_open_path_refuses_a_symlink(tmp_path):
 
 def test_the_module_stays_lean():
     code = ("import sys, sandbox.cgroups; "
-            "bad = [m for m in ('cgroupspy', 'attrs', 'psutil') if m in sys.modules]; "
+            "bad = [m for m in ('cgroupspy', 'attrs', 'psutil', 'sandbox.cgroups.group') "
+            "if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout + p.stderr

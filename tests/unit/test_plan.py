@@ -43,7 +43,7 @@ def test_round_trip_gives_the_same_records():
 
 def test_decoding_needs_no_attrs_json_or_libseccomp():
     # The lean shim's promise, checked in a fresh `python -I -S`.  Nor ctypes itself:
-    # sandbox._ct builds the few types the steps use on _ctypes (about 3 ms less).
+    # sandbox._libc builds the few types the steps use on _ctypes (about 3 ms less).
     code = ("import sys; sys.path.append(sys.argv[1]); from sandbox import plan; "
             "plan.decode(sys.stdin.buffer.read()); "
             "print(sorted(m for m in ('attrs', 'attr', 'json', 're', 'pyseccomp', "
@@ -80,6 +80,13 @@ def test_every_plan_record_declares_the_types_decode_checks():
     for tag in plan.RECORDS:
         cls = plan._record_class(tag)
         assert tuple(cls.__record_types__) == cls.__record_fields__, tag
+
+
+def test_every_plan_record_is_encoded_under_the_tag_that_decodes_to_it():
+    # A record defined in a module of a package (cgroups.hierarchy.Hierarchy) is named
+    # by the package that exports it.
+    for tag in plan.RECORDS:
+        assert plan._tag(plan._record_class(tag)) == tag
 
 
 def _mutations(spec=SPEC):
