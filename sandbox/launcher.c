@@ -10,12 +10,12 @@
  *      isolated (-I: no PYTHON* variable, no user site, no working directory on
  *      sys.path), without the site module (-S: no .pth file runs, and a start costs
  *      what the interpreter itself costs) -- sys.path gets PYPATH instead, the package
- *      root and the interpreter's own site-packages -- and with an environment of PATH
+ *      root and what the site module would add -- and with an environment of PATH
  *      and the WRAPPERD_* settings only;
  *   3. wrapperd reads the memfd (and closes it) as the environment of a flags-mode
  *      target, which so gets it byte for byte.
  * Built by `python3 -I -m sandbox.launchers`, which sets PYTHON to that interpreter and
- * PYPATH to its sandbox.spawning.lean_path().
+ * PYPATH to what its site module would put on sys.path (sandbox.launchers._site_path).
  * If anything fails, exit 125 with one line, and a status record on --status-fd N if
  * given, as wrapperd does: the target never runs. */
 #define _GNU_SOURCE

@@ -65,6 +65,29 @@ def _script(python: str, module: str, func: str) -> bytes:
             f"sys.exit({func}())\n").encode()
 
 
+def _site_path(python: str) -> str:
+    """What the site module puts on sys.path for python started isolated (`-I`: no
+    PYTHONPATH, no user site): its site-packages and the directories their .pth files
+    name -- with this package's own directory first.  The launcher starts python with -S
+    (no site module: no .pth file's code runs, and the start is the interpreter's own
+    cost) and these entries instead, so it imports what `python -I -m wrapperd` would."""
+    import subprocess
+
+    from .spawning import package_root
+
+    def path_of(*flags: str) -> "list[str]":
+        r = subprocess.run([python, *flags, "-c", "import sys; print('\\0'.join(sys.path))"],
+                           capture_output=True, text=True, check=True,
+                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
+        return r.stdout.rstrip("\n").split("\0")
+
+    bare = set(path_of("-I", "-S"))
+    out = [package_root() or ""]
+    out += [p for p in path_of("-I") if p not in bare and p not in out]
+    # Only what is there: an editable install's path-hook marker names no directory.
+    return ":".join(p for p in out if p and ":" not in p and os.path.exists(p))
+
+
 def _compile(python: str, pypath: str, out: str) -> None:
     """Build the static launcher (launcher.c) for python into out; pypath: the sys.path
     entries it starts python with (-S: no site module)."""
@@ -118,10 +141,7 @@ def write_launchers(bindir: str, python: str, script_only: bool = False) -> "lis
     if python != sys.executable:
         raise ValueError(f"{python!r}: the launchers start the interpreter that writes "
                          f"them ({sys.executable}), whose sys.path they know")
-    from .spawning import lean_path
-    # The same sys.path as the lean shim's: this package, then the interpreter's own
-    # site-packages (what --spec needs: attrs, pyseccomp).
-    pypath = lean_path()
+    pypath = _site_path(python)
     if any(c in pypath for c in '\t\n"\\'):
         raise ValueError(f"{pypath!r}: paths with quotes, backslashes, tabs or newlines "
                          "cannot be a C string")

@@ -126,10 +126,11 @@ def test_a_cached_plan_whose_executable_is_gone_is_not_run(tmp_path, cache):
 def test_what_the_cache_skips_never_runs(tmp_path, cache):
     # A hit imports neither argparse nor the spec model: the fast start is real.
     spec = write_spec(tmp_path / "s.json", {"argv": ["/bin/true"], "env": TARGET_ENV})
-    from sandbox.spawning import lean_path
+    # As the static launcher starts it (sandbox/launcher.c), with -X importtime.
+    from sandbox import launchers
     cmd = [wrapperd_cmd()[0], "-I", "-S", "-X", "importtime", "-c",
            "import sys; sys.path += sys.argv.pop(1).split(':'); import wrapperd.__main__",
-           lean_path(), "--spec", str(spec)]
+           launchers._site_path(wrapperd_cmd()[0]), "--spec", str(spec)]
     env = {"PATH": TARGET_ENV["PATH"], "WRAPPERD_CACHE_DIR": cache}
     miss = subprocess.run(cmd, capture_output=True, env=env, timeout=60)
     hit = subprocess.run(cmd, capture_output=True, env=env, timeout=60)
