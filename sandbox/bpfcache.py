@@ -26,9 +26,6 @@ __all__ = ["DEFAULT_DIR", "ENV", "key", "cache_dir", "open_dir", "load", "store"
 DEFAULT_DIR = "/var/cache/wrapperd"
 ENV = "WRAPPERD_CACHE_DIR"
 FORMAT = b"wrapperd-bpf 1\n"
-# Off in the library (which keeps compiled programs in memory instead); wrapperd's CLI
-# turns it on for its own run.
-enabled = False
 MAX_ENTRY = 64 << 10           # 4096 instructions * 8 bytes, plus a header
 
 

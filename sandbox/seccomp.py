@@ -451,10 +451,11 @@ def _kept_caps(caps_prepared) -> int:
     return _libc.capget()[1]
 
 
-def prepare(sc, caps_prepared=None) -> Prepared:
+def prepare(sc, caps_prepared=None, disk_cache: bool = False) -> Prepared:
     """Compile spec.Seccomp `sc` for a target holding caps_prepared.permitted (None: the
     caller's own permitted set).  No side effects beyond a memfd to export into -- and,
-    in wrapperd's CLI only (sandbox.bpfcache.enabled), an entry in its root-only cache."""
+    with disk_cache (wrapperd's CLI only), an entry in its root-only cache
+    (sandbox.bpfcache)."""
     kept = _kept_caps(caps_prepared)
     # The same spec again in this process (a library spawning a service repeatedly):
     # keyed on the spec's seccomp field, the caps the target keeps and the profile
@@ -467,7 +468,7 @@ def prepare(sc, caps_prepared=None) -> Prepared:
         early = done = None
     if done is not None:
         return done
-    done = _prepare(sc, kept)
+    done = _prepare(sc, kept, disk_cache)
     if early is not None:
         if len(_SPEC_MEMO) >= 64:
             _SPEC_MEMO.clear()
@@ -491,7 +492,7 @@ def _profile_signature(name) -> tuple:
     return tuple(out)
 
 
-def _prepare(sc, kept: int) -> Prepared:
+def _prepare(sc, kept: int, disk_cache: bool) -> Prepared:
     skipped: "list[str]" = []
     entries: "list[_Entry]" = []
     default = sc.default_action
@@ -530,7 +531,7 @@ def _prepare(sc, kept: int) -> Prepared:
     k = bpfcache.key(default, arches, entries)
     hit = _MEMO.get(k)
     dirfd = None
-    where = bpfcache.cache_dir() if bpfcache.enabled else None
+    where = bpfcache.cache_dir() if disk_cache else None
     if where:
         dirfd = bpfcache.open_dir(where)
     try:

@@ -240,10 +240,8 @@ def main(args: "list[str] | None" = None, environ: "bytes | None" = None,
         warnings: list = []
         spec = build_spec(opts, argv, environ, warnings,
                           miss.spec if miss is not None else None)
-        from sandbox import bpfcache
-        bpfcache.enabled = True      # a repeated start skips the seccomp compile
         from wrapperd import shim
-        plan = shim.prepare(spec)
+        plan = shim.prepare(spec, disk_cache=True)   # a repeated start skips the compile
         for step, why in warnings:      # a step that does less than asked says so
             print(f"wrapperd: {step}: {why}", file=sys.stderr, flush=True)
         if opts.dry_run:

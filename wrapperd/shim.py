@@ -56,10 +56,12 @@ class Plan:
     seccomp: "seccomp.Prepared | None" = None
 
 
-def prepare(spec, find_target: bool = True) -> Plan:
+def prepare(spec, find_target: bool = True, disk_cache: bool = False) -> Plan:
     """find_target: the spec must name a target, looked up now (so "not found" is 127
     before any step); False for a consumer that runs nothing (`sandbox seccomp
-    compile`), whose spec may leave argv out: plan.target stays None."""
+    compile`), whose spec may leave argv out: plan.target stays None.  disk_cache:
+    compiled seccomp programs from and into the root-only cache (sandbox.bpfcache;
+    wrapperd's command line only -- the library keeps them in memory)."""
     if find_target:
         spec.check_runnable()
     from sandbox import fds, procattr
@@ -90,7 +92,8 @@ def prepare(spec, find_target: bool = True) -> Plan:
             raise SpecError("a seccomp filter needs no_new_privs: true (or a target that "
                             "keeps CAP_SYS_ADMIN)", "seccomp")
         from sandbox import seccomp
-        p["seccomp"] = seccomp_p = seccomp.prepare(spec.seccomp, caps_p)   # loaded last
+        p["seccomp"] = seccomp_p = seccomp.prepare(spec.seccomp, caps_p,    # loaded last
+                                                   disk_cache)
         seccomp.check_execve(seccomp_p.program)    # SIGSYS in execve: no status record
     if spec.user is not None and spec.user.dynamic:
         from sandbox import dynamicuser, seccomp
