@@ -13,8 +13,10 @@ that a change to any of it is another key (and so a miss, never a stale plan):
     sets, NoNewPrivs and Seccomp of /proc/self/status, /proc/self/limits, its user
     namespace's id maps, its cgroup, its WRAPPERD_* settings and PATH;
   * the machine: the kernel's release and architecture, cap_last_cap, the user
-    namespace sysctls, /proc/self/mountinfo (cgroup hierarchies, mount sources), and the
-    identity of /etc/passwd, /etc/group, /etc/nsswitch.conf, /etc/subuid, /etc/subgid.
+    namespace sysctls, the cgroup mounts of /proc/self/mountinfo, and the identity of
+    /etc/passwd, /etc/group, /etc/nsswitch.conf, /etc/subuid, /etc/subgid.
+The entry's file name covers the invocation only (name()): one entry per service, which
+a miss rewrites.  It holds the target's environment, as the spec file does.
 Two things no key can capture are checked again on every hit, with the very functions
 prepare() uses: the ids the spec's user resolves to (the user database may answer from
 elsewhere than files: NSS), which must be the plan's -- a stale plan never runs with the
@@ -33,7 +35,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["key", "load", "store", "FORMAT", "MAX_SPEC_BYTES"]
+__all__ = ["name", "key", "load", "store", "FORMAT", "MAX_SPEC_BYTES"]
 
 from .plan import MAX_PLAN_BYTES, MAX_SPEC_BYTES
 
@@ -42,7 +44,7 @@ MAX_ENTRY = MAX_PLAN_BYTES + (64 << 10)     # a plan and its header
 
 _IDENTITY_FILES = ("/etc/passwd", "/etc/group", "/etc/nsswitch.conf", "/etc/subuid",
                    "/etc/subgid")
-_CONTENT_FILES = ("/proc/self/mountinfo", "/proc/self/uid_map", "/proc/self/gid_map",
+_CONTENT_FILES = ("/proc/self/uid_map", "/proc/self/gid_map",
                   "/proc/self/cgroup", "/proc/self/limits", "/proc/sys/kernel/cap_last_cap",
                   "/proc/sys/user/max_user_namespaces",
                   "/proc/sys/kernel/unprivileged_userns_clone")
@@ -69,27 +71,50 @@ def _sha256():
     return _sha256.sha256()
 
 
-def key(args: "list[str]", spec: bytes, environ: bytes) -> str:
-    """The cache key of this invocation (see the module docstring)."""
-    from . import procfs
+def _hasher():
     h = _sha256()
 
     def add(tag: bytes, data: bytes) -> None:
         h.update(b"%s %d\n" % (tag, len(data)))
         h.update(data)
+    return h, add
 
+
+def _invocation(add, args: "list[str]", spec: bytes, environ: bytes) -> None:
     add(b"format", FORMAT)
     add(b"args", b"\0".join(os.fsencode(a) for a in args))
     add(b"spec", spec)
     add(b"environ", environ)
     add(b"cwd", os.fsencode(os.getcwd()))
     add(b"ids", repr((os.getresuid(), os.getresgid(), sorted(os.getgroups()))).encode())
+
+
+def name(args: "list[str]", spec: bytes, environ: bytes) -> str:
+    """The entry's file name: this invocation alone, so a service has one entry, which a
+    miss rewrites -- the cache holds one plan per service, however often what the key
+    covers changes."""
+    h, add = _hasher()
+    _invocation(add, args, spec, environ)
+    return h.hexdigest()
+
+
+def key(args: "list[str]", spec: bytes, environ: bytes) -> str:
+    """The cache key of this invocation (see the module docstring)."""
+    from . import procfs
+    h, add = _hasher()
+    _invocation(add, args, spec, environ)
     status = procfs.read("/proc/self/status")
     add(b"status", b"\n".join(line for line in status.split(b"\n")
                               if line.startswith(_STATUS_LINES)))
     add(b"uname", repr(tuple(os.uname())).encode())
     add(b"settings", b"\0".join(sorted(os.fsencode(f"{k}={v}") for k, v in os.environ.items()
                                        if k.startswith("WRAPPERD_") or k == "PATH")))
+    # The cgroup hierarchies (cgroups.prepare reads them there); not the other mounts,
+    # which on a busy host change with every container, and which prepare only checks
+    # paths against (the mount step opens them again).
+    add(b"cgroup mounts", b"\n".join(
+        line for line in procfs.read("/proc/self/mountinfo").split(b"\n")
+        if b" - cgroup2 " in line or b" - cgroup " in line))
     for path in _CONTENT_FILES:
         try:
             add(path.encode(), procfs.read(path))
@@ -129,9 +154,9 @@ def _sha(data: bytes) -> str:
     return h.hexdigest()
 
 
-def load(k: str):
-    """(plan, header) for key k if the cache holds a trustworthy entry that still holds
-    (the user's ids, the executable), else None.  Side effects: none but reading."""
+def load(entry: str, k: str):
+    """(plan, header) if entry (name()) is trustworthy, was stored under key k and still
+    holds (the user's ids, the executable), else None.  Side effects: none but reading."""
     from . import bpfcache
     from . import plan as plan_mod
     where = bpfcache.cache_dir()
@@ -139,7 +164,7 @@ def load(k: str):
     if dirfd is None:
         return None
     try:
-        data = bpfcache.read_entry(dirfd, k + ".plan", MAX_ENTRY)
+        data = bpfcache.read_entry(dirfd, entry + ".plan", MAX_ENTRY)
     finally:
         os.close(dirfd)
     if data is None or not data.startswith(FORMAT):
@@ -177,9 +202,9 @@ def _still_holds(plan, h: dict) -> bool:
         return False
 
 
-def store(k: str, plan, spec) -> None:
-    """Write the entry for key k: the plan (sandbox.plan.encode) and what load() checks
-    again.  spec: the spec the plan was prepared from.  Errors are ignored."""
+def store(entry: str, k: str, plan, spec) -> None:
+    """Write entry (name()) for key k: the plan (sandbox.plan.encode) and what load()
+    checks again.  spec: the spec the plan was prepared from.  Errors are ignored."""
     import json
 
     from . import bpfcache
@@ -195,7 +220,7 @@ def store(k: str, plan, spec) -> None:
         body = plan_mod.encode(plan)
         head = {"key": k, "sha256": _sha(body),
                 "user": None if u is None else [u.uid, u.gid, list(u.groups)]}
-        bpfcache.write_entry(dirfd, k + ".plan", FORMAT + json.dumps(
+        bpfcache.write_entry(dirfd, entry + ".plan", FORMAT + json.dumps(
             head, ensure_ascii=True).encode() + b"\n" + body)
     finally:
         os.close(dirfd)

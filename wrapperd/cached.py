@@ -17,11 +17,12 @@ from wrapperd import talos
 
 
 class Miss:
-    """What a miss hands the full command line: the key, and the spec and environment
-    bytes it covers (read once: a file changed since must not be stored under it)."""
+    """What a miss hands the full command line: the entry and key to store under, and
+    the spec and environment bytes they cover (read once: a file changed since must not
+    be stored under them)."""
 
-    def __init__(self, key: str, spec: bytes, environ: bytes):
-        self.key, self.spec, self.environ = key, spec, environ
+    def __init__(self, entry: str, key: str, spec: bytes, environ: bytes):
+        self.entry, self.key, self.spec, self.environ = entry, key, spec, environ
 
 
 def _plain(args: "list[str]") -> "tuple[str, int | None, int | None] | None":
@@ -82,10 +83,11 @@ def run(args: "list[str]", environ: "bytes | None") -> "int | Miss | None":
         return None                    # the full command line says what is wrong
     if len(spec) > plancache.MAX_SPEC_BYTES:
         return None
+    entry = plancache.name(args, spec, environ)
     k = plancache.key(args, spec, environ)
-    hit = plancache.load(k)
+    hit = plancache.load(entry, k)
     if hit is None:
-        return Miss(k, spec, environ)
+        return Miss(entry, k, spec, environ)
     plan, _header = hit
     from sandbox import launchers
     from sandbox.errors import SetupError

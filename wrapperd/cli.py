@@ -254,7 +254,7 @@ def main(args: "list[str] | None" = None, environ: "bytes | None" = None,
             return 0
         if miss is not None and not warnings:
             from sandbox import plancache
-            plancache.store(miss.key, plan, spec)   # the next start skips all of this
+            plancache.store(miss.entry, miss.key, plan, spec)   # the next start skips all of this
         import wrapperd
         shim.start(plan, shim.Context(status_fd, wrapperd.PPID_AT_START
                                       if opts.parent_pid is None else opts.parent_pid,

@@ -153,3 +153,19 @@ def test_no_entry_for_a_dry_run_a_spec_on_stdin_or_an_unwritable_cache(tmp_path,
     assert p.returncode == 0 and entries(cache) == []
     os.chmod(cache, 0o755)             # not 0700: not trusted, neither read nor written
     assert start(spec, cache).returncode == 0 and entries(cache) == []
+
+
+def test_a_service_has_one_entry_which_a_miss_rewrites(tmp_path, cache):
+    # wrapperd's own bounding set is part of the key, not of the invocation (the entry's
+    # name): a change is a miss, whose plan replaces the entry -- the cache does not grow.
+    spec = write_spec(tmp_path / "s.json", {"argv": ["/bin/true"], "env": TARGET_ENV})
+    env = {"PATH": TARGET_ENV["PATH"], "WRAPPERD_CACHE_DIR": cache}
+    heads = []
+    for prefix in ([], ["setpriv", "--bounding-set=-sys_boot", "--"], []):
+        p = subprocess.run(prefix + wrapperd_cmd("--spec", str(spec)), capture_output=True,
+                           timeout=60, env=env)
+        assert p.returncode == 0, p.stderr
+        [name] = entries(cache)
+        with open(os.path.join(cache, name), "rb") as f:
+            heads.append(json.loads(f.read()[len(plancache.FORMAT):].split(b"\n")[0])["key"])
+    assert heads[0] != heads[1] and heads[2] == heads[0]
