@@ -276,6 +276,32 @@ def premade_kind(p: "Prepared | None") -> "str | None":
 # What the reaper may be asked to join: every kind but user (never with a premade pid
 # namespace) and pid (its own already).
 REAPER_JOINS = ("mount", "net", "ipc", "uts", "cgroup")
+# What a reaper made ahead of time makes itself, before it forks the worker, so that
+# neither has anything to do for them when a request comes: the kinds a new one of
+# which copies nothing that can change while a spare waits -- net and ipc start empty;
+# uts copies the host's names, which the fork server compares before it uses such a
+# spare (forkserver.server).  Not mount (a copy of the mount table, which can change)
+# nor cgroup (rooted at the cgroup the worker joins in the cgroup step, after).
+AHEAD = ("net", "ipc", "uts")
+
+
+def made_ahead(p: "Prepared | None") -> "tuple[str, ...]":
+    """The kinds a premade "pid" reaper makes before it forks the worker (AHEAD)."""
+    if premade_kind(p) != "pid":
+        return ()
+    assert p is not None
+    return tuple(k for k in AHEAD if k in p.new)
+
+
+def reaper_joins(p: "Prepared | None") -> "tuple[str, ...]":
+    """The kinds a premade "pid" reaper joins after the worker made or joined them:
+    asked in the namespaces step (ask_reaper), awaited in the reaper step."""
+    if premade_kind(p) != "pid":
+        return ()
+    assert p is not None
+    ahead = made_ahead(p)
+    joined = {k for k, _ in p.join}
+    return tuple(k for k in REAPER_JOINS if (k in p.new or k in joined) and k not in ahead)
 
 
 def parent_pid_in_proc() -> int:
@@ -322,17 +348,22 @@ def made_pid_ns_for_children(start):
         os.close(own)
 
 
-def apply(p: Prepared, premade: "str | None" = None, reaper_channel: int = -1) -> None:
+def apply(p: Prepared, premade: "str | None" = None, reaper_channel: int = -1,
+          ahead: "tuple[str, ...]" = ()) -> None:
     """premade: how this process came into a pid namespace made for it ahead of time
     (wrapperd.shim.Context): None (it did not: made here), "pid" (a fork server's
-    worker, pid 2 under a reaper already there, whose end of a socket is
-    reaper_channel: the reaper joins the namespaces made here, _share_with_reaper),
-    "pid1" (pid 1, which the target will be), "reaper" (pid 1, which forks the target
-    and stays as its reaper).  Then neither CLONE_NEWPID nor more forks than needed."""
+    worker, pid 2 under a reaper already there, which made the `ahead` namespaces
+    before it forked us (made_ahead) and, when reaper_joins() names any, joins those
+    too: asked here on reaper_channel, ask_reaper), "pid1" (pid 1, which the target
+    will be), "reaper" (pid 1, which forks the target and stays as its reaper).  Then
+    neither CLONE_NEWPID nor more forks than needed."""
     if premade is not None and \
             (premade if premade != "reaper" else "pid") != premade_kind(p):
         raise SetupError(STEP, 0, f"this process was made for a {premade!r} pid namespace, "
                          f"the plan asks for {premade_kind(p)!r}")
+    if tuple(ahead) != (made_ahead(p) if premade == "pid" else ()):
+        raise SetupError(STEP, 0, f"this process was born in namespaces made for "
+                         f"{list(ahead)}, the plan asks for {list(made_ahead(p))}")
     # Open every path first: joining a mount namespace changes what a path names.
     fds = {}
     try:
@@ -353,11 +384,12 @@ def apply(p: Prepared, premade: "str | None" = None, reaper_channel: int = -1) -
         _new_user_ns(p)
     for kind in ORDER:
         if kind in p.new and not (kind == "pid" and premade):
-            try:
-                _libc.unshare(CLONE_FLAGS[kind])
-            except OSError as e:
-                raise _fail(f"unshare(CLONE_NEW{kind.upper() if kind != 'mount' else 'NS'})",
-                            e, kind) from None
+            if kind not in ahead:
+                try:
+                    _libc.unshare(CLONE_FLAGS[kind])
+                except OSError as e:
+                    raise _fail(f"unshare(CLONE_NEW{kind.upper() if kind != 'mount' else 'NS'})",
+                                e, kind) from None
             if kind == "net":
                 _loopback_up()
         if kind == "uts" and p.hostname is not None:
@@ -366,30 +398,30 @@ def apply(p: Prepared, premade: "str | None" = None, reaper_channel: int = -1) -
                 socket.sethostname(p.hostname)
             except OSError as e:
                 raise _fail(f"sethostname {p.hostname!r}", e, "uts") from None
-    if premade == "pid":
-        _share_with_reaper(p, reaper_channel)
+    if premade == "pid" and reaper_joins(p):
+        ask_reaper(p, reaper_channel)
     if p.forks and not premade:
         supervisor.fork(reaper="pid" in p.new and not p.as_pid_1)
     elif premade == "reaper":
         supervisor.fork(reaper=True, outside=False)
 
 
-def _share_with_reaper(p: Prepared, fd: int) -> None:
-    """In a fork server's worker: have pid 1 of our namespace, the reaper forked before
-    the request, join the namespaces just made or joined here -- else it would stay in
-    the server's, and a target could read the host's network (/proc/1/net/*) and mount
-    table (/proc/1/mountinfo) through it.  Sent over fd (the reaper's socket, closed
-    here): their names and,
-    by SCM_RIGHTS, an fd for each (our /proc/self/ns/*: the reaper knows us by our pid
-    in the new namespace, which its /proc, the server's, does not show); answered
-    with an errno (0: joined).
-    Then the reaper closes its end, and EOF here means it holds no fd any more.
-    Always asked, if only for nothing, so the reaper never waits past this step."""
+def ask_reaper(p: Prepared, fd: int) -> None:
+    """In a fork server's worker: ask pid 1 of our namespace, the reaper forked before
+    the request, to join the namespaces just made or joined here -- else it would stay
+    in the server's, and a target could read the host's network (/proc/1/net/*) and
+    mount table (/proc/1/mountinfo) through it.  Sent over fd (the reaper's socket):
+    their names and, by SCM_RIGHTS, an fd for each (our /proc/self/ns/*: the reaper
+    knows us by our pid in the new namespace, which its /proc, the server's, does not
+    show).  Only when reaper_joins(p) names any: a reaper with nothing to join was made
+    without a channel (forkserver.server).
+    Not waited for here: the reaper joins while this worker runs the steps up to the
+    filter, and reaper_joined() -- the `reaper` step, before `seccomp` -- waits for its
+    answer, so the target never runs before the reaper is in its namespaces."""
     import socket
     if fd < 0:
         raise SetupError(STEP, 0, "pid: no channel to the reaper made ahead of time")
-    joined = {k for k, _ in p.join}
-    kinds = [k for k in REAPER_JOINS if k in p.new or k in joined]
+    kinds = reaper_joins(p)
     ns_fds = []
     chan = socket.socket(fileno=fd)
     try:
@@ -397,6 +429,20 @@ def _share_with_reaper(p: Prepared, fd: int) -> None:
             ns_fds.append(os.open(f"/proc/self/ns/{PROC_NAMES[k]}",
                                   os.O_RDONLY | os.O_CLOEXEC))
         socket.send_fds(chan, [",".join(kinds).encode() or b"-"], ns_fds)
+    except OSError as e:
+        raise _fail("have the reaper join our namespaces", e, "pid") from None
+    finally:
+        chan.detach()                  # fd stays open: reaper_joined() reads the answer
+        for nfd in ns_fds:
+            os.close(nfd)
+
+
+def reaper_joined(fd: int) -> None:
+    """Wait for the reaper's answer to ask_reaper() on fd (closed here): an errno, 0 when
+    it joined; then EOF (it holds no fd any more)."""
+    import socket
+    chan = socket.socket(fileno=fd)
+    try:
         answer = chan.recv(32)
         while chan.recv(32):
             pass
@@ -404,8 +450,6 @@ def _share_with_reaper(p: Prepared, fd: int) -> None:
         raise _fail("have the reaper join our namespaces", e, "pid") from None
     finally:
         chan.close()
-        for nfd in ns_fds:
-            os.close(nfd)
     if answer != b"0":
         err = int(answer) if answer.isdigit() else 0
         raise SetupError(STEP, err, "pid: the reaper made ahead of time could not join "
@@ -414,7 +458,7 @@ def _share_with_reaper(p: Prepared, fd: int) -> None:
 
 def join_for_worker(fd: int) -> None:
     """In the reaper made ahead of time (sandbox.forkserver): wait on fd until the
-    worker asks (_share_with_reaper), join the namespaces it sends, answer with the
+    worker asks (ask_reaper), join the namespaces it sends, answer with the
     errno, close fd.  EOF instead: the worker ended without asking."""
     import socket
     chan = socket.socket(fileno=fd)

@@ -157,19 +157,23 @@ class Context:
       1, which the target will be); "reaper" (pid 1, which forks the target and stays
       as its reaper: the lean shim spawn() starts with --in-new-pidns).
     reaper_channel: with premade "pid", this worker's end of a socket to that reaper
-      (sandbox.forkserver.server), which joins the namespaces the worker makes.
+      (sandbox.forkserver.server), which joins the namespaces the worker makes: asked
+      in the namespaces step, its answer read in the reaper step.
+    ahead: with premade "pid", the namespaces that reaper made before it forked this
+      worker, which the namespaces step then does not make (namespaces.made_ahead).
     fault: the hardening tests' fault injection (FAULT_ENV, read by the entry point).
     """
 
-    __slots__ = ("status_fd", "ppid", "premade", "reaper_channel", "fault")
+    __slots__ = ("status_fd", "ppid", "premade", "reaper_channel", "ahead", "fault")
 
     def __init__(self, status_fd: "int | None" = None, ppid: "int | None" = None,
                  premade: "str | None" = None, reaper_channel: int = -1,
-                 fault: "str | None" = None):
+                 fault: "str | None" = None, ahead: "tuple[str, ...]" = ()):
         self.status_fd = status_fd
         self.ppid = os.getppid() if ppid is None else ppid
         self.premade = premade
         self.reaper_channel = reaper_channel
+        self.ahead = ahead
         self.fault = fault
 
 
@@ -243,8 +247,9 @@ def _namespaces(plan, ctx):
         from sandbox import namespaces
         pid = _before_fork(plan, ctx)
         # may fork: returns in the future target
-        namespaces.apply(plan.namespaces, ctx.premade, ctx.reaper_channel)
-        ctx.reaper_channel = -1              # handed over (and closed)
+        # A fork server's premade reaper is asked to join here; its answer is awaited
+        # by the reaper step (ctx.reaper_channel stays open until then).
+        namespaces.apply(plan.namespaces, ctx.premade, ctx.reaper_channel, ctx.ahead)
         _after_fork(ctx, pid)
 
 
@@ -265,7 +270,8 @@ def _session(plan, ctx):
 def _fds(plan, ctx):
     from sandbox import fds
     fds.check_pass_fds(plan.fds.pass_fds)
-    keep = () if ctx.status_fd is None else (ctx.status_fd,)
+    keep = tuple(fd for fd in (ctx.status_fd, ctx.reaper_channel) if fd is not None and
+                 fd >= 0)
     fds.close_others(plan.fds.pass_fds, keep)
 
 
@@ -346,6 +352,16 @@ def _seccomp(plan, ctx):
         seccomp.apply(plan.seccomp)
 
 
+def _reaper(plan, ctx):
+    # A fork server's worker: the reaper made ahead of time was asked to join the
+    # target's namespaces in the namespaces step, and did so while the steps since ran;
+    # its answer is awaited here, before the filter (which may not allow recv).
+    if ctx.reaper_channel >= 0:
+        from sandbox import namespaces
+        fd, ctx.reaper_channel = ctx.reaper_channel, -1
+        namespaces.reaper_joined(fd)
+
+
 def _exec(plan, ctx):                  # never returns
     from sandbox import execution
     execution.apply(plan.target)
@@ -370,6 +386,7 @@ STEPS = (
     ("pdeathsig", _pdeathsig),           # re-armed: a credential change clears it
     ("no_new_privs", _no_new_privs),
     ("signals", _signals),               # default dispositions, empty mask (survive exec)
+    ("reaper", _reaper),                 # a premade reaper has joined the namespaces
     ("seccomp", _seccomp),               # last: the filter need allow nothing the shim does
     ("exec", _exec),
 )

@@ -12,10 +12,12 @@ readable) the server reaps it and sends the wait status.
 
 Spares: one per kind in use, idle until a request is handed to one, so the fork (and
 the copy-on-write faults right after it) happen while the previous target runs, not
-while a caller waits.  A kind is a pid namespace made ahead of time or none
+while a caller waits.  A kind (kind_of) is a pid namespace made ahead of time or none
 (sandbox.namespaces.premade_kind): for "pid" the spare is pid 1 of a new pid namespace,
-the reaper, which forks the worker (pid 2); for "pid1" the spare is pid 1 and becomes
-the target.  Everything the server keeps is in one Server object, never a module
+the reaper, which makes the net, ipc and uts namespaces the plan asks for
+(namespaces.made_ahead) and forks the worker (pid 2) into them, and joins the others
+once the worker made them (namespaces.reaper_joins); for "pid1" the spare is pid 1
+and becomes the target.  Everything the server keeps is in one Server object, never a module
 global: its own pid namespace to return to, the spares, the decoded plans.
 """
 
@@ -44,6 +46,26 @@ def _preload() -> None:
     for fn in ("capget", "capset", "unshare", "setns", "syscall", "mount", "umount2"):
         getattr(libc, fn, None)
     sys.modules["sandbox.caps"].last_cap()      # read once, inherited by every child
+
+
+def kind_of(ns) -> "None | str | tuple":
+    """The kind of spare child for a plan's namespaces record: None (a plain fork),
+    "pid1", or ("pid", the kinds its reaper makes ahead, whether it joins more after)."""
+    from .. import namespaces
+    kind = namespaces.premade_kind(ns)
+    if kind != "pid":
+        return kind
+    return ("pid", namespaces.made_ahead(ns), bool(namespaces.reaper_joins(ns)))
+
+
+def _uts_names() -> "tuple[str, bytes]":
+    """The host's node and domain names, which a uts namespace made ahead copied."""
+    from .. import procfs
+    try:
+        domain = procfs.read("/proc/sys/kernel/domainname")
+    except OSError:
+        domain = b"?"
+    return os.uname().nodename, domain
 
 
 class Server:
@@ -81,19 +103,19 @@ class Server:
         self.plans[data] = plan        # most recent last
         return plan
 
-    def premade_kind(self, plan) -> "str | None":
-        """The kind of spare child for this plan: None (a plain fork) or a pid namespace
-        made ahead of time (sandbox.namespaces.premade_kind).  The worker moves its
-        reaper into the spec's cgroup and gives it the oom score too, as the shim's own
-        reaper, forked after those steps, would have them (wrapperd.shim)."""
+    def premade_kind(self, plan) -> "None | str | tuple":
+        """The kind of spare child for this plan (kind_of), None where pid namespaces
+        cannot be made ahead here.  The worker moves its reaper into the spec's cgroup
+        and gives it the oom score too, as the shim's own reaper, forked after those
+        steps, would have them (wrapperd.shim)."""
         if plan is None or self.own_pidns < 0:
             return None
-        from .. import namespaces
-        return namespaces.premade_kind(plan.namespaces)
+        return kind_of(plan.namespaces)
 
     # ------------------------------------------------------------------ spares
-    def prefork(self, kind: "str | None") -> "tuple[int, int, object]":
-        """Fork a spare child of this kind: (pid, pidfd, our end of its channel).
+    def prefork(self, kind) -> "tuple[int, int, object, object]":
+        """Fork a spare child of this kind: (pid, pidfd, our end of its channel, the
+        host's uts names it copied -- or None, when it makes no uts namespace).
 
         For a pid namespace: unshare(CLONE_NEWPID) moves only the children made after
         it into the new namespace, so this server forks the spare there and then
@@ -101,6 +123,8 @@ class Server:
         import socket
 
         from .. import _libc, namespaces
+        # Read before the fork: the reaper's unshare, just after, copies these.
+        uts = _uts_names() if isinstance(kind, tuple) and "uts" in kind[1] else None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             if kind is not None:
@@ -122,11 +146,11 @@ class Server:
         if pid and kind is not None:
             self._own_pidns()
         if pid == 0:
-            if kind == "pid":
-                _reaper_spare(self, theirs.fileno())     # never returns
+            if isinstance(kind, tuple):
+                _reaper_spare(self, theirs.fileno(), kind)      # never returns
             _spare(self, theirs.fileno(), kind)          # never returns
         theirs.close()
-        return pid, os.pidfd_open(pid), ours
+        return pid, os.pidfd_open(pid), ours, uts
 
     def _no_premade(self) -> None:
         if self.own_pidns >= 0:
@@ -149,27 +173,23 @@ class Server:
         runs the shim's own namespaces step (supervisor, reaper) instead."""
         import socket
         spare = self.spares.pop(kind, None)
+        if spare is not None and spare[3] is not None and spare[3] != _uts_names():
+            _discard(spare)            # the host was renamed since: its copy is stale
+            spare = None
         if spare is None and kind is not None:
             try:
                 spare = self.prefork(kind)   # made now: still no reaper forked after a request
             except OSError:
                 spare = None           # a plain fork below: its steps make the namespace
         if spare is not None:
-            pid, pidfd, chan = spare
+            pid, pidfd, chan, _uts = spare
             try:
                 chan.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                       protocol.fd_array(fds))])
+                chan.close()
                 return pid, pidfd
             except OSError:            # it died: reap it, fork instead
-                try:
-                    import _signal
-                    os.kill(pid, _signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                except OSError:
-                    pass
-                os.close(pidfd)
-            finally:
-                chan.close()
+                _discard(spare)
         pid = os.fork()
         if pid == 0:
             _child(self, fds, layout, None)      # never returns
@@ -266,6 +286,19 @@ def serve(ctl_fd: int) -> None:
                 reply.close()
 
 
+def _discard(spare) -> None:
+    """Stop and reap a spare child (it holds nothing of any request)."""
+    pid, pidfd, chan, _uts = spare
+    chan.close()
+    try:
+        import _signal
+        os.kill(pid, _signal.SIGKILL)
+        os.waitpid(pid, 0)
+    except OSError:
+        pass
+    os.close(pidfd)
+
+
 def _read_plan(fd: int) -> bytes:
     from .. import plan as plan_mod
     size = os.fstat(fd).st_size
@@ -275,34 +308,47 @@ def _read_plan(fd: int) -> bytes:
 # --------------------------------------------------------------------------- children
 # Each runs in a process forked from the server and never returns (os._exit).
 
-def _reaper_spare(server: Server, chan: int) -> None:
-    """Pid 1 of a premade namespace: fork the worker (pid 2) that takes the request,
-    join the namespaces the worker's steps make, then reap and forward signals as the
+def _reaper_spare(server: Server, chan: int, kind: tuple) -> None:
+    """Pid 1 of a premade namespace: make the namespaces made ahead (kind[1]), fork the
+    worker (pid 2) that takes the request into them, join the namespaces the worker's
+    steps make (when kind[2] says there are any), then reap and forward signals as the
     shim's reaper does (supervisor.supervise)."""
     import _signal as signal
     import socket
 
-    from .. import namespaces, procattr, supervisor
+    from .. import _libc, namespaces, procattr, supervisor
     try:
         # As the shim's own reaper is (the dumpable step comes first): not ptraceable,
         # its /proc/PID/mem and exe not reachable, by a target without CAP_SYS_PTRACE.
         procattr.set_dumpable(False)
+        _prefix, ahead, joins = kind
+        flags = 0
+        for k in ahead:
+            flags |= namespaces.CLONE_FLAGS[k]
+        if flags:
+            _libc.unshare(flags)       # the worker, forked next, is born in them
         # The worker asks on this once it has made the target's other namespaces
         # (shim.Context.reaper_channel): a reaper left in the server's would show a
         # target the host's network and mounts through /proc/1.
-        ours, theirs = (s.detach() for s in socket.socketpair(socket.AF_UNIX,
-                                                              socket.SOCK_SEQPACKET))
+        ours = theirs = -1
+        if joins:
+            ours, theirs = (s.detach() for s in socket.socketpair(socket.AF_UNIX,
+                                                                  socket.SOCK_SEQPACKET))
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, supervisor.FORWARDED_SIGNALS)
         worker = os.fork()
         if worker == 0:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            os.close(ours)
-            _spare(server, chan, "pid", theirs)      # never returns
+            if ours >= 0:
+                os.close(ours)
+            _spare(server, chan, kind, theirs)       # never returns
         # Nothing of the server's from here on (its channel to the worker): only ours.
-        os.closerange(0, ours)
-        os.closerange(ours + 1, 1 << 20)
-        # Forwarded signals stay blocked (queued) until _supervise handles them.
-        namespaces.join_for_worker(ours)
+        if ours >= 0:
+            os.closerange(0, ours)
+            os.closerange(ours + 1, 1 << 20)
+            # Forwarded signals stay blocked (queued) until supervise handles them.
+            namespaces.join_for_worker(ours)
+        else:
+            os.closerange(0, 1 << 20)
         supervisor.supervise(worker, old_mask, pid_1=True)    # never returns
     except BaseException:              # noqa: B036 -- the child must never return
         pass
@@ -330,9 +376,9 @@ def _warm() -> None:
         pass
 
 
-def _spare(server: Server, chan: int, kind: "str | None", reaper: int = -1) -> None:
-    """Wait on chan for the request, then be its worker (_child).  reaper: with kind
-    "pid", our end of the socket to the reaper above us."""
+def _spare(server: Server, chan: int, kind, reaper: int = -1) -> None:
+    """Wait on chan for the request, then be its worker (_child).  reaper: under a
+    premade reaper that joins namespaces after us, our end of the socket to it."""
     code = EXIT_FAILURE
     try:
         import socket
@@ -357,11 +403,10 @@ def _spare(server: Server, chan: int, kind: "str | None", reaper: int = -1) -> N
         os._exit(code)
 
 
-def _child(server: Server, fds: list, layout, premade: "str | None",
-           reaper: int = -1) -> None:
+def _child(server: Server, fds: list, layout, kind, reaper: int = -1) -> None:
     """The worker: put the fds in place, decode the plan (unless the server had,
-    before this child was forked), run the steps.  premade: the pid namespace this
-    child was born in (Server.prefork); reaper: then, the socket to its reaper."""
+    before this child was forked), run the steps.  kind: the namespaces this child was
+    born in (kind_of; Server.prefork); reaper: the socket to its reaper, if any."""
     status = None
     code = EXIT_FAILURE
     try:
@@ -403,14 +448,13 @@ def _child(server: Server, fds: list, layout, premade: "str | None",
         plan = server.plans.get(data)
         if plan is None:
             plan = plan_mod.decode(data)
-        if premade is not None:
-            from .. import namespaces
-            if namespaces.premade_kind(plan.namespaces) != premade:
-                raise SetupError("namespaces", 0, f"this child was born in a {premade!r} "
-                                 "pid namespace the plan does not ask for")
+        if kind is not None and kind_of(plan.namespaces) != kind:
+            raise SetupError("namespaces", 0, f"this child was born in namespaces made "
+                             f"for {kind!r}, not what the plan asks for")
+        premade, ahead = (kind[0], kind[1]) if isinstance(kind, tuple) else (kind, ())
         # ppid: ours, not the server's that decoded the plan.
         shim.start(plan, shim.Context(status, os.getppid(), premade, reaper,
-                                      fault=server.fault))
+                                      fault=server.fault, ahead=ahead))
     except BaseException as e:         # noqa: B036 -- the child must never return
         try:
             from wrapperd import planned

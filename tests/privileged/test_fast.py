@@ -27,6 +27,7 @@ from sandbox.forkserver import ForkServer
 from sandbox.spawning import DEVNULL, PIPE
 from tests.conftest import (
     ROOTLESS,
+    SYSTEM_PYTHON,
     TARGET_ENV,
     nspid,
     probe_spec,
@@ -518,3 +519,55 @@ def test_corrupt_cache_entry_means_recompile(tmp_path, how):
     assert _cache_run(cache).returncode == 0
     # ... and the entry was rewritten with the real program.
     assert not open(path, "rb").read().endswith(DENY_EXEC)
+
+
+@pytest.mark.parametrize("kinds", [("ipc", "uts"), ("net",), ("net", "ipc", "uts", "mount")])
+def test_namespaces_made_ahead_by_the_reaper_are_the_targets(server, kinds):
+    # net, ipc and uts are made by the premade reaper before it forks the worker; mount
+    # is made by the worker and joined by the reaper.  Either way the target and its
+    # pid 1 share them, and they are new; a new net namespace has its loopback up.
+    code = ("import fcntl, socket, struct, sys; s = socket.socket(); "
+            "flags = struct.unpack('16sH', fcntl.ioctl(s, 0x8913, "     # SIOCGIFFLAGS
+            "struct.pack('16sH', b'lo', 0)))[1]; print(flags & 1, flush=True); "
+            "sys.stdin.read()")
+    proc = server.spawn({"argv": [SYSTEM_PYTHON, "-I", "-c", code], "env": TARGET_ENV,
+                         "namespaces": {k: True for k in ("pid", *kinds)}},
+                        stdout=PIPE, stdin=PIPE)
+    try:
+        assert proc.stdout.readline() == b"1\n"         # lo is up
+        reaper, target = proc.pid, proc.target_pid
+        assert nspid(reaper)[-1] == 1 and nspid(target)[-1] == 2
+        for k in kinds:
+            name = {"mount": "mnt"}.get(k, k)
+            theirs = os.readlink(f"/proc/{target}/ns/{name}")
+            assert os.readlink(f"/proc/{reaper}/ns/{name}") == theirs, k
+            assert theirs != os.readlink(f"/proc/self/ns/{name}"), k
+    finally:
+        proc.stdin.close()
+        assert proc.wait(timeout=60) == 0
+
+
+def test_a_uts_namespace_made_ahead_follows_a_renamed_host(tmp_path):
+    # The premade reaper's uts namespace copies the host's names when the spare is
+    # made; a spare made before the host was renamed is not used.  "The host" here is a
+    # uts namespace of this test's own (unshare --uts), so nothing of the machine's
+    # changes.
+    script = tmp_path / "renamed.py"
+    script.write_text(
+        "import socket, subprocess, sys\n"
+        f"sys.path.insert(0, {repr(os.path.dirname(os.path.dirname(sandbox.__file__)))})\n"
+        "from sandbox.forkserver import ForkServer\n"
+        "from sandbox.spawning import PIPE\n"
+        "spec = {'argv': ['/bin/uname', '-n'], 'env': {'PATH': '/bin'},\n"
+        "        'namespaces': {'pid': True, 'uts': True}}\n"
+        "socket.sethostname('before-rename')\n"
+        "with ForkServer() as fs:\n"
+        "    for name in ('before-rename', 'after-rename'):\n"
+        "        socket.sethostname(name)\n"
+        "        p = fs.spawn(spec, stdout=PIPE)\n"
+        "        out, _ = p.communicate(timeout=60)\n"
+        "        print(out.decode().strip())\n")
+    r = subprocess.run(["unshare", "--uts", sys.executable, "-I", str(script)],
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().split() == ["before-rename", "after-rename"]

@@ -7,7 +7,7 @@ def test_step_order_is_pinned():
     assert [name for name, _ in shim.STEPS] == [
         "dumpable", "oom_score_adj", "nice", "rlimits", "cgroup", "dynamic_user", "namespaces",
         "mounts", "session", "fds", "umask", "identity", "capabilities", "cwd", "pdeathsig",
-        "no_new_privs", "signals", "seccomp", "exec",
+        "no_new_privs", "signals", "reaper", "seccomp", "exec",
     ]
 
 
@@ -23,6 +23,9 @@ def test_privilege_dropping_comes_after_everything_that_needs_privilege():
     # may forbid rt_sigaction), so only execve runs under it.
     assert names.index("capabilities") < names.index("cwd")
     assert names.index("no_new_privs") < names.index("signals") < names.index("seccomp")
+    # A fork server's premade reaper is in the target's namespaces before the target
+    # runs; its answer is read before the filter (which may forbid recv).
+    assert names.index("namespaces") < names.index("reaper") < names.index("seccomp")
     # A new session (it may fork) inside the namespaces, before fds and the uid change.
     assert names.index("mounts") < names.index("session") < names.index("fds")
     assert names.index("session") < names.index("identity")
