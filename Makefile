@@ -1,7 +1,7 @@
 # make demo  -- run a real service under wrapperd and show what it can really do
 # make test  -- the whole test suite, installing what it needs: lint, unit + privileged
 #              tests as root, then the privileged suites again in a rootless container
-# make bench -- benchmarks (bench/)
+# make bench -- benchmarks (bench/): launch cost, resident cost, seccomp cost
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -43,6 +43,7 @@ lint: venv ## ruff over everything, mypy over sandbox/ and wrapperd/
 
 bench: venv
 	$(PY) bench/run.py
+	$(PY) bench/resident.py
 	$(PY) bench/seccomp.py
 
 clean:
