@@ -322,13 +322,21 @@ def made_pid_ns_for_children(start):
         os.close(own)
 
 
-def apply(p: Prepared, premade: "str | None" = None, reaper_channel: int = -1) -> None:
+def forks_here(p: Prepared, premade: "str | None") -> bool:
+    """Does apply() fork, leaving a supervisor or reaper (supervisor.fork) behind?"""
+    return (p.forks and not premade) or premade == "reaper"
+
+
+def apply(p: Prepared, premade: "str | None" = None, reaper_channel: int = -1,
+          helper: "int | None" = None) -> None:
     """premade: how this process came into a pid namespace made for it ahead of time
     (wrapperd.shim.Context): None (it did not: made here), "pid" (a fork server's
     worker, pid 2 under a reaper already there, whose end of a socket is
     reaper_channel: the reaper joins the namespaces made here, _share_with_reaper),
     "pid1" (pid 1, which the target will be), "reaper" (pid 1, which forks the target
-    and stays as its reaper).  Then neither CLONE_NEWPID nor more forks than needed."""
+    and stays as its reaper).  Then neither CLONE_NEWPID nor more forks than needed.
+    helper: the static helper that stays beside the target (supervisor.open_helper),
+    opened before any namespace here is joined; None: opened when it forks."""
     if premade is not None and \
             (premade if premade != "reaper" else "pid") != premade_kind(p):
         raise SetupError(STEP, 0, f"this process was made for a {premade!r} pid namespace, "
@@ -368,10 +376,9 @@ def apply(p: Prepared, premade: "str | None" = None, reaper_channel: int = -1) -
                 raise _fail(f"sethostname {p.hostname!r}", e, "uts") from None
     if premade == "pid":
         _share_with_reaper(p, reaper_channel)
-    if p.forks and not premade:
-        supervisor.fork(reaper="pid" in p.new and not p.as_pid_1)
-    elif premade == "reaper":
-        supervisor.fork(reaper=True, outside=False)
+    if forks_here(p, premade):
+        supervisor.fork(reaper=premade == "reaper" or ("pid" in p.new and not p.as_pid_1),
+                        outside=premade != "reaper", helper=helper)
 
 
 def _share_with_reaper(p: Prepared, fd: int) -> None:
@@ -383,7 +390,8 @@ def _share_with_reaper(p: Prepared, fd: int) -> None:
     by SCM_RIGHTS, an fd for each (our /proc/self/ns/*: the reaper knows us by our pid
     in the new namespace, which its /proc, the server's, does not show); answered
     with an errno (0: joined).
-    Then the reaper closes its end, and EOF here means it holds no fd any more.
+    Then the reaper becomes the static helper (supervisor.become), which closes its
+    end once it is ready: EOF here means it is non-dumpable and holds no fd.
     Always asked, if only for nothing, so the reaper never waits past this step."""
     import socket
     if fd < 0:
@@ -415,7 +423,8 @@ def _share_with_reaper(p: Prepared, fd: int) -> None:
 def join_for_worker(fd: int) -> None:
     """In the reaper made ahead of time (sandbox.forkserver): wait on fd until the
     worker asks (_share_with_reaper), join the namespaces it sends, answer with the
-    errno, close fd.  EOF instead: the worker ended without asking."""
+    errno.  EOF instead: the worker ended without asking.  fd stays open: the worker
+    goes on at its EOF, which the helper the reaper becomes gives once it is ready."""
     import socket
     chan = socket.socket(fileno=fd)
     ns_fds: list = []
@@ -443,7 +452,7 @@ def join_for_worker(fd: int) -> None:
         except OSError:
             pass
     finally:
-        chan.close()
+        chan.detach()
         for nfd in ns_fds:
             os.close(nfd)
 

@@ -277,8 +277,8 @@ def _read_plan(fd: int) -> bytes:
 
 def _reaper_spare(server: Server, chan: int) -> None:
     """Pid 1 of a premade namespace: fork the worker (pid 2) that takes the request,
-    join the namespaces the worker's steps make, then reap and forward signals as the
-    shim's reaper does (supervisor.supervise)."""
+    join the namespaces the worker's steps make, then become the reaper the shim's is
+    (supervisor.become: the static helper)."""
     import _signal as signal
     import socket
 
@@ -287,6 +287,10 @@ def _reaper_spare(server: Server, chan: int) -> None:
         # As the shim's own reaper is (the dumpable step comes first): not ptraceable,
         # its /proc/PID/mem and exe not reachable, by a target without CAP_SYS_PTRACE.
         procattr.set_dumpable(False)
+        # The helper this reaper becomes, opened while its path names it here: the
+        # worker's mount namespace, which join_for_worker joins, is the worker's to
+        # change.  Opened by the idle spare, ahead of the request.
+        helper = supervisor.open_helper()
         # The worker asks on this once it has made the target's other namespaces
         # (shim.Context.reaper_channel): a reaper left in the server's would show a
         # target the host's network and mounts through /proc/1.
@@ -298,12 +302,13 @@ def _reaper_spare(server: Server, chan: int) -> None:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             os.close(ours)
             _spare(server, chan, "pid", theirs)      # never returns
-        # Nothing of the server's from here on (its channel to the worker): only ours.
-        os.closerange(0, ours)
-        os.closerange(ours + 1, 1 << 20)
-        # Forwarded signals stay blocked (queued) until _supervise handles them.
+        # Nothing of the server's from here on (its channel to the worker): only ours,
+        # and the helper's binary (close-on-exec).
+        supervisor.close_all_but(ours, helper)
+        # Forwarded signals stay blocked (queued) until the helper handles them.
         namespaces.join_for_worker(ours)
-        supervisor.supervise(worker, old_mask, pid_1=True)    # never returns
+        # The worker goes on at EOF on `ours`: once the helper is ready.
+        supervisor.become(helper, worker, pid_1=True, sync=ours)   # never returns
     except BaseException:              # noqa: B036 -- the child must never return
         pass
     finally:
