@@ -19,7 +19,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -I -m sandbox.launchers >/dev/null   # wrapperd (static), sandbox (#!python -I)
 	@touch $@
 
-venv: $(VENV)/.installed
+# The static helper beside targets (sandbox/helper.c), rebuilt when its source changes.
+sandbox/wrapperd-helper: sandbox/helper.c | $(VENV)/.installed
+	$(PY) -I -m sandbox.launchers >/dev/null
+
+venv: $(VENV)/.installed sandbox/wrapperd-helper
 
 test: venv lint
 	$(PY) -m pytest -q tests
