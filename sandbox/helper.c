@@ -4,13 +4,18 @@
  *   wrapperd-reaper reaper PID SYNC     pid 1 of the target's pid namespace: reap every
  *                                       child, orphans too; exit when PID exits
  *   wrapperd-super supervise PID SYNC   the supervisor outside: wait for PID only
+ *   wrapperd-reaper join-reaper PID SYNC  the fork server's premade reaper, exec'd
+ *                                       while its spare is idle: first join the
+ *                                       namespaces its worker PID sends on SYNC (as
+ *                                       namespaces.join_for_worker), then as reaper
  *
  * argv[0] is the name (supervisor.REAPER_COMM, SUPERVISOR_COMM), PID the target's pid
  * as this process sees it, SYNC an fd (or -1) on which one byte is written, and which
  * is then closed, once this process is ready: non-dumpable, every other fd closed, its
- * signal handlers in place.  The process on the other end (the future target, or the
- * reaper above it) does not go on before that byte or EOF (supervisor.await_ready), so
- * nothing the target runs ever sees this process dumpable.  The environment is empty:
+ * signal handlers in place.  The child on the other end (the future target, the reaper
+ * below the supervisor, the fork server's worker) does not go on before that byte or
+ * EOF (supervisor.await_ready), so nothing the target runs ever sees this process
+ * dumpable.  The environment is empty:
  * the caller's never reaches this process's stack (supervisor.become passes none).
  *
  * Guarantees, the same as supervisor.supervise()'s (the Python fallback):
@@ -48,7 +53,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -156,13 +163,80 @@ static void cut_auxv(void)
 	(void)prctl(PR_SET_MM, PR_SET_MM_MAP, (unsigned long)&m, sizeof m, 0);
 }
 
+/* namespaces.REAPER_JOINS, with their CLONE_NEW* types. */
+static const struct {
+	const char *name;
+	int type;
+} joinable[] = {{"mount", CLONE_NEWNS}, {"net", CLONE_NEWNET}, {"ipc", CLONE_NEWIPC},
+		{"uts", CLONE_NEWUTS}, {"cgroup", CLONE_NEWCGROUP}};
+#define N_JOINABLE (sizeof joinable / sizeof joinable[0])
+
+/* namespaces.join_for_worker in C: wait on sock for the worker's names ("mount,net",
+ * or "-") and an fd each (SCM_RIGHTS), setns(2) each with its type, answer with the
+ * errno ("0": joined).  EOF: the worker ended without asking. */
+static void join_for_worker(int sock)
+{
+	char msg[65];
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(sizeof(int) * N_JOINABLE)];
+	} ctl;
+	struct iovec iov = {.iov_base = msg, .iov_len = sizeof msg - 1};
+	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+			    .msg_controllen = sizeof ctl.buf};
+	ssize_t n;
+	do
+		n = recvmsg(sock, &mh, MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	if (n <= 0)
+		return;
+	msg[n] = 0;
+	int fds[N_JOINABLE], nfds = 0;
+	for (struct cmsghdr *h = CMSG_FIRSTHDR(&mh); h; h = CMSG_NXTHDR(&mh, h)) {
+		if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
+			continue;
+		size_t k = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+		for (size_t i = 0; i < k && nfds < (int)N_JOINABLE; i++)
+			memcpy(&fds[nfds++], CMSG_DATA(h) + i * sizeof(int), sizeof(int));
+	}
+	int types[N_JOINABLE], kinds = 0, err = 0;
+	if (mh.msg_flags & (MSG_CTRUNC | MSG_TRUNC))
+		err = EINVAL;
+	if (!err && strcmp(msg, "-") != 0) {
+		char *save = NULL;
+		for (char *t = strtok_r(msg, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+			int type = 0;
+			for (size_t j = 0; j < N_JOINABLE; j++)
+				if (strcmp(t, joinable[j].name) == 0)
+					type = joinable[j].type;
+			if (!type || kinds >= (int)N_JOINABLE) {
+				err = EINVAL;
+				break;
+			}
+			types[kinds++] = type;
+		}
+	}
+	if (!err && kinds != nfds)
+		err = EINVAL;
+	for (int i = 0; !err && i < kinds; i++)
+		if (setns(fds[i], types[i]) != 0)    /* the kernel checks the fd's type */
+			err = errno ? errno : 1;
+	for (int i = 0; i < nfds; i++)
+		close(fds[i]);
+	char answer[16], *a = answer + sizeof answer;     /* "%d" of err (>= 0) */
+	do
+		*--a = (char)('0' + err % 10);
+	while ((err /= 10) > 0);
+	(void)!send(sock, a, (size_t)(answer + sizeof answer - a), MSG_NOSIGNAL);
+}
+
 int main(int argc, char **argv)
 {
 	if (prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0)
 		return EXIT_HELPER_FAILED;
 
 	long pid, sync_fd;
-	int reaper;
+	int reaper, join = 0;
 	if (argc != 4 || number(argv[2], 1, &pid) || number(argv[3], -1, &sync_fd)) {
 		say("usage: wrapperd-reaper reaper PID SYNC_FD | "
 		    "wrapperd-super supervise PID SYNC_FD");
@@ -170,10 +244,12 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "reaper") == 0) {
 		reaper = 1;
+	} else if (strcmp(argv[1], "join-reaper") == 0 && sync_fd >= 0) {
+		reaper = join = 1;
 	} else if (strcmp(argv[1], "supervise") == 0) {
 		reaper = 0;
 	} else {
-		say("the mode is reaper or supervise");
+		say("the mode is reaper, join-reaper (with SYNC_FD) or supervise");
 		return EXIT_HELPER_FAILED;
 	}
 	target = (pid_t)pid;
@@ -201,6 +277,8 @@ int main(int argc, char **argv)
 	(void)prctl(PR_SET_NAME, (unsigned long)(reaper ? "wrapperd-reaper" : "wrapperd-super"),
 		    0, 0, 0);
 
+	if (join)
+		join_for_worker((int)sync_fd);     /* the forwarded signals still blocked */
 	if (sync_fd >= 0) {
 		(void)!write((int)sync_fd, "R", 1);
 		close((int)sync_fd);

@@ -390,8 +390,9 @@ def _share_with_reaper(p: Prepared, fd: int) -> None:
     by SCM_RIGHTS, an fd for each (our /proc/self/ns/*: the reaper knows us by our pid
     in the new namespace, which its /proc, the server's, does not show); answered
     with an errno (0: joined).
-    Then the reaper becomes the static helper (supervisor.become), which closes its
-    end once it is ready: EOF here means it is non-dumpable and holds no fd.
+    The reaper is the static helper by then (supervisor.become, exec'd while the spare
+    was idle), which closes its end once it is ready: EOF here means it is
+    non-dumpable and holds no fd.
     Always asked, if only for nothing, so the reaper never waits past this step."""
     import socket
     if fd < 0:
@@ -424,7 +425,9 @@ def join_for_worker(fd: int) -> None:
     """In the reaper made ahead of time (sandbox.forkserver): wait on fd until the
     worker asks (_share_with_reaper), join the namespaces it sends, answer with the
     errno.  EOF instead: the worker ended without asking.  fd stays open: the worker
-    goes on at its EOF, which the helper the reaper becomes gives once it is ready."""
+    goes on at its EOF, once the reaper is ready (supervisor.supervise closes it).
+    The static helper does the same in C (sandbox/helper.c: join-reaper); this is its
+    Python fallback."""
     import socket
     chan = socket.socket(fileno=fd)
     ns_fds: list = []

@@ -73,7 +73,8 @@ def is_helper(cmdline: bytes) -> bool:
     """Is this /proc/PID/cmdline the static helper's (become())?"""
     name, _, rest = cmdline.partition(b"\0")
     return (name, rest.partition(b"\0")[0]) in (
-        (REAPER_COMM.encode(), b"reaper"), (SUPERVISOR_COMM.encode(), b"supervise"))
+        (REAPER_COMM.encode(), b"reaper"), (REAPER_COMM.encode(), b"join-reaper"),
+        (SUPERVISOR_COMM.encode(), b"supervise"))
 
 
 def fork_supervised(step: str, what: str, helper: "int | None" = None) -> None:
@@ -173,11 +174,14 @@ def await_ready(fd: int, step: str, who: str) -> None:
         raise SetupError(step, 0, f"{who} exited before it was ready")
 
 
-def become(helper: int, child: int, pid_1: bool, sync: int = -1) -> None:
+def become(helper: int, child: int, pid_1: bool, sync: int = -1,
+           join: bool = False) -> None:
     """Stay beside child as its reaper (pid_1) or supervisor: exec the static helper
     through its fd (open_helper()), else, if there is none or the exec fails,
     supervise() in Python.  sync: the fd to tell the other side on that we are ready
-    (await_ready; -1: none).  Never returns."""
+    (await_ready; -1: none).  join: a fork server's reaper, first joins on sync the
+    namespaces its worker child makes (namespaces.join_for_worker; the helper does it
+    in C).  Never returns."""
     if helper >= 0:
         try:
             # Nothing of ours past the exec but sync: the helper closes everything
@@ -186,10 +190,13 @@ def become(helper: int, child: int, pid_1: bool, sync: int = -1) -> None:
                 os.set_inheritable(fd, fd == sync)
             close_all_but(helper, sync)
             name = REAPER_COMM if pid_1 else SUPERVISOR_COMM
-            os.execve(helper, [name, "reaper" if pid_1 else "supervise", str(child),
-                               str(sync)], {})
+            mode = "join-reaper" if join else "reaper" if pid_1 else "supervise"
+            os.execve(helper, [name, mode, str(child), str(sync)], {})
         except OSError:
             pass             # a noexec mount, say: the Python supervisor then
+    if join:
+        from . import namespaces
+        namespaces.join_for_worker(sync)
     supervise(child, pid_1, sync)
 
 

@@ -282,14 +282,11 @@ def _reaper_spare(server: Server, chan: int) -> None:
     import _signal as signal
     import socket
 
-    from .. import namespaces, procattr, supervisor
+    from .. import procattr, supervisor
     try:
         # As the shim's own reaper is (the dumpable step comes first): not ptraceable,
         # its /proc/PID/mem and exe not reachable, by a target without CAP_SYS_PTRACE.
         procattr.set_dumpable(False)
-        # The helper this reaper becomes, opened while its path names it here: the
-        # worker's mount namespace, which join_for_worker joins, is the worker's to
-        # change.  Opened by the idle spare, ahead of the request.
         helper = supervisor.open_helper()
         # The worker asks on this once it has made the target's other namespaces
         # (shim.Context.reaper_channel): a reaper left in the server's would show a
@@ -305,10 +302,12 @@ def _reaper_spare(server: Server, chan: int) -> None:
         # Nothing of the server's from here on (its channel to the worker): only ours,
         # and the helper's binary (close-on-exec).
         supervisor.close_all_but(ours, helper)
-        # Forwarded signals stay blocked (queued) until the helper handles them.
-        namespaces.join_for_worker(ours)
-        # The worker goes on at EOF on `ours`: once the helper is ready.
-        supervisor.become(helper, worker, pid_1=True, sync=ours)   # never returns
+        # Become the static helper now, while the spare is idle -- no exec while a
+        # caller waits: it joins the worker's namespaces when asked (as
+        # namespaces.join_for_worker), with the forwarded signals still blocked
+        # (queued), and closes `ours` once it is ready; the worker goes on at that EOF.
+        supervisor.become(helper, worker, pid_1=True, sync=ours,
+                          join=True)                          # never returns
     except BaseException:              # noqa: B036 -- the child must never return
         pass
     finally:

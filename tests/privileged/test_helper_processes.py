@@ -525,8 +525,10 @@ def test_a_signal_pending_before_the_helper_was_ready_is_forwarded():
 
 
 @pytest.mark.parametrize("args", [[], ["reaper"], ["reaper", "1"], ["nap", "1", "-1"],
-                                  ["reaper", "x", "-1"], ["reaper", "1", "-1"]],
-                         ids=["none", "mode", "no fd", "bad mode", "bad pid", "not ours"])
+                                  ["reaper", "x", "-1"], ["join-reaper", "1", "-1"],
+                                  ["reaper", "1", "-1"]],
+                         ids=["none", "mode", "no fd", "bad mode", "bad pid",
+                              "join without fd", "not ours"])
 def test_the_helper_refuses_what_it_cannot_do_with_125(args):
     r = subprocess.run([HELPER_EXE, *args], capture_output=True, timeout=30, env={})
     assert r.returncode == 125
@@ -568,3 +570,37 @@ def test_without_the_binary_the_python_supervisor_stays(scratch):
     finally:
         p.kill()
         p.wait()
+
+
+JOIN_FOR_A_WORKER = """\
+import os, socket, sys
+ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+worker = os.fork()
+if worker == 0:                # asks as namespaces._share_with_reaper does
+    ours.close()
+    kinds = sys.argv[2]
+    fds = [os.open(f"/proc/self/ns/{k}", os.O_RDONLY) for k in sys.argv[3:]]
+    socket.send_fds(theirs, [kinds.encode()], fds)
+    answer = theirs.recv(32).decode()
+    while theirs.recv(32):
+        pass
+    print(answer, flush=True)  # after EOF: the helper is ready
+    os._exit(0)
+theirs.close()
+fd = ours.detach()
+os.set_inheritable(fd, True)
+os.execve(sys.argv[1], ["wrapperd-reaper", "join-reaper", str(worker), str(fd)], {})
+"""
+
+
+@pytest.mark.parametrize("kinds, files, answer", [
+    ("-", [], "0"), ("uts,ipc", ["uts", "ipc"], "0"), ("uts", [], "22"),
+    ("pid", ["pid"], "22"), ("uts", ["ipc"], "22")],
+    ids=["nothing", "two", "no fd", "not joinable", "wrong type"])
+def test_the_fork_servers_reaper_joins_in_c_as_in_python(kinds, files, answer):
+    # The helper's join-reaper mode, against namespaces.join_for_worker's answers:
+    # 0 joined (here: our own namespaces), else the errno (EINVAL for a name it may not
+    # join, a count that does not match, an fd of another type of namespace).
+    r = subprocess.run([sys.executable, "-I", "-c", JOIN_FOR_A_WORKER, HELPER_EXE, kinds,
+                        *files], capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout.strip()) == (0, answer), r.stderr
