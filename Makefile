@@ -1,7 +1,7 @@
 # make demo  -- run a real service under wrapperd and show what it can really do
 # make test  -- the whole test suite, installing what it needs: lint, unit + privileged
 #              tests as root, then the privileged suites again in a rootless container
-# make bench -- benchmarks (bench/)
+# make bench -- benchmarks (bench/): launch cost, resident cost, seccomp cost
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -19,7 +19,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -I -m sandbox.launchers >/dev/null   # wrapperd (static), sandbox (#!python -I)
 	@touch $@
 
-venv: $(VENV)/.installed
+# The static helper beside targets (sandbox/helper.c), rebuilt when its source changes.
+sandbox/wrapperd-helper: sandbox/helper.c | $(VENV)/.installed
+	$(PY) -I -m sandbox.launchers >/dev/null
+
+venv: $(VENV)/.installed sandbox/wrapperd-helper
 
 test: venv lint
 	$(PY) -m pytest -q tests
@@ -43,6 +47,7 @@ lint: venv ## ruff over everything, mypy over sandbox/ and wrapperd/
 
 bench: venv
 	$(PY) bench/run.py
+	$(PY) bench/resident.py
 	$(PY) bench/seccomp.py
 
 clean:

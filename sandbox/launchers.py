@@ -22,6 +22,12 @@ A check (`require()`) makes a non-isolated start fail closed: it cannot undo wha
 ran at start-up, but it turns a wrongly installed shim into one clear error on the first
 start instead of a silent hole.  The target still receives its environment untouched:
 isolation only changes what the interpreter itself reads.
+
+The same run builds the static helper (helper.c) into the package's directory as
+`wrapperd-helper`: what stays beside a target as its supervisor or reaper
+(sandbox.supervisor), in place of a resident interpreter.  Without it (`--script`, or a
+tree nobody ran this in) the Python supervisor stays instead: same guarantees, more
+memory.
 """
 
 from __future__ import annotations
@@ -88,23 +94,35 @@ def _site_path(python: str) -> str:
     return ":".join(p for p in out if p and ":" not in p and os.path.exists(p))
 
 
-def _compile(python: str, pypath: str, out: str) -> None:
-    """Build the static launcher (launcher.c) for python into out; pypath: the sys.path
-    entries it starts python with (-S: no site module)."""
+def _compile(python: "str | None", pypath: "str | None", out: str,
+             source: str = "launcher.c", what: str = "the static wrapperd launcher") -> None:
+    """Build a static program of this package into out: launcher.c for python, which
+    it starts with pypath as its sys.path entries (-S: no site module); helper.c."""
     import shutil
     import subprocess
-    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "launcher.c")
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), source)
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        raise OSError("no C compiler (cc) to build the static wrapperd launcher; install "
-                      "gcc and libc6-dev, or pass --script to accept a #!python -I "
-                      "launcher that leaves LD_* variables to the dynamic loader")
-    r = subprocess.run([cc, "-static", "-O2", "-Wall", "-Werror", f"-DPYTHON=\"{python}\"",
-                        f"-DPYPATH=\"{pypath}\"", "-o", out, src], capture_output=True, text=True,
+        raise OSError(f"no C compiler (cc) to build {what}; install gcc and libc6-dev, "
+                      "or pass --script to accept a #!python -I launcher that leaves "
+                      "LD_* variables to the dynamic loader, and the Python supervisor")
+    define = [f"-DPYTHON=\"{python}\"", f"-DPYPATH=\"{pypath}\""] \
+        if python is not None else []
+    r = subprocess.run([cc, "-static", "-O2", "-Wall", "-Werror", *define, "-o", out, src],
+                       capture_output=True, text=True,
                        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
     if r.returncode != 0:
-        raise OSError(f"building the static wrapperd launcher failed ({cc}): "
+        raise OSError(f"building {what} failed ({cc}): "
                       f"{r.stderr.strip()}; is libc6-dev (the static libc) installed?")
+
+
+def write_helper() -> str:
+    """Build (atomically replace) the static helper that stays beside a target
+    (helper.c, see sandbox.supervisor) into this package's directory; its path."""
+    from .supervisor import helper_path
+    path = helper_path()
+    _install(path, lambda tmp: _compile(None, None, tmp, "helper.c", "the static helper"))
+    return path
 
 
 def _install(path: str, build) -> None:
@@ -165,14 +183,17 @@ def main(argv: "list[str] | None" = None) -> int:
                     "this interpreter isolated, replacing pip's console scripts of the "
                     "same names: `wrapperd` a static binary (built with cc -static from "
                     "launcher.c) that also keeps LD_* variables from the dynamic loader, "
-                    "`sandbox` a #!PYTHON -I script.")
+                    "`sandbox` a #!PYTHON -I script; and the static helper that stays "
+                    "beside a target that needs a supervisor or reaper (helper.c, into "
+                    "the package's directory as wrapperd-helper).")
     p.add_argument("bindir", nargs="?", default=sysconfig.get_path("scripts"),
                    help="where to write them (default: this interpreter's scripts "
                         "directory, %(default)s)")
     p.add_argument("--script", action="store_true",
                    help="no C compiler: write `wrapperd` as a #!PYTHON -I script too "
                         "(LD_PRELOAD and the like in the caller's environment then reach "
-                        "the dynamic loader of root's interpreter)")
+                        "the dynamic loader of root's interpreter), and build no helper "
+                        "(a Python supervisor and reaper then, ~5 MB each)")
     a = p.parse_args(argv)
     if not isolated():
         print(f"sandbox.launchers: python: {require()}", file=sys.stderr)
@@ -180,12 +201,15 @@ def main(argv: "list[str] | None" = None) -> int:
     try:
         for path in write_launchers(a.bindir, sys.executable, script_only=a.script):
             print(path)
+        if not a.script:
+            print(write_helper())
     except (OSError, ValueError) as e:
         print(f"sandbox.launchers: {e}", file=sys.stderr)
         return 125
     if a.script:
         print("sandbox.launchers: wrapperd is a script: LD_* variables of its caller "
-              "reach the dynamic loader", file=sys.stderr)
+              "reach the dynamic loader; no static helper: a Python supervisor and "
+              "reaper stay beside each target that needs one", file=sys.stderr)
     return 0
 
 

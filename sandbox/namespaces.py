@@ -348,15 +348,22 @@ def made_pid_ns_for_children(start):
         os.close(own)
 
 
+def forks_here(p: Prepared, premade: "str | None") -> bool:
+    """Does apply() fork, leaving a supervisor or reaper (supervisor.fork) behind?"""
+    return (p.forks and not premade) or premade == "reaper"
+
+
 def apply(p: Prepared, premade: "str | None" = None, reaper_channel: int = -1,
-          ahead: "tuple[str, ...]" = ()) -> None:
+          ahead: "tuple[str, ...]" = (), helper: "int | None" = None) -> None:
     """premade: how this process came into a pid namespace made for it ahead of time
     (wrapperd.shim.Context): None (it did not: made here), "pid" (a fork server's
     worker, pid 2 under a reaper already there, which made the `ahead` namespaces
     before it forked us (made_ahead) and, when reaper_joins() names any, joins those
     too: asked here on reaper_channel, ask_reaper), "pid1" (pid 1, which the target
     will be), "reaper" (pid 1, which forks the target and stays as its reaper).  Then
-    neither CLONE_NEWPID nor more forks than needed."""
+    neither CLONE_NEWPID nor more forks than needed.
+    helper: the static helper that stays beside the target (supervisor.open_helper),
+    opened before any namespace here is joined; None: opened when it forks."""
     if premade is not None and \
             (premade if premade != "reaper" else "pid") != premade_kind(p):
         raise SetupError(STEP, 0, f"this process was made for a {premade!r} pid namespace, "
@@ -400,10 +407,9 @@ def apply(p: Prepared, premade: "str | None" = None, reaper_channel: int = -1,
                 raise _fail(f"sethostname {p.hostname!r}", e, "uts") from None
     if premade == "pid" and reaper_joins(p):
         ask_reaper(p, reaper_channel)
-    if p.forks and not premade:
-        supervisor.fork(reaper="pid" in p.new and not p.as_pid_1)
-    elif premade == "reaper":
-        supervisor.fork(reaper=True, outside=False)
+    if forks_here(p, premade):
+        supervisor.fork(reaper=premade == "reaper" or ("pid" in p.new and not p.as_pid_1),
+                        outside=premade != "reaper", helper=helper)
 
 
 def ask_reaper(p: Prepared, fd: int) -> None:
@@ -413,11 +419,13 @@ def ask_reaper(p: Prepared, fd: int) -> None:
     mount table (/proc/1/mountinfo) through it.  Sent over fd (the reaper's socket):
     their names and, by SCM_RIGHTS, an fd for each (our /proc/self/ns/*: the reaper
     knows us by our pid in the new namespace, which its /proc, the server's, does not
-    show).  Only when reaper_joins(p) names any: a reaper with nothing to join was made
-    without a channel (forkserver.server).
-    Not waited for here: the reaper joins while this worker runs the steps up to the
-    filter, and reaper_joined() -- the `reaper` step, before `seccomp` -- waits for its
-    answer, so the target never runs before the reaper is in its namespaces."""
+    show).  Only when reaper_joins(p) names any: a reaper with nothing to join says it
+    is ready before the request comes (forkserver.server).
+    Not waited for here: the reaper -- the static helper by then, exec'd while the
+    spare was idle (supervisor.become) -- joins while this worker runs the steps up to
+    the filter, and reaper_joined() -- the `reaper` step, before `seccomp` -- waits for
+    its answer and then its EOF (it is non-dumpable and holds no fd), so the target
+    never runs before the reaper is in its namespaces."""
     import socket
     if fd < 0:
         raise SetupError(STEP, 0, "pid: no channel to the reaper made ahead of time")
@@ -459,7 +467,10 @@ def reaper_joined(fd: int) -> None:
 def join_for_worker(fd: int) -> None:
     """In the reaper made ahead of time (sandbox.forkserver): wait on fd until the
     worker asks (ask_reaper), join the namespaces it sends, answer with the
-    errno, close fd.  EOF instead: the worker ended without asking."""
+    errno.  EOF instead: the worker ended without asking.  fd stays open: the worker
+    goes on at its EOF, once the reaper is ready (supervisor.supervise closes it).
+    The static helper does the same in C (sandbox/helper.c: join-reaper); this is its
+    Python fallback."""
     import socket
     chan = socket.socket(fileno=fd)
     ns_fds: list = []
@@ -487,7 +498,7 @@ def join_for_worker(fd: int) -> None:
         except OSError:
             pass
     finally:
-        chan.close()
+        chan.detach()
         for nfd in ns_fds:
             os.close(nfd)
 

@@ -62,7 +62,7 @@ def set_nice(value: int) -> None:
         raise SetupError("nice", e.errno, f"setpriority {value}") from None
 
 
-def new_session() -> None:
+def new_session(helper: "int | None" = None) -> None:
     """setsid(2): a new session and process group, and no controlling terminal -- a
     target left on the caller's terminal could push input into it with TIOCSTI
     (bubblewrap CVE-2017-5226; dev.tty.legacy_tiocsti is 1 on many kernels).
@@ -72,7 +72,9 @@ def new_session() -> None:
     as a session leader.  Only a child, which leads nothing, can then start a session:
     fork once, the shim staying outside as the supervisor (sandbox.supervisor) does for a pid
     namespace (signals forwarded, exit status passed on, no fds held).  Returns only in
-    the process that goes on to become the target.
+    the process that goes on to become the target.  helper: supervisor.open_helper()'s
+    fd, opened before the mounts step could change what its path names (None: open it
+    here, when nothing could have).
     """
     try:
         os.setsid()
@@ -82,7 +84,8 @@ def new_session() -> None:
             raise SetupError("session", e.errno, "setsid") from None
     # Already in sys.modules: prepare() (and plan.decode) import it for this step.
     from . import supervisor
-    supervisor.fork_supervised("session", "fork to leave the caller's process group")
+    supervisor.fork_supervised("session", "fork to leave the caller's process group",
+                               helper)
     try:
         os.setsid()
     except OSError as e:

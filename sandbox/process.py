@@ -14,7 +14,7 @@ import signal
 import subprocess
 import time
 
-from . import procfs
+from . import procfs, supervisor
 from .errors import SandboxError
 
 __all__ = ["Process"]
@@ -85,7 +85,9 @@ class Process:
                     cmdline = f.read()
             except OSError:
                 break
-            if cmdline != shim:
+            # Still the shim, or the static helper a supervisor or reaper becomes (a
+            # target calling itself so only moves this down to its one child).
+            if cmdline != shim and not supervisor.is_helper(cmdline):
                 found = cur                 # exec'd: this is the target
                 break
             kids = _children(cur)

@@ -162,9 +162,14 @@ class Context:
     ahead: with premade "pid", the namespaces that reaper made before it forked this
       worker, which the namespaces step then does not make (namespaces.made_ahead).
     fault: the hardening tests' fault injection (FAULT_ENV, read by the entry point).
+    helper_fd: the static helper a step that forks leaves behind (sandbox.supervisor),
+      opened by the namespaces step before anything could change what its path names;
+      None: not opened (the session step, with no namespaces before it, opens it when
+      it forks); -1: there is none (the Python supervisor, then).
     """
 
-    __slots__ = ("status_fd", "ppid", "premade", "reaper_channel", "ahead", "fault")
+    __slots__ = ("status_fd", "ppid", "premade", "reaper_channel", "ahead", "fault",
+                 "helper_fd")
 
     def __init__(self, status_fd: "int | None" = None, ppid: "int | None" = None,
                  premade: "str | None" = None, reaper_channel: int = -1,
@@ -175,6 +180,7 @@ class Context:
         self.reaper_channel = reaper_channel
         self.ahead = ahead
         self.fault = fault
+        self.helper_fd: "int | None" = None
 
 
 # --------------------------------------------------------------------------- steps
@@ -244,12 +250,19 @@ def _after_fork(ctx, pid_before: int) -> None:
 
 def _namespaces(plan, ctx):
     if plan.namespaces is not None:
-        from sandbox import namespaces
+        from sandbox import namespaces, supervisor
         pid = _before_fork(plan, ctx)
+        # The helper that stays where this step or the session step forks, opened now:
+        # a namespace joined here, and the mounts step, change what its path names.
+        # (setsid forks only in a process-group leader, and this step's fork leaves none.)
+        if namespaces.forks_here(plan.namespaces, ctx.premade) or \
+                (plan.procattr.new_session and os.getpgrp() == os.getpid()):
+            ctx.helper_fd = supervisor.open_helper()
         # may fork: returns in the future target
         # A fork server's premade reaper is asked to join here; its answer is awaited
         # by the reaper step (ctx.reaper_channel stays open until then).
-        namespaces.apply(plan.namespaces, ctx.premade, ctx.reaper_channel, ctx.ahead)
+        namespaces.apply(plan.namespaces, ctx.premade, ctx.reaper_channel, ctx.ahead,
+                         ctx.helper_fd)
         _after_fork(ctx, pid)
 
 
@@ -263,8 +276,13 @@ def _session(plan, ctx):
     if plan.procattr.new_session:
         from sandbox import procattr
         pid = _before_fork(plan, ctx)
-        procattr.new_session()               # may fork: returns in the future target
+        # may fork: returns in the future target
+        procattr.new_session(ctx.helper_fd)
         _after_fork(ctx, pid)
+    if ctx.helper_fd is not None:            # the last step that could use it
+        if ctx.helper_fd >= 0:
+            os.close(ctx.helper_fd)          # (close-on-exec too, and fds closes it)
+        ctx.helper_fd = None
 
 
 def _fds(plan, ctx):

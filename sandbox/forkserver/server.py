@@ -310,9 +310,9 @@ def _read_plan(fd: int) -> bytes:
 
 def _reaper_spare(server: Server, chan: int, kind: tuple) -> None:
     """Pid 1 of a premade namespace: make the namespaces made ahead (kind[1]), fork the
-    worker (pid 2) that takes the request into them, join the namespaces the worker's
-    steps make (when kind[2] says there are any), then reap and forward signals as the
-    shim's reaper does (supervisor.supervise)."""
+    worker (pid 2) that takes the request into them, then become the reaper the shim's
+    is (supervisor.become: the static helper), which first joins the namespaces the
+    worker's steps make when kind[2] says there are any."""
     import _signal as signal
     import socket
 
@@ -321,35 +321,34 @@ def _reaper_spare(server: Server, chan: int, kind: tuple) -> None:
         # As the shim's own reaper is (the dumpable step comes first): not ptraceable,
         # its /proc/PID/mem and exe not reachable, by a target without CAP_SYS_PTRACE.
         procattr.set_dumpable(False)
+        helper = supervisor.open_helper()
         _prefix, ahead, joins = kind
         flags = 0
         for k in ahead:
             flags |= namespaces.CLONE_FLAGS[k]
         if flags:
             _libc.unshare(flags)       # the worker, forked next, is born in them
-        # The worker asks on this once it has made the target's other namespaces
-        # (shim.Context.reaper_channel): a reaper left in the server's would show a
-        # target the host's network and mounts through /proc/1.
-        ours = theirs = -1
-        if joins:
-            ours, theirs = (s.detach() for s in socket.socketpair(socket.AF_UNIX,
-                                                                  socket.SOCK_SEQPACKET))
+        # On this the reaper says it is ready (non-dumpable, no fd held) -- after it
+        # joined, when the worker asks it to join the target's other namespaces
+        # (shim.Context.reaper_channel; a reaper left in the server's would show a
+        # target the host's network and mounts through /proc/1).
+        ours, theirs = (s.detach() for s in socket.socketpair(socket.AF_UNIX,
+                                                              socket.SOCK_SEQPACKET))
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, supervisor.FORWARDED_SIGNALS)
         worker = os.fork()
         if worker == 0:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-            if ours >= 0:
-                os.close(ours)
+            os.close(ours)
             _spare(server, chan, kind, theirs)       # never returns
-        # Nothing of the server's from here on (its channel to the worker): only ours.
-        if ours >= 0:
-            os.closerange(0, ours)
-            os.closerange(ours + 1, 1 << 20)
-            # Forwarded signals stay blocked (queued) until supervise handles them.
-            namespaces.join_for_worker(ours)
-        else:
-            os.closerange(0, 1 << 20)
-        supervisor.supervise(worker, old_mask, pid_1=True)    # never returns
+        # Nothing of the server's from here on (its channel to the worker): only ours,
+        # and the helper's binary (close-on-exec).
+        supervisor.close_all_but(ours, helper)
+        # Become the static helper now, while the spare is idle -- no exec while a
+        # caller waits: it joins the worker's namespaces when asked (as
+        # namespaces.join_for_worker), with the forwarded signals still blocked
+        # (queued), and closes `ours` once it is ready.
+        supervisor.become(helper, worker, pid_1=True, sync=ours,
+                          join=joins)                          # never returns
     except BaseException:              # noqa: B036 -- the child must never return
         pass
     finally:
@@ -378,7 +377,7 @@ def _warm() -> None:
 
 def _spare(server: Server, chan: int, kind, reaper: int = -1) -> None:
     """Wait on chan for the request, then be its worker (_child).  reaper: under a
-    premade reaper that joins namespaces after us, our end of the socket to it."""
+    premade reaper, our end of the socket to it."""
     code = EXIT_FAILURE
     try:
         import socket
@@ -389,6 +388,14 @@ def _spare(server: Server, chan: int, kind, reaper: int = -1) -> None:
             os.closerange(lo, fd)
             lo = fd + 1
         os.closerange(lo, 1 << 20)
+        if reaper >= 0 and not (isinstance(kind, tuple) and kind[2]):
+            # A reaper with nothing to join says when it is ready (non-dumpable, no fd
+            # held): waited for now, while idle, so no target runs beside a reaper
+            # still becoming the helper.  One that joins says so after its answer
+            # (namespaces.reaper_joined, in the reaper step).
+            from .. import supervisor
+            supervisor.await_ready(reaper, "namespaces", "the reaper made ahead of time")
+            reaper = -1
         _warm()
         sock = socket.socket(fileno=chan)
         msg, fds, truncated = protocol.recv_with_fds(sock, protocol.MAX_FDS)

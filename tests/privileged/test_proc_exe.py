@@ -13,9 +13,11 @@ import subprocess
 
 import pytest
 
+from sandbox import supervisor
 from tests.conftest import ROOTLESS, probe_spec, wrapperd_cmd
 
 NOBODY = {"uid": 65534, "gid": 65534}
+HELPER_EXE = os.path.realpath(supervisor.helper_path())
 ROOT_DEFAULT = {"profile": "default"}
 
 
@@ -35,8 +37,9 @@ def _run(spec: dict, group_leader: bool) -> "tuple[dict, int]":
     return json.loads(out), p.pid
 
 
-# In the rootless run the interpreter belongs to the host's root, unmapped there: the
-# container's root gets EACCES before the kernel looks at whether the file is running.
+# In the rootless run the interpreter (and the helper) belong to the host's root,
+# unmapped there: the container's root gets EACCES before the kernel looks at whether
+# the file is running.
 ROOT_WRITE_ERROR = "EACCES" if ROOTLESS else "ETXTBSY"
 
 
@@ -92,7 +95,7 @@ def test_control_a_root_target_with_cap_sys_ptrace_reaches_the_supervisor(probe,
     r, wrapperd_pid = _run(spec, leader)
     sup = r["ancestors"][-1]
     assert sup["pid"] == wrapperd_pid
-    assert sup["exe_link"].startswith("/")         # the interpreter wrapperd runs
+    assert sup["exe_link"] == HELPER_EXE           # the static helper it became
     assert sup["exe_r"] == "ok" and sup["mem_rw"] == "ok"
     assert sup["exe_w"] == ROOT_WRITE_ERROR
 
