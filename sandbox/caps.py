@@ -91,7 +91,7 @@ def _status_masks() -> "tuple[int, int] | None":
     instead of a prctl per capability.  None where /proc is not there to read."""
     from . import procfs
     try:
-        st = procfs.status()
+        st = procfs.status("self", ("CapBnd", "CapAmb"))
         return int(st["CapBnd"], 16), int(st["CapAmb"], 16)
     except (OSError, KeyError, ValueError):
         return None

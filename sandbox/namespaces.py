@@ -307,7 +307,7 @@ def reaper_joins(p: "Prepared | None") -> "tuple[str, ...]":
 def parent_pid_in_proc() -> int:
     """Our parent's pid as /proc names it (PPid: in /proc/self/status): in a pid
     namespace made ahead, getppid() says 1 but /proc is still the caller's."""
-    pid = int(procfs.status().get("PPid", "0"))
+    pid = int(procfs.status("self", ("PPid",)).get("PPid", "0"))
     if pid > 0:
         return pid
     raise SetupError(STEP, 0, "no parent pid in /proc/self/status")

@@ -70,24 +70,33 @@ def _tag(cls) -> str:
     return f"{cls.__module__.removeprefix('sandbox.').partition('.')[0]}.{cls.__qualname__}"
 
 
+_PLAIN = (str, bool, int, type(None))
+
+
 def _enc(v, where: str):
     """where: the plan member being encoded, named in an error (built once per member,
     not per value: encode runs for every spawn)."""
-    if v is None or isinstance(v, (bool, str)):
+    t = type(v)
+    if t in _PLAIN:
         return v
-    if isinstance(v, int):
-        return int(v)
-    if isinstance(v, (tuple, list)):
-        return [_enc(x, where) for x in v]
+    if t is tuple or t is list:
+        return [x if type(x) in _PLAIN else _enc(x, where) for x in v]
     if isinstance(v, (bytes, bytearray)):
         return {"@bytes": bytes(v).hex()}
-    if isinstance(v, dict):
+    if t is dict:
         return {"@dict": [[_enc(k, where), _enc(x, where)] for k, x in v.items()]}
-    names = getattr(type(v), "__record_fields__", None)
-    tag = _tag(type(v))
+    if isinstance(v, (str, int)):       # a subclass (an IntEnum, say): its plain value
+        return str(v) if isinstance(v, str) else int(v)
+    names = getattr(t, "__record_fields__", None)
+    tag = _TAGS.get(t)
+    if tag is None:
+        tag = _TAGS[t] = _tag(t)
     if names is None or tag not in RECORDS:
         raise TypeError(f"plan: {where}: a {tag} is not a plan record")
     return {"@": tag, "f": {n: _enc(getattr(v, n), where) for n in names}}
+
+
+_TAGS: dict = {}                   # record class -> _tag(): a memo
 
 
 def encode(plan) -> bytes:
