@@ -25,17 +25,19 @@ prepare() only checks for existence (mount sources, namespace paths) the steps o
 again, and fail closed if it is gone.
 
 Trust is sandbox.bpfcache's: the same root-owned 0700 directory (WRAPPERD_CACHE_DIR,
-default /var/cache/wrapperd; empty disables both), used only by a root wrapperd; an entry
-only if it is a root-owned 0600 regular file whose header repeats the key and the plan's
-SHA-256, and whose plan decodes (sandbox.plan.decode checks every record).  Anything else
-is a miss: the full path runs and writes the entry again.
+default /var/cache/wrapperd; empty disables both), used only by a root wrapperd of the
+initial user namespace (usable()); an entry only if it is a root-owned regular file no
+group or other may access, whose header repeats the key and the plan's SHA-256, and
+whose plan decodes (sandbox.plan.decode checks every record).  Anything else is a miss:
+the full path runs and writes the entry again.  A plan that fails in a step after a hit
+is removed (forget()).
 """
 
 from __future__ import annotations
 
 import os
 
-__all__ = ["name", "key", "load", "store", "FORMAT", "MAX_SPEC_BYTES"]
+__all__ = ["usable", "name", "key", "load", "store", "forget", "FORMAT", "MAX_SPEC_BYTES"]
 
 from .plan import MAX_PLAN_BYTES, MAX_SPEC_BYTES
 
@@ -52,17 +54,37 @@ _STATUS_LINES = (b"CapInh:", b"CapPrm:", b"CapEff:", b"CapBnd:", b"CapAmb:",
                  b"NoNewPrivs:", b"Seccomp:")
 
 
+def usable() -> bool:
+    """Only a root wrapperd of the initial user namespace uses the cache: in another one
+    "owned by root" means that namespace's root, and a cache directory shared between
+    containers of one host user would let one plant a plan for another."""
+    from . import procfs
+    try:
+        return os.geteuid() == 0 and procfs.in_initial_user_ns()
+    except (OSError, ValueError):
+        return False
+
+
 def _identity(st) -> bytes:
     return b"%d %d %d %d %d %o" % (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
                                     st.st_ctime_ns, st.st_mode)
 
 
 def _code_dirs() -> "list[str]":
-    """The packages' directories and every profile directory (sandbox.profile)."""
+    """The packages' directories, every profile directory (sandbox.profile) and the
+    site-packages the packages import from."""
+    import sys
     here = os.path.dirname(os.path.abspath(__file__))
     root = os.path.dirname(here)
-    return [here, os.path.join(root, "wrapperd"), "/etc/wrapperd/profiles",
-            os.path.join(here, "profiles"), os.path.join(root, "profiles")]
+    out = [here, os.path.join(root, "wrapperd"), "/etc/wrapperd/profiles",
+           os.path.join(here, "profiles"), os.path.join(root, "profiles")]
+    return out + [p for p in sys.path if p.endswith("-packages") and p not in out]
+
+
+def _depth(d: str) -> int:
+    # A package's files and its subpackages'; of site-packages, its entries (an upgrade
+    # replaces a package's directory and its dist-info).
+    return 1 if d.endswith("-packages") else 2
 
 
 def _sha256():
@@ -107,6 +129,17 @@ def key(args: "list[str]", spec: bytes, environ: bytes) -> str:
     add(b"status", b"\n".join(line for line in status.split(b"\n")
                               if line.startswith(_STATUS_LINES)))
     add(b"uname", repr(tuple(os.uname())).encode())
+    # The interpreter and the libraries prepare() compiles with: an upgrade of Python,
+    # of the site-packages (attrs, pyseccomp, cgroupspy: each a new dist-info) or of
+    # Debian's libseccomp is a new key.
+    import sys
+    add(b"python", sys.version.encode() + b" " + os.fsencode(sys.executable))
+    for path in (sys.executable, f"/usr/lib/{os.uname().machine}-linux-gnu/libseccomp.so.2",
+                 f"/lib/{os.uname().machine}-linux-gnu/libseccomp.so.2"):
+        try:
+            add(os.fsencode(path), _identity(os.stat(path)))
+        except OSError:
+            add(os.fsencode(path), b"-")
     add(b"settings", b"\0".join(sorted(os.fsencode(f"{k}={v}") for k, v in os.environ.items()
                                        if k.startswith("WRAPPERD_") or k == "PATH")))
     # The cgroup hierarchies (cgroups.prepare reads them there); not the other mounts,
@@ -127,7 +160,7 @@ def key(args: "list[str]", spec: bytes, environ: bytes) -> str:
             add(path.encode(), b"-")
     for d in _code_dirs():
         add(b"dir " + os.fsencode(d), b"")
-        _add_tree(add, d, depth=2)
+        _add_tree(add, d, depth=_depth(d))
     return h.hexdigest()
 
 
@@ -144,7 +177,14 @@ def _add_tree(add, d: str, depth: int) -> None:
         except OSError:
             continue
         add(os.fsencode(e.path), _identity(st))
-        if depth > 1 and e.is_dir(follow_symlinks=False):
+        if e.is_symlink():
+            # What a link names is what is read (a profile linked from elsewhere):
+            # its identity too, and a linked directory's files.
+            try:
+                add(os.fsencode(e.path) + b" ->", _identity(os.stat(e.path)))
+            except OSError:
+                add(os.fsencode(e.path) + b" ->", b"-")
+        if depth > 1 and e.is_dir():
             _add_tree(add, e.path, depth - 1)
 
 
@@ -200,6 +240,21 @@ def _still_holds(plan, h: dict) -> bool:
             t.argv[0], t.env.get("PATH", execution.DEFAULT_PATH)) == t.executable
     except (SandboxError, OSError, ValueError, TypeError):
         return False
+
+
+def forget(entry: str) -> None:
+    """Remove entry (name()); errors ignored."""
+    from . import bpfcache
+    where = bpfcache.cache_dir()
+    dirfd = bpfcache.open_dir(where, create=False) if where else None
+    if dirfd is None:
+        return
+    try:
+        os.unlink(entry + ".plan", dir_fd=dirfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dirfd)
 
 
 def store(entry: str, k: str, plan, spec) -> None:

@@ -72,20 +72,25 @@ def run(args: "list[str]", environ: "bytes | None") -> "int | Miss | None":
     from sandbox import plancache, procfs
     from sandbox.fds import read_all
     try:
+        if not plancache.usable():
+            return None
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             spec = read_all(fd, plancache.MAX_SPEC_BYTES)
         finally:
             os.close(fd)
+        if len(spec) > plancache.MAX_SPEC_BYTES:
+            return None
         if environ is None:
             environ = procfs.read("/proc/self/environ")
-    except OSError:
-        return None                    # the full command line says what is wrong
-    if len(spec) > plancache.MAX_SPEC_BYTES:
+        entry = plancache.name(args, spec, environ)
+        k = plancache.key(args, spec, environ)
+        hit = plancache.load(entry, k)
+    except (OSError, ValueError):
+        # Whatever keeps the cache from being used (a working directory that is gone,
+        # /proc unreadable) leaves the start to the full command line: the cache never
+        # makes wrapperd fail where it would otherwise run.
         return None
-    entry = plancache.name(args, spec, environ)
-    k = plancache.key(args, spec, environ)
-    hit = plancache.load(entry, k)
     if hit is None:
         return Miss(entry, k, spec, environ)
     plan, _header = hit
@@ -100,7 +105,14 @@ def run(args: "list[str]", environ: "bytes | None") -> "int | Miss | None":
         except OSError:
             return None                # the full command line reports it
     import wrapperd
+    from sandbox.errors import SandboxError
     from wrapperd import shim
-    shim.start(plan, shim.Context(status_fd, wrapperd.PPID_AT_START if parent_pid is None
-                                  else parent_pid, fault=os.environ.get(shim.FAULT_ENV)))
+    try:
+        shim.start(plan, shim.Context(status_fd, wrapperd.PPID_AT_START if parent_pid is None
+                                      else parent_pid, fault=os.environ.get(shim.FAULT_ENV)))
+    except SandboxError:
+        # A cached plan that fails in a step is not kept: the next start prepares again
+        # (what failed may be what prepare would now decide otherwise).
+        plancache.forget(entry)
+        raise
     return 125                         # unreachable: start() execs or raises

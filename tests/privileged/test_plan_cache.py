@@ -7,18 +7,19 @@ import json
 import os
 import stat
 import subprocess
+import sys
 
 import pytest
 
 from sandbox import plan as plan_mod
 from sandbox import plancache
-from tests.conftest import SYSTEM_PYTHON, TARGET_ENV, probe_spec, wrapperd_cmd
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the plan cache is root's")
+from tests.conftest import SYSTEM_PYTHON, TARGET_ENV, needs_host_root, probe_spec, wrapperd_cmd
 
 
 @pytest.fixture
 def cache(tmp_path):
+    if not plancache.usable():
+        needs_host_root("the plan cache is used only in the initial user namespace")
     d = tmp_path / "cache"
     d.mkdir(mode=0o700)
     return str(d)
@@ -169,3 +170,47 @@ def test_a_service_has_one_entry_which_a_miss_rewrites(tmp_path, cache):
         with open(os.path.join(cache, name), "rb") as f:
             heads.append(json.loads(f.read()[len(plancache.FORMAT):].split(b"\n")[0])["key"])
     assert heads[0] != heads[1] and heads[2] == heads[0]
+
+
+def test_no_plan_cache_in_a_user_namespace(tmp_path):
+    # There "owned by root" is that namespace's root: the cache is neither read nor
+    # written.  Here a user namespace mapping root to root (unshare --map-root-user),
+    # so the directory is still its root's; in the rootless run, that run's own.
+    d = tmp_path / "cache"
+    d.mkdir(mode=0o700)
+    spec = write_spec(tmp_path / "s.json", {"argv": ["/bin/true"], "env": TARGET_ENV})
+    env = {"PATH": TARGET_ENV["PATH"], "WRAPPERD_CACHE_DIR": str(d)}
+    prefix = [] if not plancache.usable() else ["unshare", "--user", "--map-root-user"]
+    for _ in range(2):
+        p = subprocess.run(prefix + wrapperd_cmd("--spec", str(spec)), capture_output=True,
+                           timeout=60, env=env)
+        assert p.returncode == 0, p.stderr
+    assert entries(str(d)) == []
+
+
+def test_the_cache_never_fails_a_start_that_would_run(tmp_path, cache):
+    # A working directory that is gone: the key cannot be made, the full path runs.
+    spec = write_spec(tmp_path / "s.json", {"argv": ["/bin/echo", "ran"], "env": TARGET_ENV})
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    code = ("import os, subprocess, sys; os.chdir(sys.argv[1]); os.rmdir(sys.argv[1]); "
+            "sys.exit(subprocess.run(sys.argv[2:]).returncode)")
+    p = subprocess.run([sys.executable, "-c", code, str(gone),
+                        *wrapperd_cmd("--spec", str(spec))], capture_output=True, timeout=60,
+                       env={"PATH": TARGET_ENV["PATH"], "WRAPPERD_CACHE_DIR": cache})
+    assert p.returncode == 0 and p.stdout == b"ran\n", p.stderr
+
+
+def test_a_cached_plan_that_fails_a_step_is_removed(tmp_path, cache):
+    # A hit whose cwd step fails (the directory is gone: nothing in the key shows it):
+    # the entry goes, so the next start prepares again.
+    work = tmp_path / "work"
+    work.mkdir()
+    spec = write_spec(tmp_path / "s.json", {"argv": ["/bin/true"], "env": TARGET_ENV,
+                                            "cwd": str(work)})
+    assert start(spec, cache).returncode == 0
+    assert len(entries(cache)) == 1
+    work.rmdir()
+    p = start(spec, cache)
+    assert p.returncode == 125 and b"wrapperd: cwd:" in p.stderr, p.stderr
+    assert entries(cache) == []
