@@ -82,16 +82,33 @@ def needs_host_root(reason: str):
 
 @pytest.fixture(scope="session", autouse=True)
 def _own_bpf_cache():
-    """Keep the wrapperd CLI's BPF cache in a directory of the test run's own, not in
-    the machine's /var/cache/wrapperd."""
+    """Keep the wrapperd CLI's seccomp and plan caches in a directory of the test run's
+    own, not in the machine's /var/cache/wrapperd.  A test that starts wrapperd with an
+    environment of its own (no WRAPPERD_CACHE_DIR) reaches the machine's: what such
+    tests wrote there is removed at the end, so nothing is left behind."""
+    from sandbox import bpfcache
+    default = bpfcache.DEFAULT_DIR
+    existed = os.path.isdir(default)
+    before = set(os.listdir(default)) if existed else set()
     if "WRAPPERD_CACHE_DIR" in os.environ:
         yield
-        return
-    d = tempfile.mkdtemp(prefix="wrapperd-cache-")      # mode 0700, ours
-    os.environ["WRAPPERD_CACHE_DIR"] = d
-    yield
-    del os.environ["WRAPPERD_CACHE_DIR"]
-    shutil.rmtree(d, ignore_errors=True)
+    else:
+        d = tempfile.mkdtemp(prefix="wrapperd-cache-")      # mode 0700, ours
+        os.environ["WRAPPERD_CACHE_DIR"] = d
+        yield
+        del os.environ["WRAPPERD_CACHE_DIR"]
+        shutil.rmtree(d, ignore_errors=True)
+    if os.path.isdir(default) and not os.path.islink(default):
+        for name in set(os.listdir(default)) - before:
+            try:
+                os.unlink(os.path.join(default, name))
+            except OSError:
+                pass
+        if not existed:
+            try:
+                os.rmdir(default)
+            except OSError:
+                pass
 
 
 @pytest.fixture(scope="session", autouse=True)
