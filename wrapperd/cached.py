@@ -94,16 +94,8 @@ def run(args: "list[str]", environ: "bytes | None") -> "int | Miss | None":
     if hit is None:
         return Miss(entry, k, spec, environ)
     plan, _header = hit
-    from sandbox import launchers
-    from sandbox.errors import SetupError
-    why = launchers.require()
-    if why is not None:
-        raise SetupError("python", 0, why)
-    if status_fd is not None:
-        try:
-            os.set_inheritable(status_fd, False)       # EOF at exec = success
-        except OSError:
-            return None                # the full command line reports it
+    if not talos.may_start(status_fd):
+        return None
     import wrapperd
     from sandbox.errors import SandboxError
     from wrapperd import shim

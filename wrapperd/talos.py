@@ -237,19 +237,29 @@ def main(args: "list[str]", environ_fd: "int | None" = None) -> int:
     return cli.main(args, environ)
 
 
-def _run(opts: dict, argv: "list[str]", environ: "bytes | None",
-         status_fd: "int | None") -> bool:
-    """Run the target (never returns) -- or False, having done nothing, when the full
-    command line must decide."""
+def may_start(status_fd: "int | None") -> bool:
+    """Before a lean path starts the steps: the interpreter runs isolated (else
+    SetupError, step "python"), and the status fd becomes close-on-exec (EOF at exec =
+    success); False, having done nothing, when it is not an open fd -- the full command
+    line says what is wrong with it."""
     from sandbox import launchers
     why = launchers.require()
     if why is not None:
         raise SetupError("python", 0, why)
     if status_fd is not None:
         try:
-            os.set_inheritable(status_fd, False)       # EOF at exec = success
+            os.set_inheritable(status_fd, False)
         except OSError:
-            return False               # the full parser says what is wrong with it
+            return False
+    return True
+
+
+def _run(opts: dict, argv: "list[str]", environ: "bytes | None",
+         status_fd: "int | None") -> bool:
+    """Run the target (never returns) -- or False, having done nothing, when the full
+    command line must decide."""
+    if not may_start(status_fd):
+        return False
     warnings: list = []
     the_plan = plan(opts, argv, initial_environ(environ), warnings)
     if the_plan is None:
