@@ -436,7 +436,7 @@ def ask_reaper(p: Prepared, fd: int) -> None:
         for k in kinds:
             ns_fds.append(os.open(f"/proc/self/ns/{PROC_NAMES[k]}",
                                   os.O_RDONLY | os.O_CLOEXEC))
-        socket.send_fds(chan, [",".join(kinds).encode() or b"-"], ns_fds)
+        socket.send_fds(chan, [",".join(kinds).encode()], ns_fds)
     except OSError as e:
         raise _fail("have the reaper join our namespaces", e, "pid") from None
     finally:

@@ -165,6 +165,17 @@ def scratch(tmp_path):
     return tmp_path
 
 
+def imported_in_lean_python(code: str, modules, stdin: bytes = b"") -> "list[str]":
+    """Which of modules a fresh `python -I -S` (as the lean shim, the fork server and the
+    launcher start it) has imported after running code, with this package on sys.path."""
+    from sandbox.spawning import package_root
+    probe = (f"import sys; sys.path.append(sys.argv[1])\n{code}\n"
+             f"print('\\0'.join(sorted(m for m in {tuple(modules)!r} if m in sys.modules)))")
+    r = subprocess.run([sys.executable, "-I", "-S", "-c", probe, package_root()],
+                       input=stdin, capture_output=True, check=True)
+    return [m for m in r.stdout.decode().strip().split("\0") if m]
+
+
 def wrapperd_cmd(*args: str) -> list:
     return [sys.executable, "-I", "-m", "wrapperd", *args]
 

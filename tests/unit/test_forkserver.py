@@ -1,27 +1,20 @@
 """The fork server's modules: what the server process imports, and its protocol."""
 
-import subprocess
-import sys
-
 import pytest
 
 from sandbox.forkserver import protocol
-from sandbox.spawning import package_root
+from tests.conftest import imported_in_lean_python
 
 
 def test_the_server_imports_neither_the_client_nor_the_spec_model():
     # Every module the server holds is copied into each worker and each spare (page by
     # page as they touch it): the client's side (threading, subprocess, the spec model)
     # has no business there.
-    code = ("import sys; sys.path.append(sys.argv[1]); "
-            "from sandbox.forkserver import server; server._preload(); "
-            "print(sorted(m for m in ('sandbox.forkserver.client', 'sandbox.spawning', "
-            "'sandbox.spec', 'sandbox.process', 'attrs', 'attr', 'threading', "
-            "'subprocess', 'pyseccomp', 'psutil', 'cgroupspy', 'typing') "
-            "if m in sys.modules))")
-    r = subprocess.run([sys.executable, "-I", "-S", "-c", code, package_root()],
-                       capture_output=True, check=True)
-    assert r.stdout.decode().strip() == "[]"
+    assert imported_in_lean_python(
+        "from sandbox.forkserver import server; server._preload()",
+        ("sandbox.forkserver.client", "sandbox.spawning", "sandbox.spec", "sandbox.process",
+         "attrs", "attr", "threading", "subprocess", "pyseccomp", "psutil", "cgroupspy",
+         "typing")) == []
 
 
 def test_a_request_round_trips_and_anything_else_is_refused():

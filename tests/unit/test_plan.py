@@ -16,6 +16,7 @@ import pytest
 from sandbox import SpecError, _record, plan
 from sandbox.spawning import lean_command, package_root
 from sandbox.spec import Spec
+from tests.conftest import imported_in_lean_python
 from wrapperd import shim
 
 SPEC = {"argv": ["/bin/true"], "env": {"PATH": "/usr/bin:/bin"},
@@ -44,15 +45,10 @@ def test_round_trip_gives_the_same_records():
 def test_decoding_needs_no_attrs_json_or_libseccomp():
     # The lean shim's promise, checked in a fresh `python -I -S`.  Nor ctypes itself:
     # sandbox._libc builds the few types the steps use on _ctypes (about 3 ms less).
-    code = ("import sys; sys.path.append(sys.argv[1]); from sandbox import plan; "
-            "plan.decode(sys.stdin.buffer.read()); "
-            "print(sorted(m for m in ('attrs', 'attr', 'json', 're', 'pyseccomp', "
-            "'psutil', 'cgroupspy', 'argparse', 'typing', 'enum', 'sandbox.spec', "
-            "'ctypes', 'struct') "
-            "if m in sys.modules))")
-    r = subprocess.run([sys.executable, "-I", "-S", "-c", code, package_root()],
-                       input=encoded(), capture_output=True, check=True)
-    assert r.stdout.decode().strip() == "[]"
+    assert imported_in_lean_python(
+        "from sandbox import plan; plan.decode(sys.stdin.buffer.read())",
+        ("attrs", "attr", "json", "re", "pyseccomp", "psutil", "cgroupspy", "argparse",
+         "typing", "enum", "sandbox.spec", "ctypes", "struct"), stdin=encoded()) == []
 
 
 def test_steps_read_only_records_a_plan_carries():

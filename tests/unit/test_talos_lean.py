@@ -2,12 +2,10 @@
 makes (wrapperd.cli + the spec model + shim.prepare), and leaves everything else to it."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
-from sandbox.spawning import package_root
+from tests.conftest import imported_in_lean_python
 from wrapperd import cli, shim, talos
 
 ENV = b"PATH=/usr/bin:/bin\0LANG=C\0ODD=\xff\0"
@@ -59,16 +57,14 @@ def test_anything_else_is_left_to_the_full_command_line(args):
 def test_flags_mode_imports_neither_argparse_nor_the_spec_model():
     # What machined's start costs: the lean path, in a fresh `python -I -S`, up to the
     # plan it would run.
-    code = ("import sys; sys.path.append(sys.argv[1]); from wrapperd import talos; "
-            "opts, argv = talos.parse(['-uid=65534', '-dropped-caps=cap_sys_admin', "
-            "'-oom-score=5', '/bin/true']); "
-            "assert talos.plan(opts, argv, {'PATH': '/bin'}, []) is not None; "
-            "print(sorted(m for m in ('argparse', 'attrs', 'attr', 'sandbox.spec', 'json', "
-            "'re', 'typing', 'enum', 'pyseccomp', 'psutil', 'cgroupspy', 'ctypes', "
-            "'sandbox.profile', 'tomllib', 'wrapperd.cli') if m in sys.modules))")
-    r = subprocess.run([sys.executable, "-I", "-S", "-c", code, package_root()],
-                       capture_output=True, check=True)
-    assert r.stdout.decode().strip() == "[]", r.stderr.decode()
+    assert imported_in_lean_python(
+        "from wrapperd import talos\n"
+        "opts, argv = talos.parse(['-uid=65534', '-dropped-caps=cap_sys_admin', "
+        "'-oom-score=5', '/bin/true'])\n"
+        "assert talos.plan(opts, argv, {'PATH': '/bin'}, []) is not None",
+        ("argparse", "attrs", "attr", "sandbox.spec", "json", "re", "typing", "enum",
+         "pyseccomp", "psutil", "cgroupspy", "ctypes", "sandbox.profile", "tomllib",
+         "wrapperd.cli")) == []
 
 
 def test_an_unreadable_environment_fd_is_reported_with_the_status_fd(tmp_path):
