@@ -3,7 +3,8 @@ not import libseccomp (its import alone runs ldconfig, ~20 ms) nor compile again
 
 Keyed by a SHA-256 of exactly what the compiler takes: the resolved rules (profile and
 @groups expanded, capability-conditional rules already decided), the default action,
-the ABIs, and this cache's format.  Editing a spec, a profile or syscalls.toml changes
+the ABIs, the action for syscalls newer than libseccomp, libseccomp's files, and this
+cache's format.  Editing a spec, a profile or syscalls.toml changes
 the key; nothing is ever looked up by file name or time.
 
 Trust: the directory (default /var/cache/wrapperd, WRAPPERD_CACHE_DIR to move it, empty
@@ -25,18 +26,35 @@ __all__ = ["DEFAULT_DIR", "ENV", "key", "cache_dir", "open_dir", "load", "store"
 
 DEFAULT_DIR = "/var/cache/wrapperd"
 ENV = "WRAPPERD_CACHE_DIR"
-FORMAT = b"wrapperd-bpf 1\n"
+FORMAT = b"wrapperd-bpf 2\n"
 MAX_ENTRY = 64 << 10           # 4096 instructions * 8 bytes, plus a header
 
 
-def key(default: str, arches, entries) -> str:
-    """The cache key of one compile: (default action, ABIs, rules as given)."""
+def key(default: str, arches, entries, unknown: "str | None" = None) -> str:
+    """The cache key of one compile: (default action, ABIs, rules as given, the action
+    for syscalls above the highest libseccomp knows, libseccomp's files)."""
     import hashlib
     import json
     rules = [[e.name, e.action, [[a.index, a.op, a.value, a.value_two] for a in e.args]]
              for e in entries]
-    text = json.dumps([FORMAT.decode(), default, list(arches), rules], separators=(",", ":"))
+    text = json.dumps([FORMAT.decode(), default, list(arches), rules, unknown,
+                       libseccomp_identity()], separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def libseccomp_identity() -> "list[str]":
+    """Debian's libseccomp, as its files stand (an upgrade knows other syscalls): for
+    this cache's keys and the plan cache's (sandbox.plancache)."""
+    out = []
+    machine = os.uname().machine
+    for path in (f"/usr/lib/{machine}-linux-gnu/libseccomp.so.2",
+                 f"/lib/{machine}-linux-gnu/libseccomp.so.2"):
+        try:
+            st = os.stat(path)
+            out.append(f"{path} {st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns}")
+        except OSError:
+            out.append(f"{path} -")
+    return out
 
 
 def cache_dir() -> "str | None":

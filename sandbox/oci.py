@@ -355,6 +355,9 @@ def export_spec(spec, notes: "list | None" = None) -> dict:
     for k in ("securebits", "pass_fds"):
         if d.get(k):
             notes.append(f"{k}: OCI has no field for it")
+    if d.get("address_families") is not None:
+        notes.append("address_families: OCI has no field for it (wrapperd loads it as a "
+                     "seccomp filter of its own)")
     if d.get("new_session") is False:
         notes.append("new_session: false: OCI has no field for it (runtimes start the "
                      "process in a new session)")
@@ -455,11 +458,21 @@ def _export_seccomp(spec, notes: list) -> dict:
                          "without some capabilities -- OCI has no such condition; kept "
                          "unconditional")
         names = sorted({n for name in r.names for n in seccomp.expand(name)})
-        rule = {"names": names, **_oci_action(r.action)}
-        if r.args:
-            rule["args"] = [{"index": a.index, "value": a.value, "valueTwo": a.value_two,
-                             "op": "SCMP_CMP_" + a.op.upper()} for a in r.args]
-        out_rules.append(rule)
+        # An argument the kernel reads as 32 bits is exported as wrapperd compares it
+        # (seccomp.kernel_width): a runtime comparing 64 bits would let the upper half
+        # walk around it.  Such a rule becomes one rule per syscall and form.
+        split = [n for n in names if any(a.index in seccomp.INT_ARGS.get(n, ())
+                                         for a in r.args)]
+        groups = [(sorted(set(names) - set(split)), r.args)] if set(names) - set(split) \
+            else []
+        groups += [([n], form) for n in split
+                   for form in seccomp.kernel_width(n, r.args, f"seccomp rule {i}")]
+        for group_names, args in groups:
+            rule = {"names": group_names, **_oci_action(r.action)}
+            if args:
+                rule["args"] = [{"index": a.index, "value": a.value, "valueTwo": a.value_two,
+                                 "op": "SCMP_CMP_" + a.op.upper()} for a in args]
+            out_rules.append(rule)
     arch = [("SCMP_ARCH_" + seccomp.resolve_arch(a).upper()) for a in arches]
     return {**{("defaultAction" if k == "action" else "defaultErrnoRet"): v
                for k, v in _oci_action(default).items() if k in ("action", "errnoRet")},

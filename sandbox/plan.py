@@ -12,11 +12,11 @@ checked: a document that is not what encode() writes -- bad JSON, unknown versio
 unknown record type, a missing or extra field, a value of the wrong type -- is refused
 with SpecError (exit 125) before any step runs.
 
-Format (version 2), one JSON object: "wrapperd_plan": 2, and one member per attribute
+Format (version 3), one JSON object: "wrapperd_plan": 3, and one member per attribute
 of wrapperd.shim.Plan (PLAN_FIELDS), each holding that facility's record or null:
-  {"wrapperd_plan": 2, "procattr": ..., "fds": ..., "target": ..., "rlimits": ...,
+  {"wrapperd_plan": 3, "procattr": ..., "fds": ..., "target": ..., "rlimits": ...,
    "cgroup": ..., "dynamic_user": ..., "creds": ..., "caps": ..., "namespaces": ...,
-   "mounts": ..., "seccomp": ...}
+   "mounts": ..., "seccomp": ..., "address_families": ...}
 Values: JSON scalars; lists (decoded as tuples); {"@bytes": hex}; {"@dict": [[key,
 value], ...]}; {"@": "module.Class", "f": {field: value}} for a record of RECORDS (a
 class made with sandbox._record.frozen, named by the facility sandbox.<module> that
@@ -36,7 +36,7 @@ from .errors import SpecError
 
 __all__ = ["FORMAT", "PLAN_FIELDS", "RECORDS", "encode", "decode"]
 
-FORMAT = 2
+FORMAT = 3
 MAX_PLAN_BYTES = 8 << 20
 # The largest spec wrapperd reads (here, not in sandbox.spec, for readers without the
 # spec model: wrapperd.cached).
@@ -56,6 +56,7 @@ PLAN_FIELDS = {
     "namespaces": ("namespaces.Prepared", False),
     "mounts": ("mounts.Prepared", False),
     "seccomp": ("seccomp.Prepared", False),
+    "address_families": ("seccomp.AddressFamilies", False),
 }
 # Every record type a plan may hold, at any depth.
 RECORDS = (*(tag for tag, _required in PLAN_FIELDS.values()),

@@ -134,12 +134,12 @@ def key(args: "list[str]", spec: bytes, environ: bytes) -> str:
     # Debian's libseccomp is a new key.
     import sys
     add(b"python", sys.version.encode() + b" " + os.fsencode(sys.executable))
-    for path in (sys.executable, f"/usr/lib/{os.uname().machine}-linux-gnu/libseccomp.so.2",
-                 f"/lib/{os.uname().machine}-linux-gnu/libseccomp.so.2"):
-        try:
-            add(os.fsencode(path), _identity(os.stat(path)))
-        except OSError:
-            add(os.fsencode(path), b"-")
+    try:
+        add(os.fsencode(sys.executable), _identity(os.stat(sys.executable)))
+    except OSError:
+        add(os.fsencode(sys.executable), b"-")
+    from .bpfcache import libseccomp_identity
+    add(b"libseccomp", "\n".join(libseccomp_identity()).encode())
     add(b"settings", b"\0".join(sorted(os.fsencode(f"{k}={v}") for k, v in os.environ.items()
                                        if k.startswith("WRAPPERD_") or k == "PATH")))
     # The cgroup hierarchies (cgroups.prepare reads them there); not the other mounts,

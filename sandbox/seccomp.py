@@ -37,7 +37,9 @@ from ._record import field, field_types, frozen
 from .errors import SetupError, SpecError
 from .fds import read_all
 
-__all__ = ["ARCHES", "Prepared", "prepare", "apply", "profile_names", "load_profile",
+__all__ = ["ARCHES", "Prepared", "prepare", "apply", "ADDRESS_FAMILIES", "AddressFamilies",
+           "prepare_address_families", "INT_ARGS", "kernel_width", "highest_known",
+           "profile_names", "load_profile",
            "load_groups", "group_names", "expand", "action_value", "action_name",
            "evaluate", "resolve_arch", "native_arch", "BPF_MAXINSNS", "check_execve"]
 
@@ -216,10 +218,12 @@ class Prepared:
     skipped: tuple                 # "where: why" for rules not applied (capabilities)
     replaced: tuple = ()           # "where (syscall: action): by where": profile rules a
                                    # spec rule replaced (replace_profile_rules)
+    unknown_syscalls_action: "str | None" = None   # above the highest known (_unknown)
 
     __record_types__ = field_types(program=bytes, default_action=str,
                                    architectures=tuple[str, ...], syscalls=int,
-                                   skipped=tuple[str, ...], replaced=tuple[str, ...])
+                                   skipped=tuple[str, ...], replaced=tuple[str, ...],
+                                   unknown_syscalls_action=str | None)
 
     @property
     def instructions(self) -> int:
@@ -250,7 +254,88 @@ def _rules(sc, kept: int, origin: str, skipped: list) -> "list[_Entry]":
         replace = replace_all or bool(getattr(r, "replace_profile_rules", False))
         for j, n in enumerate(r.names):
             for s in expand(n, f"{where}.names[{j}]"):
-                out.append(_Entry(s, r.action, r.args, f"{where}.names[{j}]", replace))
+                for args in kernel_width(s, r.args, f"{where}.args"):
+                    out.append(_Entry(s, r.action, args, f"{where}.names[{j}]", replace))
+    return out
+
+
+# --------------------------------------------------------- 32-bit argument rules
+# The filter sees six 64-bit registers, but the kernel reads many arguments as a 32-bit
+# int and ignores the upper half: socket((1 << 32) | AF_VSOCK, ...) makes an AF_VSOCK
+# socket, yet passes a 64-bit "arg0 != AF_VSOCK".  For the arguments below (their
+# SYSCALL_DEFINE types are int, unsigned int, pid_t, uid_t, umode_t), every condition
+# is compared on the low 32 bits, as the kernel reads them: eq and masked_eq with the
+# mask cut to 32 bits, and ne, lt, le, gt, ge as the masked_eq blocks covering the
+# same 32-bit values (so one rule may become several; any of them matching is the
+# rule matching).  Other arguments are compared on the whole register.
+INT_ARGS = {
+    "socket": (0, 1, 2), "socketpair": (0, 1, 2), "setsockopt": (0, 1, 2),
+    "getsockopt": (0, 1, 2), "personality": (0,), "ioctl": (0, 1), "fcntl": (0, 1),
+    "prctl": (0,), "setns": (0, 1), "kill": (0, 1), "tkill": (0, 1), "tgkill": (0, 1, 2),
+    "open": (1, 2), "openat": (0, 2, 3), "creat": (1,), "chmod": (1,), "fchmod": (0, 1),
+    "fchmodat": (0, 2), "fchmodat2": (0, 2, 3), "mknod": (1, 2), "mknodat": (0, 2, 3),
+    "setuid": (0,), "setgid": (0,), "setreuid": (0, 1), "setregid": (0, 1),
+    "setresuid": (0, 1, 2), "setresgid": (0, 1, 2), "setfsuid": (0,), "setfsgid": (0,),
+    "bpf": (0,), "keyctl": (0,), "madvise": (2,), "quotactl": (0,), "umount2": (1,),
+    "seccomp": (0, 1), "sched_setscheduler": (0, 1), "fsconfig": (0, 1),
+    "perf_event_open": (1, 2, 3), "kcmp": (0, 1, 2), "dup2": (0, 1), "dup3": (0, 1, 2),
+    "close": (0,), "flock": (0, 1), "mprotect": (), "clone": (), "unshare": (),
+}
+_ALL32 = 0xFFFFFFFF
+_MAX_FORMS = 64
+
+
+def kernel_width(name: str, args: tuple, where: str) -> "list[tuple]":
+    """A rule's conditions as the kernel reads the arguments (see INT_ARGS): one or
+    more alternative condition tuples, each all-must-hold."""
+    ints = INT_ARGS.get(name, ())
+    if not any(a.index in ints for a in args):
+        return [args]
+    from .spec import SeccompArg
+    forms: "list[tuple]" = [()]
+    for i, a in enumerate(args):
+        if a.index not in ints:
+            alts = [a]
+        else:
+            alts = [SeccompArg(a.index, "masked_eq", m, v)
+                    for m, v in _blocks32(a, f"{where}[{i}]")]
+        forms = [f + (alt,) for f in forms for alt in alts]
+        if len(forms) > _MAX_FORMS:
+            raise SpecError(f"the conditions on {name!r} make more than {_MAX_FORMS} "
+                            "rules once compared on 32 bits (see INT_ARGS); split them or "
+                            "use eq/masked_eq", where)
+    return forms
+
+
+def _blocks32(a, where: str) -> "list[tuple[int, int]]":
+    """(mask, value) masked_eq blocks over the low 32 bits matching what condition `a`
+    matches there."""
+    if a.op == "eq":
+        return [(_ALL32, a.value & _ALL32)]
+    if a.op == "masked_eq":
+        if a.value_two & ~a.value:      # never matches, and stays so (dropped later)
+            return [(a.value & _ALL32, a.value_two)]
+        return [(a.value & _ALL32, a.value_two & _ALL32)]
+    if a.value > _ALL32:
+        raise SpecError(f"arg{a.index} is a 32-bit value in the kernel: {a.op} "
+                        f"{a.value:#x} is out of its range", where)
+    if a.op == "ne":
+        return _complement({a.value}, _ALL32)
+    lo, hi = {"lt": (0, a.value - 1), "le": (0, a.value),
+              "gt": (a.value + 1, _ALL32), "ge": (a.value, _ALL32)}[a.op]
+    return _range_blocks(lo, hi)
+
+
+def _range_blocks(lo: int, hi: int) -> "list[tuple[int, int]]":
+    """The fewest aligned power-of-two blocks covering [lo, hi] within 32 bits, as
+    (mask, value) pairs."""
+    out = []
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << 32
+        while size > hi - lo + 1:
+            size >>= 1
+        out.append((_ALL32 & ~(size - 1), lo))
+        lo += size
     return out
 
 
@@ -512,6 +597,7 @@ def _prepare(sc, kept: int, disk_cache: bool) -> Prepared:
             loosened.append(f"seccomp profile {sc.profile!r}'s default_action "
                             f"({prof_default}): by seccomp.default_action ({default})")
         default = default or prof_default
+    unknown = _unknown_action(sc, prof if sc.profile is not None else None, default)
     own = _rules(sc, kept, "seccomp.", skipped)
     entries, replaced = _merge_layers(entries, own, default, prof_default)
     replaced = tuple(loosened) + tuple(replaced)
@@ -528,7 +614,7 @@ def _prepare(sc, kept: int, disk_cache: bool) -> Prepared:
     # Compiled before with the same rules?  In this process (a library spawning the
     # same spec again), or in the root-only on-disk cache (a repeated wrapperd start).
     from . import bpfcache
-    k = bpfcache.key(default, arches, entries)
+    k = bpfcache.key(default, arches, entries, unknown)
     hit = _MEMO.get(k)
     dirfd = None
     where = bpfcache.cache_dir() if disk_cache else None
@@ -538,7 +624,7 @@ def _prepare(sc, kept: int, disk_cache: bool) -> Prepared:
         if hit is None and dirfd is not None:
             hit = bpfcache.load(dirfd, k, BPF_MAXINSNS)
         if hit is None:
-            hit = _compile(default, arches, entries)
+            hit = _compile(default, arches, entries, unknown)
             if dirfd is not None:
                 bpfcache.store(dirfd, k, *hit)
     finally:
@@ -549,7 +635,29 @@ def _prepare(sc, kept: int, disk_cache: bool) -> Prepared:
     _MEMO[k] = hit
     program, count = hit
     return Prepared(program=program, default_action=default, architectures=tuple(arches),
-                    syscalls=count, skipped=tuple(skipped), replaced=replaced)
+                    syscalls=count, skipped=tuple(skipped), replaced=replaced,
+                    unknown_syscalls_action=unknown)
+
+
+def _unknown_action(sc, prof, default: str) -> "str | None":
+    """The action for syscalls numbered above every one libseccomp can name on their
+    ABI, or None where they get the default action: the spec's choice, else the
+    profile's, else errno:ENOSYS (as runc and systemd: a program whose libc tries a
+    syscall newer than the filter falls back on ENOSYS, but not on EPERM).  Only where
+    the default denies: under an allowing default a newer syscall is allowed anyway."""
+    mine = sc.unknown_syscalls_action
+    theirs = prof.unknown_syscalls_action if prof is not None else None
+    if mine is not None and theirs is not None and not sc.replace_profile_rules and \
+            _looser(default if mine == "default_action" else mine,
+                    default if theirs == "default_action" else theirs):
+        raise SpecError(f"{mine} is looser than the seccomp profile's "
+                        f"unknown_syscalls_action ({theirs}); give replace_profile_rules: "
+                        "true to loosen the profile", "seccomp.unknown_syscalls_action")
+    action = mine or theirs or "errno:ENOSYS"
+    if action == "default_action" or _RANK[default.partition(":")[0]] >= _RANK["log"] or \
+            action_value(action) == action_value(default):
+        return None
+    return action
 
 
 _MEMO: dict = {}        # cache key -> (program, syscalls): see sandbox.bpfcache
@@ -589,8 +697,10 @@ def check_execve(program: bytes) -> None:
     _EXECVE_OK.add(program)
 
 
-def _compile(default: str, arches, entries) -> "tuple[bytes, int]":
-    """Have libseccomp build the filter; (raw BPF program, syscalls with rules)."""
+def _compile(default: str, arches, entries, unknown: "str | None" = None
+             ) -> "tuple[bytes, int]":
+    """Have libseccomp build the filter; (raw BPF program, syscalls with rules).
+    unknown: the action for syscalls above the highest libseccomp knows (_unknown)."""
     import pyseccomp  # heavy: runs ldconfig; only when a filter is asked
     native = pyseccomp.system_arch()
     by_name: "dict[str, list[_Entry]]" = {}
@@ -630,10 +740,66 @@ def _compile(default: str, arches, entries) -> "tuple[bytes, int]":
                 raise SpecError(f"libseccomp refused the rule for {name!r} ({action}): "
                                 f"{e.strerror}", where) from None
     program = _export(flt)
+    if unknown is not None:
+        program = _unknown(pyseccomp, arches, action_value(unknown)) + program
     if len(program) // 8 > BPF_MAXINSNS:
         raise SpecError(f"the filter compiles to {len(program) // 8} BPF instructions; the "
                         f"kernel accepts at most {BPF_MAXINSNS}", "seccomp")
     return program, count
+
+
+# A syscall above the highest number libseccomp knows on its ABI: a program's libc
+# trying a syscall newer than the filter (statmount, mseal, ...) should see ENOSYS, what
+# a kernel without it says, and fall back -- not the default action's EPERM, which it
+# takes for a real refusal.  libseccomp cannot name such a number, so (as runc's
+# patchbpf) a few instructions go before its program:
+#     ld [arch]; for each ABI: jeq ABI? -> ld [nr]; nr > highest && nr < limit: ret unknown
+# and everything else goes on to libseccomp's program, which starts by loading the arch
+# again.  On x86_64 the numbers from 0x40000000 up are x32's (same arch value): those
+# are left to libseccomp (killed, unless x32 is allowed -- x32 gets no such range).
+_LIMIT = {"x86_64": 0x40000000}
+
+
+def highest_known(pyseccomp, arch: str) -> int:
+    """The highest syscall number libseccomp can name on this ABI."""
+    for nr in range(1023, -1, -1):
+        try:
+            pyseccomp.resolve_syscall(ARCHES[arch], nr)
+        except ValueError:              # no name for this number
+            continue
+        return nr
+    return -1
+
+
+def _unknown(pyseccomp, arches, ret: int) -> bytes:
+    import struct
+    # Each ABI's block, its jumps as labels: "next" (the next ABI's test), "pass"
+    # (libseccomp's program), "" (the next instruction).
+    blocks: "list[list[tuple[int, str, str, int]]]" = []     # (code, jt, jf, k)
+    for a in arches:
+        top = highest_known(pyseccomp, a) if a != "x32" else -1
+        if top < 0:
+            continue
+        b = [(0x15, "", "next", ARCHES[a]),                 # jeq #ABI
+             (0x20, "", "", 0),                             # ld [nr]
+             (0x25, "", "pass", top)]                       # jgt #highest
+        limit = _LIMIT.get(a)
+        if limit is not None:
+            b.append((0x35, "pass", "", limit))             # jge #limit
+        b.append((0x06, "", "", ret))                       # ret #unknown
+        blocks.append(b)
+    if not blocks:
+        return b""
+    out = [struct.pack("<HBBI", 0x20, 0, 0, 4)]             # ld [arch]
+    end = 1 + sum(len(b) for b in blocks)
+    at = 1
+    for b in blocks:
+        nxt = at + len(b)
+        for code, jt, jf, k in b:
+            to = {"": at + 1, "next": nxt, "pass": end}
+            out.append(struct.pack("<HBBI", code, to[jt] - at - 1, to[jf] - at - 1, k))
+            at += 1
+    return b"".join(out)
 
 
 def _export(flt) -> bytes:
@@ -710,6 +876,67 @@ def restrict_suid_sgid(architectures=("native",)) -> bytes:
         hit = _compile("allow", arches, suid_sgid_entries())
         _MEMO[key] = hit
     return hit[0]
+
+
+# ------------------------------------------------------------- address_families
+# systemd's RestrictAddressFamilies=: socket(2) and socketpair(2) with a family not
+# listed fail with EAFNOSUPPORT (what a kernel without that family says).  A filter of
+# its own, loaded beside the spec's (the kernel applies the stricter result of every
+# filter), for the ABIs the spec's filter lets through.  The family is an int to the
+# kernel, so it is compared on 32 bits (see INT_ARGS): (1 << 32) | AF_VSOCK is AF_VSOCK.
+# Two ways around an argument rule are closed too: i386's socketcall, whose arguments
+# are behind a pointer no filter can read, is ENOSYS (what libc falls back from; where
+# the i386 ABI is not allowed it is killed anyway), and io_uring, whose IORING_OP_SOCKET
+# makes sockets no filter sees, is EPERM.
+
+# <linux/socket.h>
+ADDRESS_FAMILIES = {
+    "AF_UNIX": 1, "AF_LOCAL": 1, "AF_INET": 2, "AF_AX25": 3, "AF_IPX": 4,
+    "AF_APPLETALK": 5, "AF_NETROM": 6, "AF_BRIDGE": 7, "AF_ATMPVC": 8, "AF_X25": 9,
+    "AF_INET6": 10, "AF_ROSE": 11, "AF_DECnet": 12, "AF_NETBEUI": 13, "AF_SECURITY": 14,
+    "AF_KEY": 15, "AF_NETLINK": 16, "AF_PACKET": 17, "AF_ASH": 18, "AF_ECONET": 19,
+    "AF_ATMSVC": 20, "AF_RDS": 21, "AF_SNA": 22, "AF_IRDA": 23, "AF_PPPOX": 24,
+    "AF_WANPIPE": 25, "AF_LLC": 26, "AF_IB": 27, "AF_MPLS": 28, "AF_CAN": 29,
+    "AF_TIPC": 30, "AF_BLUETOOTH": 31, "AF_IUCV": 32, "AF_RXRPC": 33, "AF_ISDN": 34,
+    "AF_PHONET": 35, "AF_IEEE802154": 36, "AF_CAIF": 37, "AF_ALG": 38, "AF_NFC": 39,
+    "AF_VSOCK": 40, "AF_KCM": 41, "AF_QIPCRTR": 42, "AF_SMC": 43, "AF_XDP": 44,
+    "AF_MCTP": 45,
+}
+
+
+@frozen
+class AddressFamilies:
+    families: tuple                # as the spec lists them
+    program: bytes = field(repr=lambda b: f"<{len(b) // 8} BPF instructions>")
+
+    __record_types__ = field_types(families=tuple[str, ...], program=bytes)
+
+
+def address_family_entries(families) -> "list[_Entry]":
+    from .spec import SeccompArg
+    where = "address_families"
+    out = []
+    numbers = sorted({ADDRESS_FAMILIES[f] for f in families})
+    for name in ("socket", "socketpair"):
+        out.append(_Entry(name, "errno:EAFNOSUPPORT", (), where))
+        out += [_Entry(name, "allow", (SeccompArg(0, "masked_eq", _ALL32, n),), where)
+                for n in numbers]
+    out.append(_Entry("socketcall", "errno:ENOSYS", (), where))
+    out += [_Entry(n, "errno:EPERM", (), where)
+            for n in ("io_uring_setup", "io_uring_enter", "io_uring_register")]
+    return out
+
+
+def prepare_address_families(families, architectures=("native",)) -> AddressFamilies:
+    """The filter for spec.address_families, for the ABIs the spec's own filter lets
+    through (any other ABI is killed, as by every filter here)."""
+    arches = tuple(resolve_arch(a) for a in architectures)
+    key = ("address_families", tuple(families), arches)
+    hit = _MEMO.get(key)
+    if hit is None:
+        hit = _compile("allow", arches, address_family_entries(families))
+        _MEMO[key] = hit
+    return AddressFamilies(families=tuple(families), program=hit[0])
 
 
 def load_program(program: bytes, what: str) -> None:

@@ -275,6 +275,29 @@ def _action(v: Any, path: str) -> str:
     return s
 
 
+def _address_families(v: Any) -> tuple:
+    from .seccomp import ADDRESS_FAMILIES
+    names = _list(v, "address_families", _str, nonempty=True)
+    for i, n in enumerate(names):
+        if n not in ADDRESS_FAMILIES:
+            raise SpecError(f"unknown address family {n!r} (expected AF_UNIX, AF_INET, "
+                            "AF_INET6, AF_NETLINK, AF_PACKET, ... as in <sys/socket.h>)",
+                            f"address_families[{i}]")
+    if len(set(names)) != len(names):
+        raise SpecError("a family is listed twice", "address_families")
+    return names
+
+
+def _unknown_action(v: Any, path: str) -> str:
+    if v == "default_action":
+        return v
+    s = _action(v, path)
+    if s.partition(":")[0] in ("allow", "log"):
+        raise SpecError(f"{s} would let through syscalls the filter cannot name; give an "
+                        "errno, trap or kill action, or 'default_action'", path)
+    return s
+
+
 @attrs.frozen
 class SeccompRule:
     names: tuple = _field("syscall names, or @group names from profiles/syscalls.toml")
@@ -327,9 +350,14 @@ class Seccomp:
     replace_profile_rules: bool = _field(
         "every rule here replaces the profile's rules for the syscalls it names",
         default=False)
+    unknown_syscalls_action: Optional[str] = _field(
+        "action for a syscall numbered above every one the filter can name on its ABI (a "
+        "syscall newer than libseccomp), where default_action denies; 'default_action' "
+        "gives those the default action.  None: the profile's, else errno:ENOSYS, which "
+        "libc falls back from", default=None)
 
     KEYS = ("profile", "default_action", "architectures", "syscalls",
-            "replace_profile_rules")
+            "replace_profile_rules", "unknown_syscalls_action")
 
     @classmethod
     def load(cls, v: Any, path: str) -> "Seccomp":
@@ -343,13 +371,16 @@ class Seccomp:
                    architectures=arches if arches else ("native",),
                    syscalls=_opt(d, "syscalls", _list, path, SeccompRule.load) or (),
                    replace_profile_rules=_opt(d, "replace_profile_rules", _bool, path)
-                   or False)
+                   or False,
+                   unknown_syscalls_action=_opt(d, "unknown_syscalls_action",
+                                                _unknown_action, path))
 
     def dump(self) -> dict:
         return {"profile": self.profile, "default_action": self.default_action,
                 "architectures": list(self.architectures),
                 "syscalls": [r.dump() for r in self.syscalls],
-                "replace_profile_rules": self.replace_profile_rules}
+                "replace_profile_rules": self.replace_profile_rules,
+                "unknown_syscalls_action": self.unknown_syscalls_action}
 
 
 @attrs.frozen
@@ -716,6 +747,10 @@ class Spec:
     readonly_root: bool = _field("/ and every mount below it made read-only in the new "
                                  "mount namespace (the spec's mounts go on top)",
                                  default=False)
+    address_families: Optional[tuple] = _field(
+        "socket families the target may create (systemd's RestrictAddressFamilies=), "
+        "e.g. AF_UNIX, AF_INET, AF_INET6: socket(2) and socketpair(2) of any other fail "
+        "with EAFNOSUPPORT; [] allows none; None: no restriction", default=None)
     # Not a field of the format: with a profile, the dict the spec was loaded from, so
     # the profile can be merged under exactly the fields given (to_dict() fills in
     # defaults, which would beat the profile).  See profile.spec_layer().
@@ -725,7 +760,7 @@ class Spec:
             "securebits", "no_new_privs", "pdeathsig", "new_session", "seccomp",
             "namespaces",
             "hostname", "mounts", "cgroup", "rlimits", "oom_score_adj", "nice", "pass_fds",
-            "masked_paths", "readonly_paths", "readonly_root")
+            "masked_paths", "readonly_paths", "readonly_root", "address_families")
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -788,6 +823,8 @@ class Spec:
             readonly_paths=_opt(d, "readonly_paths", _list, "", _abspath) or (),
             readonly_root=_bool(d["readonly_root"], "readonly_root")
             if d.get("readonly_root") is not None else False,
+            address_families=_address_families(d["address_families"])
+            if d.get("address_families") is not None else None,
             source=json.loads(json.dumps(d)) if d.get("profile") else None,
         )
 

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
         rlimits,
         seccomp,
     )
+    from sandbox.seccomp import AddressFamilies  # (the field `seccomp` hides the module)
 
 
 @frozen
@@ -54,6 +55,7 @@ class Plan:
     namespaces: "namespaces.Prepared | None" = None
     mounts: "mounts.Prepared | None" = None
     seccomp: "seccomp.Prepared | None" = None
+    address_families: "AddressFamilies | None" = None
 
 
 def prepare(spec, find_target: bool = True, disk_cache: bool = False) -> Plan:
@@ -84,26 +86,34 @@ def prepare(spec, find_target: bool = True, disk_cache: bool = False) -> Plan:
     is_root = ns_p.target_is_root(creds_p) if ns_p else creds.target_is_root(creds_p)
     p["caps"] = caps_p = caps.prepare(spec.capabilities, is_root, securebits)
     seccomp_p = None
+    # Loading a filter needs no_new_privs or CAP_SYS_ADMIN in the effective set; without
+    # no_new_privs the shim holds only the target's caps by then.
+    may_load = spec.no_new_privs or caps_p.permitted >> caps.cap_number(
+        "CAP_SYS_ADMIN") & 1
     if spec.seccomp is not None:
-        # Loading a filter needs no_new_privs or CAP_SYS_ADMIN in the effective set;
-        # without no_new_privs the shim holds only the target's caps by then.
-        if not spec.no_new_privs and not caps_p.permitted >> caps.cap_number(
-                "CAP_SYS_ADMIN") & 1:
+        if not may_load:
             raise SpecError("a seccomp filter needs no_new_privs: true (or a target that "
                             "keeps CAP_SYS_ADMIN)", "seccomp")
         from sandbox import seccomp
         p["seccomp"] = seccomp_p = seccomp.prepare(spec.seccomp, caps_p,    # loaded last
                                                    disk_cache)
         seccomp.check_execve(seccomp_p.program)    # SIGSYS in execve: no status record
+    arches = seccomp_p.architectures if seccomp_p is not None else ("native",)
+    if spec.address_families is not None:
+        from sandbox import seccomp
+        # A filter of its own (see seccomp.prepare_address_families).
+        if not may_load:
+            raise SpecError("needs no_new_privs: true (it is a seccomp filter)",
+                            "address_families")
+        p["address_families"] = seccomp.prepare_address_families(spec.address_families,
+                                                                 arches)
     if spec.user is not None and spec.user.dynamic:
         from sandbox import dynamicuser, seccomp
         # Its own filter (see seccomp.restrict_suid_sgid) needs what the spec's does.
-        if not spec.no_new_privs and not caps_p.permitted >> caps.cap_number(
-                "CAP_SYS_ADMIN") & 1:
+        if not may_load:
             raise SpecError("a dynamic user needs no_new_privs: true (it loads a filter "
                             "that keeps setuid and setgid bits off its files)",
                             "no_new_privs")
-        arches = seccomp_p.architectures if seccomp_p is not None else ("native",)
         p["dynamic_user"] = dynamicuser.prepare(      # allocated by its step, not here
             spec, seccomp.restrict_suid_sgid(arches))
     if find_target:
@@ -128,9 +138,9 @@ STEP_MODULES = (
     ("sandbox.mounts", lambda plan: plan.mounts is not None),
     ("sandbox.creds", lambda plan: plan.creds is not None),
     ("sandbox.dynamicuser", lambda plan: plan.dynamic_user is not None),
-    # a dynamic user loads a filter of its own
+    # a dynamic user and address_families load a filter of their own
     ("sandbox.seccomp", lambda plan: plan.seccomp is not None or
-     plan.dynamic_user is not None),
+     plan.dynamic_user is not None or plan.address_families is not None),
     ("sandbox.execution", lambda plan: True),
 )
 
@@ -365,6 +375,9 @@ def _seccomp(plan, ctx):
     if plan.dynamic_user is not None:
         from sandbox import seccomp
         seccomp.load_program(plan.dynamic_user.suid_filter, "restrict_suid_sgid")
+    if plan.address_families is not None:
+        from sandbox import seccomp
+        seccomp.load_program(plan.address_families.program, "address_families")
     if plan.seccomp is not None:
         from sandbox import seccomp
         seccomp.apply(plan.seccomp)

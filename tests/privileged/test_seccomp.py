@@ -363,3 +363,84 @@ def test_compiled_bpf_loads_in_bwrap(cprobe, tmp_path):
                        capture_output=True, timeout=30)
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["results"][0][1] not in (0, EPERM)
+
+
+# ------------------------------------------------ syscalls newer than the filter, 32 bits
+
+STATMOUNT = 457                 # x86_64, i386 and the generic table alike (Linux 6.8)
+EFAULT, EAFNOSUPPORT = 14, 97
+
+
+def test_a_syscall_newer_than_the_filter_gets_enosys(cprobe):
+    top = seccomp.highest_known(__import__("pyseccomp"), seccomp.native_arch())
+    if top >= STATMOUNT:
+        skip_or_fail(f"this libseccomp knows statmount ({top}): nothing newer to call")
+    op = f"sys:{STATMOUNT}"
+    # The kernel has it: without a filter a NULL request is EFAULT or EINVAL, not ENOSYS.
+    [(_, bare)] = results(spec_for(cprobe, op))
+    if bare == ENOSYS:
+        skip_or_fail("this kernel has no statmount (Linux 6.8)")
+    assert [e for _, e in results(spec_for(cprobe, op, seccomp={"profile": "strict"}))] \
+        == [ENOSYS]
+    # ... and 0x3ff, above anything any kernel has, likewise; the known ones the default.
+    assert [e for _, e in results(spec_for(cprobe, op, "sys:0x3ff", f"sys:{nr('acct')}",
+                                           seccomp={"profile": "strict"}))] == \
+        [ENOSYS, ENOSYS, EPERM]
+    sc = {"profile": "strict", "unknown_syscalls_action": "default_action"}
+    assert [e for _, e in results(spec_for(cprobe, op, seccomp=sc))] == [EPERM]
+    sc = {"profile": "strict", "unknown_syscalls_action": "errno:3005"}
+    assert [e for _, e in results(spec_for(cprobe, op, seccomp=sc))] == [3005]
+    if os.uname().machine == "x86_64":       # the i386 entry, where that ABI is allowed
+        sc = {"profile": "strict", "architectures": ["native", "x86"]}
+        assert [e for _, e in results(spec_for(cprobe, f"int80:{STATMOUNT}", seccomp=sc))] \
+            == [ENOSYS]
+        assert [e for _, e in results(spec_for(cprobe, f"int80:{STATMOUNT}"))] != [ENOSYS]
+
+
+def test_an_int_argument_cannot_be_walked_around_with_the_upper_half(cprobe):
+    # socket((1 << 32) | AF_INET, SOCK_STREAM, 0): the kernel reads the family as an int
+    # and makes an AF_INET socket (control), so the filter must see AF_INET too.
+    sock = nr("socket")
+    ops = [f"sys:{sock}:2:1:0", f"sys:{sock}:{1 << 32 | 2}:1:0", f"sys:{sock}:1:1:0"]
+    control = results(spec_for(cprobe, *ops))
+    assert all(ret >= 0 for ret, _ in control), control
+    sc = {"default_action": "allow", "syscalls": [
+        {"names": ["socket"], "action": "errno:3002",
+         "args": [{"index": 0, "op": "eq", "value": 2}]}]}
+    assert [e for _, e in results(spec_for(cprobe, *ops, seccomp=sc))] == [3002, 3002, 0]
+    sc = {"default_action": "allow", "syscalls": [        # "anything but AF_UNIX"
+        {"names": ["socket"], "action": "errno:3003",
+         "args": [{"index": 0, "op": "ne", "value": 1}]}]}
+    assert [e for _, e in results(spec_for(cprobe, *ops, f"sys:{sock}:{1 << 32 | 1}:1:0",
+                                           seccomp=sc))] == [3003, 3003, 0, 0]
+
+
+def test_address_families(cprobe, probe):
+    sock, pair = nr("socket"), nr("socketpair")
+    # AF_INET, AF_INET with the upper half set, AF_NETLINK, AF_UNIX; socketpair with a
+    # NULL vector: EFAULT once allowed, EAFNOSUPPORT from the filter otherwise.
+    ops = [f"sys:{sock}:2:1:0", f"sys:{sock}:{1 << 32 | 2}:1:0", f"sys:{sock}:16:3:0",
+           f"sys:{sock}:1:1:0", f"sys:{pair}:1:1:0:0", f"sys:{pair}:2:1:0:0"]
+    control = [e for _, e in results(spec_for(cprobe, *ops))]
+    assert control[:4] == [0, 0, 0, 0] and control[4] == EFAULT, control
+    got = [e for _, e in results(spec_for(cprobe, *ops, address_families=["AF_UNIX"]))]
+    assert got == [EAFNOSUPPORT, EAFNOSUPPORT, EAFNOSUPPORT, 0, EFAULT, EAFNOSUPPORT]
+    got = [e for _, e in results(spec_for(cprobe, *ops, address_families=[]))]
+    assert got == [EAFNOSUPPORT] * 4 + [EAFNOSUPPORT, EAFNOSUPPORT]
+    # A filter of its own: one, without a seccomp section; two with one.
+    r = run_probe(probe_spec(probe, user=NOBODY, address_families=["AF_UNIX"]))
+    assert (r["status"]["Seccomp"], r["status"]["Seccomp_filters"]) == ("2", "1")
+    r = run_probe(probe_spec(probe, user=NOBODY, address_families=["AF_UNIX"],
+                             seccomp={"profile": "strict"}))
+    assert r["status"]["Seccomp_filters"] == "2"
+
+
+def test_address_families_without_no_new_privs_is_refused(scratch):
+    marker = scratch / "ran"
+    spec = {"argv": ["/usr/bin/touch", str(marker)], "env": dict(TARGET_ENV),
+            "user": NOBODY, "no_new_privs": False, "address_families": ["AF_UNIX"]}
+    p = run_wrapperd(spec)
+    assert p.returncode == 125
+    assert p.stderr.decode() == ("wrapperd: spec: address_families: needs no_new_privs: "
+                                 "true (it is a seccomp filter)\n")
+    assert not marker.exists()

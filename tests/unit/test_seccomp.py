@@ -223,14 +223,160 @@ def test_an_allow_list_profiles_default_is_a_deny_rule_too():
 
 
 def test_rules_that_cannot_be_combined_with_the_profiles_are_refused():
-    # The profile compares ioctl's low 32 bits; a 64-bit eq on the same argument has
-    # another shape, whose combination this compiler does not build: refused, not
-    # guessed.
+    # The profile compares ioctl's command (arg1); a condition on its argument (arg2, a
+    # 64-bit value) has another shape, whose combination this compiler does not build:
+    # refused, not guessed.
     with pytest.raises(SpecError, match=r"seccomp.syscalls\[0\].names\[0\]: the rules "
                                         r"for 'ioctl' cannot be combined"):
         compiled({"profile": "default", "syscalls": [
             {"names": ["ioctl"], "action": "allow",
-             "args": [{"index": 1, "op": "eq", "value": TIOCSTI}]}]})
+             "args": [{"index": 2, "op": "eq", "value": 5}]}]})
+
+
+def test_a_64_bit_eq_on_a_32_bit_argument_combines_with_the_profile():
+    # ioctl's command is an unsigned int: the spec's eq is compared on 32 bits, as the
+    # profile's masked_eq is, so the two combine -- and the stricter one wins.
+    p = compiled({"profile": "default", "syscalls": [
+        {"names": ["ioctl"], "action": "allow",
+         "args": [{"index": 1, "op": "eq", "value": TIOCSTI}]}]})
+    assert act(p, "ioctl", 0, TIOCSTI) == "errno:1"
+    assert act(p, "ioctl", 0, 1 << 32 | TIOCSTI) == "errno:1"
+    assert act(p, "ioctl", 0, TCGETS) == "allow"
+
+
+# --------------------------------------------------------------------------- 32-bit args
+
+@pytest.mark.parametrize("op, value, inside, outside", [
+    ("eq", 2, [2], [1, 3, 0xFFFFFFFF]),
+    ("ne", 2, [0, 1, 3, 0xFFFFFFFF], [2]),
+    ("lt", 3, [0, 1, 2], [3, 4, 0xFFFFFFFF]),
+    ("le", 3, [0, 3], [4, 0x80000000]),
+    ("gt", 40, [41, 0xFFFFFFFF], [0, 40]),
+    ("ge", 40, [40, 1000], [0, 39]),
+    ("masked_eq", 0xF0, [0x10, 0x1F], [0x20, 0x01]),      # value_two 0x10
+])
+def test_int_arguments_are_compared_on_32_bits(op, value, inside, outside):
+    # socket's family is an int: the kernel ignores the upper half of the register, so
+    # the filter must too -- else (1 << 32) | AF_VSOCK passes "family != AF_VSOCK".
+    arg = {"index": 0, "op": op, "value": value, "value_two": 0x10 if op == "masked_eq"
+           else 0}
+    p = compiled({"default_action": "allow", "syscalls": [
+        {"names": ["socket"], "action": "errno:13", "args": [arg]}]})
+    for low in inside:
+        for high in (0, 1 << 32, 0xFFFFFFFF << 32):
+            assert act(p, "socket", high | low, 1, 0) == "errno:13", (op, hex(high | low))
+    for low in outside:
+        for high in (0, 1 << 32, 0xFFFFFFFF << 32):
+            assert act(p, "socket", high | low, 1, 0) == "allow", (op, hex(high | low))
+
+
+def test_other_arguments_stay_64_bit():
+    # clone's flags are an unsigned long: all 64 bits count.
+    p = compiled({"default_action": "allow", "syscalls": [
+        {"names": ["clone"], "action": "errno:13",
+         "args": [{"index": 0, "op": "eq", "value": 5}]}]})
+    assert act(p, "clone", 5) == "errno:13" and act(p, "clone", 1 << 32 | 5) == "allow"
+
+
+def test_an_ordering_beyond_32_bits_or_too_many_blocks_is_refused():
+    with pytest.raises(SpecError, match=r"seccomp.syscalls\[0\].args\[0\]: arg0 is a "
+                                        r"32-bit value in the kernel"):
+        compiled({"default_action": "allow", "syscalls": [
+            {"names": ["socket"], "action": "errno:13",
+             "args": [{"index": 0, "op": "lt", "value": 1 << 40}]}]})
+    with pytest.raises(SpecError, match=r"more than 64 rules"):
+        compiled({"default_action": "allow", "syscalls": [
+            {"names": ["socket"], "action": "errno:13",
+             "args": [{"index": i, "op": "ne", "value": 7} for i in range(3)]}]})
+
+
+# ------------------------------------------------------------- syscalls newer than the filter
+
+def _highest(arch):
+    return seccomp.highest_known(pyseccomp, arch)
+
+
+def test_syscalls_above_the_highest_known_get_enosys_under_a_denying_default():
+    top = _highest(NATIVE)
+    p = compiled({"default_action": "errno:EPERM"})
+    assert p.unknown_syscalls_action == "errno:ENOSYS"
+    assert act(p, top) == "errno:1"                      # known to libseccomp: the default
+    assert act(p, top + 1) == "errno:38"
+    assert act(p, 1023) == "errno:38"
+    if NATIVE == "x86_64":
+        assert act(p, 0x3FFFFFFF) == "errno:38"
+        assert act(p, 0x40000000 | 1) == "kill_process"  # x32's numbers: the ABI check
+        assert act(p, top + 1, arch="x86") == "kill_process"     # i386 not allowed
+        p = compiled({"default_action": "errno:EPERM", "architectures": ["native", "x86"]})
+        assert act(p, _highest("x86") + 1, arch="x86") == "errno:38"
+        assert act(p, 0xFFFFFFF, arch="x86") == "errno:38"
+
+
+@pytest.mark.parametrize("sc, want", [
+    ({"default_action": "allow"}, None),                 # allowed anyway: no change
+    ({"default_action": "log"}, None),
+    ({"default_action": "kill_process"}, "errno:ENOSYS"),
+    ({"default_action": "errno:EPERM", "unknown_syscalls_action": "default_action"}, None),
+    ({"default_action": "errno:EPERM", "unknown_syscalls_action": "kill_process"},
+     "kill_process"),
+    ({"default_action": "errno:EPERM", "unknown_syscalls_action": "errno:EPERM"}, None),
+    ({"profile": "strict"}, "errno:ENOSYS"),
+    ({"profile": "default"}, None),
+])
+def test_unknown_syscalls_action(sc, want):
+    p = compiled(sc)
+    assert p.unknown_syscalls_action == want
+    top = _highest(NATIVE)
+    expect = want or p.default_action
+    assert act(p, top + 1) == seccomp.action_name(seccomp.action_value(expect))
+
+
+@pytest.mark.parametrize("sc, match", [
+    ({"default_action": "errno:EPERM", "unknown_syscalls_action": "allow"},
+     r"seccomp.unknown_syscalls_action: allow would let through"),
+    ({"default_action": "errno:EPERM", "unknown_syscalls_action": "log"},
+     r"seccomp.unknown_syscalls_action: log would let through"),
+    ({"default_action": "errno:EPERM", "unknown_syscalls_action": "bogus"},
+     r"seccomp.unknown_syscalls_action: "),
+])
+def test_unknown_syscalls_action_refused(sc, match):
+    with pytest.raises(SpecError, match=match):
+        compiled(sc)
+
+
+def test_address_families_filter():
+    p = seccomp.prepare_address_families(("AF_UNIX", "AF_INET6"),
+                                         ("native", "x86") if NATIVE == "x86_64"
+                                         else ("native",))
+
+    def fam(name, family, arch=NATIVE):
+        n = nr(name) if arch == NATIVE else {"socket": 359, "socketpair": 360}[name]
+        return seccomp.action_name(seccomp.evaluate(p.program, n, arch, (family, 1, 0)))
+    arches = [NATIVE] + (["x86"] if NATIVE == "x86_64" else [])
+    for arch in arches:
+        for call in ("socket", "socketpair"):
+            assert fam(call, 1, arch) == "allow" and fam(call, 10, arch) == "allow"
+            assert fam(call, 1 << 32 | 1, arch) == "allow"       # the kernel sees AF_UNIX
+            for bad in (2, 16, 17, 40, 1 << 32 | 40, 0xFFFFFFFF):
+                assert fam(call, bad, arch) == "errno:97", (arch, call, hex(bad))
+    if NATIVE == "x86_64":
+        assert seccomp.action_name(seccomp.evaluate(p.program, 102, "x86", (1,))) == \
+            "errno:38"                                            # socketcall
+    assert act(p, "io_uring_setup") == "errno:1"
+    assert act(p, "read") == "allow" and act(p, "connect") == "allow"
+    none = seccomp.prepare_address_families(())
+    assert act(none, "socket", 1) == "errno:97" and act(none, "socketpair", 1) == "errno:97"
+
+
+@pytest.mark.parametrize("value, match", [
+    (["AF_UNIX", "AF_BOGUS"], r"address_families\[1\]: unknown address family 'AF_BOGUS'"),
+    (["AF_UNIX", "AF_UNIX"], r"address_families: a family is listed twice"),
+    ("AF_UNIX", r"address_families: expected a list"),
+    ([""], r"address_families\[0\]: "),
+])
+def test_address_families_bad_input(value, match):
+    with pytest.raises(SpecError, match=match):
+        Spec.from_dict({"argv": ["/bin/true"], "address_families": value})
 
 
 # --------------------------------------------------------------------------- ABIs
@@ -317,7 +463,10 @@ def _syscall_rules(draw, name):
         rules.append({"names": [name], "action": draw(st.sampled_from(_ACTIONS))})
     index = draw(st.integers(0, 5))
     mask = draw(st.sampled_from([2**64 - 1, 0xFFFFFFFF, 0xFF, 0x10000000]))
-    points = draw(st.lists(_values, max_size=4, unique_by=lambda v: v & mask))
+    # An argument the kernel reads as 32 bits is compared on those (seccomp.INT_ARGS):
+    # points equal there are one point.
+    seen = mask & 0xFFFFFFFF if index in seccomp.INT_ARGS.get(name, ()) else mask
+    points = draw(st.lists(_values, max_size=4, unique_by=lambda v: v & seen))
     for p in points:
         arg = {"index": index, "op": "eq", "value": p} if mask == 2**64 - 1 else \
             {"index": index, "op": "masked_eq", "value": mask, "value_two": p & mask}
@@ -339,7 +488,12 @@ def _model(rules, default, name, args):
     for r in conds:
         a = r["args"][0]
         v = args[a["index"]]
-        if (v & a["value"] == a["value_two"]) if a["op"] == "masked_eq" else v == a["value"]:
+        width = 0xFFFFFFFF if a["index"] in seccomp.INT_ARGS.get(name, ()) else 2**64 - 1
+        if a["op"] == "masked_eq":
+            hit = v & a["value"] & width == a["value_two"] & width
+        else:
+            hit = v & width == a["value"] & width
+        if hit:
             return r["action"]
     return base
 
