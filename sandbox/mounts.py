@@ -151,10 +151,12 @@ class Prepared:
     masked_paths: tuple = ()
     readonly_paths: tuple = ()
     readonly_root: bool = False
+    late: tuple = ()            # Mount (bind), after everything else: writable places
+                                # (service directories) over read-only ones
 
     __record_types__ = field_types(mounts=tuple[Mount, ...], fresh_proc=bool,
                                    masked_paths=tuple[str, ...], readonly_paths=tuple[str, ...],
-                                   readonly_root=bool)
+                                   readonly_root=bool, late=tuple[Mount, ...])
 
 
 def _under(path: str, dirs) -> bool:
@@ -262,7 +264,8 @@ def apply(p: Prepared) -> None:
     fds, devs, null = {}, {}, -1
     ours: "set[int]" = set()   # st_dev of the filesystems the spec's mounts made: creation allowed
     try:
-        for i, m in enumerate(p.mounts):
+        everything = p.mounts + p.late
+        for i, m in enumerate(everything):
             if m.type == "bind":
                 fds[i] = _clone(m.source, "recursive" in m.options, _flags(m))
         if any(m.type == "dev" for m in p.mounts):
@@ -283,6 +286,8 @@ def apply(p: Prepared) -> None:
             _mask(path, null)
         for path in p.readonly_paths:
             _readonly(path)
+        for i, m in enumerate(p.late, len(p.mounts)):
+            _one(m, fds.get(i), devs, ours)
     finally:
         for fd in [*fds.values(), *devs.values(), null]:
             if fd != -1:

@@ -15,8 +15,8 @@ with SpecError (exit 125) before any step runs.
 Format (version 3), one JSON object: "wrapperd_plan": 3, and one member per attribute
 of wrapperd.shim.Plan (PLAN_FIELDS), each holding that facility's record or null:
   {"wrapperd_plan": 3, "procattr": ..., "fds": ..., "target": ..., "rlimits": ...,
-   "cgroup": ..., "dynamic_user": ..., "creds": ..., "caps": ..., "namespaces": ...,
-   "mounts": ..., "seccomp": ..., "address_families": ...}
+   "cgroup": ..., "dynamic_user": ..., "directories": ..., "creds": ..., "caps": ...,
+   "namespaces": ..., "mounts": ..., "seccomp": ..., "address_families": ...}
 Values: JSON scalars; lists (decoded as tuples); {"@bytes": hex}; {"@dict": [[key,
 value], ...]}; {"@": "module.Class", "f": {field: value}} for a record of RECORDS (a
 class made with sandbox._record.frozen, named by the facility sandbox.<module> that
@@ -51,6 +51,7 @@ PLAN_FIELDS = {
     "rlimits": ("rlimits.Prepared", False),
     "cgroup": ("cgroups.Prepared", False),
     "dynamic_user": ("dynamicuser.Prepared", False),
+    "directories": ("directories.Prepared", False),
     "creds": ("creds.Prepared", False),
     "caps": ("caps.Prepared", True),
     "namespaces": ("namespaces.Prepared", False),
@@ -60,7 +61,7 @@ PLAN_FIELDS = {
 }
 # Every record type a plan may hold, at any depth.
 RECORDS = (*(tag for tag, _required in PLAN_FIELDS.values()),
-           "mounts.Mount", "cgroups.Target", "cgroups.Hierarchy")
+           "mounts.Mount", "cgroups.Target", "cgroups.Hierarchy", "directories.Directory")
 
 
 # --------------------------------------------------------------------------- encode

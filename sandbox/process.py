@@ -244,8 +244,9 @@ class Process:
     # ------------------------------------------------------------------ lifecycle
     def close(self, grace: "float | None" = None) -> None:
         """Stop the target (terminate with `grace`, default `exit_grace`), kill what is
-        left in its cgroup, remove the cgroup directories spawn() created, close pipes
-        and the pidfd.  Idempotent."""
+        left in its cgroup, remove the cgroup directories spawn() created and the spec's
+        runtime directories (unless preserve_runtime), close pipes and the pidfd.
+        Idempotent."""
         if self._closed:
             return
         try:
@@ -254,6 +255,7 @@ class Process:
             if self.spec.cgroup is not None and self._cgroup_pids():
                 self._kill_cgroup()
             self._remove_cgroups()
+            self._remove_runtime_directories()
         finally:
             self._release()
 
@@ -291,6 +293,14 @@ class Process:
                     time.sleep(0.01)
         self._created_cgroups = []
 
+    def _remove_runtime_directories(self) -> None:
+        """The spec's runtime directories (unless preserve_runtime), as systemd removes
+        RuntimeDirectory= when the service stops."""
+        if getattr(self.spec, "directories", None) is None:
+            return
+        from . import directories
+        directories.remove_runtime(directories.prepare(self.spec))
+
     def _abandon(self) -> None:
         """The handshake failed or timed out: kill the shim, reap it, clean up."""
         try:
@@ -304,6 +314,7 @@ class Process:
         """After a setup failure (the shim is reaped): the cgroup the shim may have
         created before failing, pipes and the pidfd go."""
         self._remove_cgroups()
+        self._remove_runtime_directories()
         self._release()
 
     def _release(self) -> None:

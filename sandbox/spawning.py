@@ -62,6 +62,7 @@ class SpawnFields(TypedDict, total=False):
     masked_paths: Any
     readonly_paths: Any
     readonly_root: bool
+    directories: Any
     address_families: "list[str] | None"
 
 __all__ = ["spawn", "run", "Completed", "build_spec", "resolve", "PIPE", "DEVNULL",

@@ -299,6 +299,74 @@ def _unknown_action(v: Any, path: str) -> str:
 
 
 @attrs.frozen
+class ServiceDirectory:
+    path: str = _field("a name under the kind's base directory (one component: no '/')")
+    mode: Optional[str] = _field("octal mode, e.g. '0750'; default 0755", default=None)
+
+    KEYS = ("path", "mode")
+
+    @classmethod
+    def load(cls, v: Any, path: str) -> "ServiceDirectory":
+        if type(v) is str:
+            d: dict = {"path": v}
+        else:
+            d = _obj(v, path, cls.KEYS)
+            if "path" not in d:
+                raise SpecError("missing required key 'path'", path)
+        where = path if type(v) is str else f"{path}.path"
+        name = _str(d["path"], where, nonempty=True)
+        if "/" in name or name in (".", "..") or "\0" in name:
+            raise SpecError(f"{name!r} is not a directory name (one component, no '/', "
+                            "not '.' or '..')", where)
+        mode = _opt(d, "mode", _str, path)
+        if mode is not None and not (1 <= len(mode) <= 4 and
+                                     all(c in "01234567" for c in mode)):
+            raise SpecError(f"{mode!r} is not an octal mode like '0750'", f"{path}.mode")
+        return cls(path=name, mode=mode)
+
+    def dump(self) -> dict:
+        return {"path": self.path, "mode": self.mode}
+
+
+DIRECTORY_KINDS = ("runtime", "state", "cache", "logs", "configuration")
+
+
+@attrs.frozen
+class Directories:
+    """systemd's RuntimeDirectory=, StateDirectory=, CacheDirectory=, LogsDirectory=,
+    ConfigurationDirectory=: see sandbox.directories."""
+
+    runtime: tuple = _field("under /run, removed when the sandbox ends", default=())
+    state: tuple = _field("under /var/lib", default=())
+    cache: tuple = _field("under /var/cache", default=())
+    logs: tuple = _field("under /var/log", default=())
+    configuration: tuple = _field("under /etc, root's and read-only", default=())
+    preserve_runtime: bool = _field("keep the runtime directories when the sandbox ends",
+                                    default=False)
+
+    KEYS = (*DIRECTORY_KINDS, "preserve_runtime")
+
+    @classmethod
+    def load(cls, v: Any, path: str) -> "Directories":
+        d = _obj(v, path, cls.KEYS)
+        out = {k: _opt(d, k, _list, path, ServiceDirectory.load) or ()
+               for k in DIRECTORY_KINDS}
+        for k in DIRECTORY_KINDS:
+            names = [e.path for e in out[k]]
+            if len(set(names)) != len(names):
+                raise SpecError("a directory is listed twice", f"{path}.{k}")
+            if "private" in names and k != "configuration":
+                raise SpecError("'private' is where a dynamic user's directories live",
+                                f"{path}.{k}")
+        return cls(**out, preserve_runtime=_opt(d, "preserve_runtime", _bool, path)
+                   or False)
+
+    def dump(self) -> dict:
+        return {**{k: [e.dump() for e in getattr(self, k)] for k in DIRECTORY_KINDS},
+                "preserve_runtime": self.preserve_runtime}
+
+
+@attrs.frozen
 class SeccompRule:
     names: tuple = _field("syscall names, or @group names from profiles/syscalls.toml")
     action: str = _field("allow, errno:NAME|N, kill_process, kill_thread, trap, log")
@@ -747,6 +815,10 @@ class Spec:
     readonly_root: bool = _field("/ and every mount below it made read-only in the new "
                                  "mount namespace (the spec's mounts go on top)",
                                  default=False)
+    directories: Optional[Directories] = _field(
+        "service directories under /run, /var/lib, /var/cache, /var/log, /etc, made and "
+        "owned for the target before it runs (systemd's RuntimeDirectory= ...)",
+        default=None)
     address_families: Optional[tuple] = _field(
         "socket families the target may create (systemd's RestrictAddressFamilies=), "
         "e.g. AF_UNIX, AF_INET, AF_INET6: socket(2) and socketpair(2) of any other fail "
@@ -760,7 +832,8 @@ class Spec:
             "securebits", "no_new_privs", "pdeathsig", "new_session", "seccomp",
             "namespaces",
             "hostname", "mounts", "cgroup", "rlimits", "oom_score_adj", "nice", "pass_fds",
-            "masked_paths", "readonly_paths", "readonly_root", "address_families")
+            "masked_paths", "readonly_paths", "readonly_root", "directories",
+            "address_families")
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -823,6 +896,7 @@ class Spec:
             readonly_paths=_opt(d, "readonly_paths", _list, "", _abspath) or (),
             readonly_root=_bool(d["readonly_root"], "readonly_root")
             if d.get("readonly_root") is not None else False,
+            directories=_opt(d, "directories", Directories.load, ""),
             address_families=_address_families(d["address_families"])
             if d.get("address_families") is not None else None,
             source=json.loads(json.dumps(d)) if d.get("profile") else None,

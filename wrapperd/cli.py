@@ -24,9 +24,9 @@ USAGE = """wrapperd [--spec PATH | --spec - | --spec-fd N] [--profile NAME] [--s
 
 DESCRIPTION = """\
 Apply a spawn spec to this process in a fixed order -- oom score, nice, rlimits, cgroup,
-namespaces, mounts, session (setsid; a group leader forks once and supervises), fds,
-identity, capabilities, cwd, no_new_privs, signals, seccomp -- then exec ARGV, so the
-target is born confined.
+dynamic user, service directories, namespaces, mounts, session (setsid; a group leader
+forks once and supervises), fds, identity, capabilities, cwd, no_new_privs, signals,
+seccomp -- then exec ARGV, so the target is born confined.
 If any step fails the target never runs: one line on stderr, a JSON record on the status
 fd, exit 125 (126: found but not executable, 127: not found).
 

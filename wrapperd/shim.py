@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         caps,
         cgroups,
         creds,
+        directories,
         dynamicuser,
         execution,
         fds,
@@ -50,6 +51,7 @@ class Plan:
     rlimits: "rlimits.Prepared | None" = None
     cgroup: "cgroups.Prepared | None" = None
     dynamic_user: "dynamicuser.Prepared | None" = None
+    directories: "directories.Prepared | None" = None
     creds: "creds.Prepared | None" = None
     caps: "caps.Prepared | None" = None
     namespaces: "namespaces.Prepared | None" = None
@@ -80,7 +82,13 @@ def prepare(spec, find_target: bool = True, disk_cache: bool = False) -> Plan:
     from sandbox import mounts, namespaces
     # Also refuses hostname/mount fields without the namespace they need.
     p["namespaces"] = ns_p = namespaces.prepare(spec, creds_p)
-    p["mounts"] = mounts.prepare(spec)
+    p["mounts"] = mounts_p = mounts.prepare(spec)
+    if spec.directories is not None:
+        from sandbox import directories
+        p["directories"] = dirs_p = directories.prepare(spec)
+        if dirs_p is not None and mounts_p is not None:
+            # Bound in last: writable under a read-only root (configuration read-only).
+            p["mounts"] = replace(mounts_p, late=mounts_p.late + directories.binds(dirs_p))
     securebits = creds_p.securebits if creds_p else 0
     # In a new user namespace the target's uid is the one inside it.
     is_root = ns_p.target_is_root(creds_p) if ns_p else creds.target_is_root(creds_p)
@@ -118,7 +126,12 @@ def prepare(spec, find_target: bool = True, disk_cache: bool = False) -> Plan:
             spec, seccomp.restrict_suid_sgid(arches))
     if find_target:
         from sandbox import execution
-        p["target"] = execution.prepare(spec)
+        p["target"] = target = execution.prepare(spec)
+        if p.get("directories") is not None:
+            from sandbox import directories
+            # RUNTIME_DIRECTORY, ...: as systemd sets them, over the spec's own.
+            p["target"] = replace(target, env={**target.env, **directories.environment(
+                p["directories"])})
     return Plan(**p)
 
 
@@ -138,6 +151,7 @@ STEP_MODULES = (
     ("sandbox.mounts", lambda plan: plan.mounts is not None),
     ("sandbox.creds", lambda plan: plan.creds is not None),
     ("sandbox.dynamicuser", lambda plan: plan.dynamic_user is not None),
+    ("sandbox.directories", lambda plan: plan.directories is not None),
     # a dynamic user and address_families load a filter of their own
     ("sandbox.seccomp", lambda plan: plan.seccomp is not None or
      plan.dynamic_user is not None or plan.address_families is not None),
@@ -244,6 +258,14 @@ def _dynamic_user(plan, ctx):
                                               plan.namespaces)
         return replace(plan, creds=creds, namespaces=namespaces)
     return None
+
+
+def _directories(plan, ctx):
+    # After the dynamic user (their owner) and before the namespaces: in the host's
+    # mount namespace, where the mounts step then binds them in.
+    if plan.directories is not None:
+        from sandbox import directories
+        directories.apply(plan.directories, plan.creds, plan.namespaces)
 
 
 def _before_fork(plan, ctx) -> int:
@@ -406,6 +428,7 @@ STEPS = (
     ("rlimits", _rlimits),               # raising a hard limit needs CAP_SYS_RESOURCE
     ("cgroup", _cgroup),                 # joined before anything else can fork or run
     ("dynamic_user", _dynamic_user),     # allocated in the host's /run and /proc
+    ("directories", _directories),       # made and owned in the host's view, for its ids
     ("namespaces", _namespaces),         # user first (id maps), then the others
     ("mounts", _mounts),                 # inside the new mount namespace
     ("session", _session),               # setsid: off the caller's tty (TIOCSTI); may fork

@@ -73,6 +73,8 @@ RECORDS: "dict[str, type]" = {
     "namespaces.user.gid_map[]": spec_mod.IdMap,
     "mounts[]": spec_mod.Mount,
     "cgroup": spec_mod.Cgroup,
+    "directories": spec_mod.Directories,
+    **{f"directories.{k}[]": spec_mod.ServiceDirectory for k in spec_mod.DIRECTORY_KINDS},
 }
 
 

@@ -5,7 +5,8 @@ from wrapperd import shim
 
 def test_step_order_is_pinned():
     assert [name for name, _ in shim.STEPS] == [
-        "dumpable", "oom_score_adj", "nice", "rlimits", "cgroup", "dynamic_user", "namespaces",
+        "dumpable", "oom_score_adj", "nice", "rlimits", "cgroup", "dynamic_user", "directories",
+        "namespaces",
         "mounts", "session", "fds", "umask", "identity", "capabilities", "cwd", "pdeathsig",
         "no_new_privs", "signals", "reaper", "seccomp", "exec",
     ]
@@ -32,4 +33,6 @@ def test_privilege_dropping_comes_after_everything_that_needs_privilege():
     # A dynamic id is allocated while /run and /proc are the host's (before any new
     # mount or pid namespace), and before the identity step uses it.
     assert names.index("dynamic_user") < names.index("namespaces")
+    # Service directories: owned by the allocated id, made in the host's mount namespace.
+    assert names.index("dynamic_user") < names.index("directories") < names.index("namespaces")
     assert names.index("dynamic_user") < names.index("identity")
