@@ -27,8 +27,15 @@ from sandbox import _libc, caps, cgroups, dynamicuser
 from sandbox.namespaces import CLONE_FLAGS
 from sandbox.spawning import DEVNULL
 from tests.conftest import TARGET_ENV, host_dir_root, skip_or_fail, until
-from tests.services import daemons as ds
-from tests.services.daemons import DAEMONS, EXPECTED, PROFILES, ClientError, Daemon, Run
+from tests.services.daemons import (
+    DAEMONS,
+    EXPECTED,
+    PROFILES,
+    ROOT_PROFILES,
+    ClientError,
+    Daemon,
+    Run,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DOC = os.path.join(REPO, "docs", "daemons.md")
@@ -38,6 +45,8 @@ REGENERATE = "make daemons-matrix"
 # What this run observed, (daemon, profile) -> "works" | "fails: <reason>".
 OBSERVED: "dict[tuple[str, str], str]" = {}
 
+# Where service directories are made (spec `directories`).
+BASES = ("/run", "/var/lib", "/var/log", "/var/cache")
 START_TIMEOUT = 20      # a daemon listening, or exited, on a busy host
 EXIT_TIMEOUT = 20       # a daemon gone after SIGTERM (redis saves its snapshot first)
 
@@ -142,6 +151,7 @@ def normalize(line: str, run: Run, daemon: Daemon) -> str:
         if s:
             line = line.replace(s, placeholder)
     line = line.split(" (expected one of:")[0]      # a SpecError's list of keys
+    line = line.replace("`", "'")                      # the matrix quotes it in `...`
     return line if len(line) <= 160 else line[:157] + "..."
 
 
@@ -188,7 +198,7 @@ def promises(daemon: Daemon, profile: str, spec, st: "dict[str, str]") -> "list[
     /proc/PID/status (the kernel's own words); the problems found."""
     problems = []
     uids = {int(x) for x in st["Uid"].split()}
-    if profile in ds.ROOT_PROFILES:
+    if profile in ROOT_PROFILES:
         # Root, or the user a daemon started as root switches to by itself.
         want = pwd.getpwnam(daemon.switches_to).pw_uid if daemon.switches_to else 0
         if uids != {want}:
@@ -198,18 +208,18 @@ def promises(daemon: Daemon, profile: str, spec, st: "dict[str, str]") -> "list[
         lo, hi = dynamicuser.DYNAMIC_RANGE
         if len(uids) != 1 or not lo <= min(uids) <= hi:
             problems.append(f"Uid {st['Uid']}, not one dynamic uid in {lo}-{hi}")
-    expected = caps.prepare(spec.capabilities, target_is_root=profile in ds.ROOT_PROFILES)
+    expected = caps.prepare(spec.capabilities, target_is_root=profile in ROOT_PROFILES)
     bnd, prm, eff = (int(st[k], 16) for k in ("CapBnd", "CapPrm", "CapEff"))
     if bnd != expected.bounding:
         problems.append(f"CapBnd {caps.names(bnd)}, not {caps.names(expected.bounding)}")
     # A daemon may drop what it holds (dnsmasq does), never hold more.
     if prm & ~bnd or eff & ~prm:
         problems.append(f"CapPrm {st['CapPrm']} / CapEff {st['CapEff']} beyond CapBnd")
-    if profile not in ds.ROOT_PROFILES and eff & ~expected.ambient:
+    if profile not in ROOT_PROFILES and eff & ~expected.ambient:
         problems.append(f"CapEff {caps.names(eff)}, beyond {caps.names(expected.ambient)}")
     if st["NoNewPrivs"] != str(int(bool(spec.no_new_privs))):
         problems.append(f"NoNewPrivs {st['NoNewPrivs']}, spec {spec.no_new_privs}")
-    want_seccomp = "0" if profile in ds.ROOT_PROFILES else "2"
+    want_seccomp = "0" if profile in ROOT_PROFILES else "2"
     if st["Seccomp"] != want_seccomp:
         problems.append(f"Seccomp {st['Seccomp']}, not {want_seccomp}")
     return problems
@@ -238,8 +248,10 @@ def test_daemon_under_profile(name, profile, cgroup_root):
         # Its directories: the runtime one must be gone when it ends (checked below);
         # state and logs stay by design: the test removes them.
         n = run.name(daemon)
-        for base in ("/run", "/var/lib", "/var/log", "/var/cache"):
+        for base in BASES:
+            # A dynamic user's are BASE/private/NAME, bound on BASE/NAME inside.
             stack.callback(remove_dir, f"{base}/{n}")
+            stack.callback(remove_dir, f"{base}/private/{n}")
         if name == "sshd":
             make_login_user(run, stack)
         daemon.prepare(run)
@@ -250,40 +262,13 @@ def test_daemon_under_profile(name, profile, cgroup_root):
         # Read before the cleanup removes them: its messages, and whether its runtime
         # directories went with it.
         seen["texts"] = [read_text(f"{run.dir}/output")] + [
-            read_text(p) for p in daemon.logs(run)]
+            read_text(p) or read_text(p.replace(f"/var/log/{n}/", f"/var/log/private/{n}/"))
+            for p in daemon.logs(run)]
         for entry in spec.get("directories", {}).get("runtime", []):
-            path = "/run/" + (entry if isinstance(entry, str) else entry["path"])
-            if os.path.lexists(path):
-                seen["left"].append(f"runtime directory {path}")
+            rt = entry if isinstance(entry, str) else entry["path"]
+            seen["left"] += [f"runtime directory {p}" for p in (f"/run/{rt}",
+                             f"/run/private/{rt}") if os.path.lexists(p)]
         check(daemon, run, profile, seen)
-
-
-def check(daemon: Daemon, run: Run, profile: str, seen: dict) -> None:
-    """Record the outcome, then hold it and what was seen to what is expected."""
-    problems = []
-    if seen["status"] is not None:
-        problems += promises(daemon, profile, seen["spec"], seen["status"])
-    if seen["rc"] is not None and seen["rc"] != daemon.sigterm_status:
-        problems.append(f"exit status after SIGTERM: {seen['rc']}, documented "
-                        f"{daemon.sigterm_status}")
-    problems += [f"left behind: {x}" for x in seen["left"]]
-    if seen["reason"] is not None:
-        # Why: the daemon's own words, else what the client or wrapperd said.
-        own = None if seen["reason"].startswith("wrapperd:") else why(seen["texts"])
-        outcome = "fails: " + normalize(own or seen["reason"], run, daemon)
-    elif problems:
-        outcome = "fails: " + normalize(problems[0], run, daemon)
-    else:
-        outcome = "works"
-    OBSERVED[(daemon.name, profile)] = outcome
-    expected = EXPECTED[daemon.name][profile]
-    if expected == "works":
-        if outcome != "works":
-            problems.insert(0, f"expected to work, but it {outcome}")
-    elif not (outcome.startswith("fails: ") and expected.removeprefix("fails: ") in outcome):
-        problems.insert(0, f"expected {expected!r}, but: {outcome}")
-    tail = "\n".join("\n".join(t.splitlines()[-15:]) for t in seen["texts"] if t)
-    assert not problems, "\n".join(problems) + f"\n--- {daemon.name}'s messages:\n{tail}"
 
 
 def run_daemon(daemon: Daemon, run: Run, spec: dict, stack) -> dict:
@@ -329,11 +314,13 @@ def run_daemon(daemon: Daemon, run: Run, spec: dict, stack) -> dict:
                 seen["rc"] = f"still running {EXIT_TIMEOUT} s after SIGTERM"
         elif seen["reason"] is None:
             seen["reason"] = f"exited {proc.returncode}"
-        # What it started ends with it: nothing may stay in its cgroup.
-        try:
-            until(lambda: not group.procs(), 10, f"{group} to empty")
-        except pytest.fail.Exception:
-            seen["left"].append(f"processes in its cgroup: {sorted(group.procs())}")
+        # What it started ends with it: nothing may stay in its cgroup.  (One that did
+        # not end is killed with its cgroup as the block closes: already a failure.)
+        if proc.poll() is not None:
+            try:
+                until(lambda: not group.procs(), 10, f"{group} to empty")
+            except pytest.fail.Exception:
+                seen["left"].append(f"processes in its cgroup: {sorted(group.procs())}")
     if group.exists():
         seen["left"].append(f"cgroup {proc.spec.cgroup.full_path}")
     return seen
@@ -341,6 +328,34 @@ def run_daemon(daemon: Daemon, run: Run, spec: dict, stack) -> dict:
 
 def spec_has_pidns(spec) -> bool:
     return bool(spec.namespaces and spec.namespaces.pid)
+
+
+def check(daemon: Daemon, run: Run, profile: str, seen: dict) -> None:
+    """Record the outcome, then hold it and what was seen to what is expected."""
+    problems = []
+    if seen["status"] is not None:
+        problems += promises(daemon, profile, seen["spec"], seen["status"])
+    if seen["rc"] is not None and seen["rc"] != daemon.sigterm_status:
+        problems.append(f"exit status after SIGTERM: {seen['rc']}, documented "
+                        f"{daemon.sigterm_status}")
+    problems += [f"left behind: {x}" for x in seen["left"]]
+    if seen["reason"] is not None:
+        # Why: the daemon's own words, else what the client or wrapperd said.
+        own = None if seen["reason"].startswith("wrapperd:") else why(seen["texts"])
+        outcome = "fails: " + normalize(own or seen["reason"], run, daemon)
+    elif problems:
+        outcome = "fails: " + normalize(problems[0], run, daemon)
+    else:
+        outcome = "works"
+    OBSERVED[(daemon.name, profile)] = outcome
+    expected = EXPECTED[daemon.name][profile]
+    if expected == "works":
+        if outcome != "works":
+            problems.insert(0, f"expected to work, but it {outcome}")
+    elif not (outcome.startswith("fails: ") and expected.removeprefix("fails: ") in outcome):
+        problems.insert(0, f"expected {expected!r}, but: {outcome}")
+    tail = "\n".join("\n".join(t.splitlines()[-15:]) for t in seen["texts"] if t)
+    assert not problems, "\n".join(problems) + f"\n--- {daemon.name}'s messages:\n{tail}"
 
 
 # ------------------------------------------------------------------------ the matrix
