@@ -65,6 +65,8 @@ class Daemon:
     low_port: bool = False
     # Directories it needs that are not its own (a fixed path compiled in).
     fixed_dirs: Callable[[Run], "list[str]"] = lambda run: []
+    # Its client logs in: a user of the test's own, with a key (run.user, run.key).
+    login_user: bool = False
 
 
 def _copy(src: str, dst: str, edits: "list[tuple[str, str]]") -> None:
@@ -315,6 +317,7 @@ SSHD = Daemon(
     # sshd.c: "Received signal 15; terminating.", exit(0) for SIGTERM (255 otherwise).
     sigterm_status=0,
     fixed_dirs=lambda run: ["/run/sshd"] if run.profile in UID_0 else [],
+    login_user=True,
 )
 
 

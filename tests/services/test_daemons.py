@@ -252,7 +252,7 @@ def test_daemon_under_profile(name, profile, cgroup_root):
             # A dynamic user's are BASE/private/NAME, bound on BASE/NAME inside.
             stack.callback(remove_dir, f"{base}/{n}")
             stack.callback(remove_dir, f"{base}/private/{n}")
-        if name == "sshd":
+        if daemon.login_user:
             make_login_user(run, stack)
         daemon.prepare(run)
         spec = {"name": n, "profile": profile, "argv": daemon.argv(run),
