@@ -56,7 +56,7 @@ class Daemon:
     prepare: Callable[[Run], None]          # write its configuration into run.dir
     argv: Callable[[Run], "list[str]"]
     fields: Callable[[Run], dict]           # spec fields it needs under run.profile
-    check: Callable[[Run], str]             # the client; raises ClientError
+    check: Callable[[Run], None]            # the client; raises ClientError
     sigterm_status: int                     # its exit status after SIGTERM, as documented
     logs: Callable[[Run], "list[str]"] = lambda run: []   # its messages besides stderr
     # The user a root-started daemon switches its main process to by itself (else root).
@@ -106,7 +106,7 @@ def _nginx_prepare(run: Run) -> None:
     ])
 
 
-def _nginx_check(run: Run) -> str:
+def _nginx_check(run: Run) -> None:
     c = http.client.HTTPConnection("127.0.0.1", run.port, timeout=10)
     try:
         c.request("GET", "/")
@@ -119,7 +119,6 @@ def _nginx_check(run: Run) -> str:
     # Debian's own page, /var/www/html/index.nginx-debian.html.
     if r.status != 200 or b"Welcome to nginx!" not in body:
         raise ClientError(f"GET /: {r.status} {body[:80]!r}")
-    return "GET / 200"
 
 
 NGINX = Daemon(
@@ -158,13 +157,12 @@ def _redis_cli(run: Run, *args: str) -> str:
     return out
 
 
-def _redis_check(run: Run) -> str:
+def _redis_check(run: Run) -> None:
     key, value = f"wrapperd-test-{run.tag}", f"value-{random.getrandbits(32)}"
     if (out := _redis_cli(run, "SET", key, value)) != "OK":
         raise ClientError(f"SET: {out}")
     if (out := _redis_cli(run, "GET", key)) != value:
         raise ClientError(f"GET: {out!r}, not {value!r}")
-    return "SET then GET"
 
 
 REDIS = Daemon(
@@ -212,7 +210,7 @@ def _skip_name(msg: bytes, i: int) -> int:
     return i + 1
 
 
-def _dnsmasq_check(run: Run) -> str:
+def _dnsmasq_check(run: Run) -> None:
     qid = random.getrandbits(16)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.settimeout(10)
@@ -237,7 +235,6 @@ def _dnsmasq_check(run: Run) -> str:
         i += rdlen
     if answers != [DNS_ADDRESS]:
         raise ClientError(f"query {DNS_NAME}: A {answers}")
-    return f"{DNS_NAME} A {DNS_ADDRESS}"
 
 
 DNSMASQ = Daemon(
@@ -292,7 +289,7 @@ def _sshd_fields(run: Run) -> dict:
     return fields
 
 
-def _sshd_check(run: Run) -> str:
+def _sshd_check(run: Run) -> None:
     assert run.user and run.key
     r = subprocess.run(
         ["ssh", "-F", "/dev/null", "-i", run.key, "-p", str(run.port),
@@ -304,7 +301,6 @@ def _sshd_check(run: Run) -> str:
     if r.returncode != 0 or r.stdout.strip() != run.user:
         raise ClientError(f"ssh {run.user}@: exit {r.returncode}: "
                           f"{(r.stderr or r.stdout).strip()}")
-    return f"ssh key login, `id -un` = {run.user}"
 
 
 SSHD = Daemon(
