@@ -152,11 +152,14 @@ class Prepared:
     readonly_paths: tuple = ()
     readonly_root: bool = False
     late: tuple = ()            # Mount (bind), after everything else: writable places
-                                # (service directories) over read-only ones
+                                # (read_write_paths, service directories) over read-only
+    read_only: tuple = ()       # made read-only, exec kept (sandbox.filesystem)
+    proc_data: "str | None" = None   # the fresh /proc's options (hidepid=, subset=)
 
     __record_types__ = field_types(mounts=tuple[Mount, ...], fresh_proc=bool,
                                    masked_paths=tuple[str, ...], readonly_paths=tuple[str, ...],
-                                   readonly_root=bool, late=tuple[Mount, ...])
+                                   readonly_root=bool, late=tuple[Mount, ...],
+                                   read_only=tuple[str, ...], proc_data=str | None)
 
 
 def _under(path: str, dirs) -> bool:
@@ -173,9 +176,10 @@ def _check_destination(dest: str, field: str) -> None:
                         "component, no '//' or trailing '/')", field)
 
 
-def prepare(spec) -> "Prepared | None":
+def prepare(spec, expansion=None) -> "Prepared | None":
     """None unless the spec asks for a new mount namespace (namespaces.prepare has
-    already refused mount fields without one)."""
+    already refused mount fields without one).  expansion: what sandbox.filesystem
+    expanded the spec's `filesystem` into, beyond spec fields."""
     ns = spec.namespaces
     if ns is None or ns.mount is not True:
         return None
@@ -214,14 +218,20 @@ def prepare(spec) -> "Prepared | None":
                             "tmpfs this spec mounts)", f"{path}.destination")
         if m.type in ("tmpfs", "dev"):
             ours.append(m.destination)
-    fresh_proc = ns.pid is True and not any(m.destination.rstrip("/") == "/proc"
-                                            for m in spec.mounts)
+    proc_data = expansion.proc_data if expansion is not None else None
+    fresh_proc = (ns.pid is True or proc_data is not None) and \
+        not any(m.destination.rstrip("/") == "/proc" for m in spec.mounts)
+    late: "tuple[Mount, ...]" = ()
+    if expansion is not None:
+        late = tuple(Mount("bind", p, p, ("rw",), None, None) for p in expansion.read_write)
     return Prepared(mounts=tuple(Mount(m.type, m.destination, m.source, tuple(m.options),
                                        m.size, m.mode) for m in spec.mounts),
                     fresh_proc=fresh_proc,
                     masked_paths=tuple(getattr(spec, "masked_paths", ()) or ()),
                     readonly_paths=tuple(getattr(spec, "readonly_paths", ()) or ()),
-                    readonly_root=bool(getattr(spec, "readonly_root", False)))
+                    readonly_root=bool(getattr(spec, "readonly_root", False)), late=late,
+                    read_only=expansion.read_only if expansion is not None else (),
+                    proc_data=proc_data)
 
 
 # --------------------------------------------------------------------------- apply
@@ -279,13 +289,15 @@ def apply(p: Prepared) -> None:
             # top afterwards and keep their flags.
             set_flags("/", MS_RDONLY, recursive=True)
         if p.fresh_proc:
-            _mount_fs("proc", "/proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+            _mount_fs("proc", "/proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, p.proc_data)
         for i, m in enumerate(p.mounts):
             _one(m, fds.get(i), devs, ours)
         for path in p.masked_paths:
             _mask(path, null)
         for path in p.readonly_paths:
             _readonly(path)
+        for path in p.read_only:
+            _readonly(path, MS_RDONLY)
         for i, m in enumerate(p.late, len(p.mounts)):
             _one(m, fds.get(i), devs, ours)
     finally:
@@ -498,14 +510,16 @@ def _mask(path: str, null: int) -> None:
         _bind(null, path, False, "/dev/null")
 
 
-def _readonly(path: str) -> None:
+def _readonly(path: str, flags: int = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC) -> None:
+    """readonly_paths: read-only and nothing run from there (as /proc's parts are);
+    sandbox.filesystem's read-only places (/usr) keep exec: flags MS_RDONLY."""
     if not os.path.lexists(path):
         return
     try:
         _libc.mount(path, path, None, MS_BIND | MS_REC)
     except OSError as e:
         raise _fail(f"bind read-only path {path} onto itself", e) from None
-    set_flags(path, MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, recursive=True)
+    set_flags(path, flags, recursive=True)
 
 
 def _attr(ms_flags: int) -> int:

@@ -300,6 +300,12 @@ def export_spec(spec, notes: "list | None" = None) -> dict:
     conditional seccomp rules) is appended to `notes` when given."""
     from . import caps as capmod
     notes = [] if notes is None else notes
+    expansion = None
+    if spec.filesystem is not None:
+        # systemd's protections as the mounts, masks, read-only root and capability
+        # drops they stand for; the rest below.
+        from .filesystem import expand
+        spec, expansion = expand(spec)
     d = spec.to_dict()
     proc: dict = {"args": d["argv"], "env": [f"{k}={v}" for k, v in d["env"].items()],
                   "cwd": d["cwd"], "noNewPrivileges": d["no_new_privs"]}
@@ -382,6 +388,21 @@ def export_spec(spec, notes: "list | None" = None) -> dict:
     for ours, theirs in (("masked_paths", "maskedPaths"), ("readonly_paths", "readonlyPaths")):
         if d.get(ours):
             out["linux"][theirs] = list(d[ours])
+    if expansion is not None:
+        if expansion.read_only:
+            # (runtimes' readonlyPaths may also set noexec: /usr would not run)
+            notes.append("filesystem: read-only places that keep exec ("
+                         f"{', '.join(expansion.read_only)}): OCI's readonlyPaths may add "
+                         "noexec; not exported")
+        out.setdefault("mounts", []).extend(
+            {"destination": p, "type": "bind", "source": p, "options": ["rbind", "rw"]}
+            for p in expansion.read_write)
+        if expansion.proc_data:
+            notes.append(f"filesystem: /proc's {expansion.proc_data}: OCI has no field "
+                         "for it")
+        if expansion.denied:
+            notes.append(f"filesystem: syscalls denied ({', '.join(expansion.denied)}): "
+                         "not exported (add them to linux.seccomp)")
     if spec.seccomp is not None:
         out["linux"]["seccomp"] = _export_seccomp(spec, notes)
     if d.get("cgroup"):

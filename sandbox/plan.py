@@ -16,7 +16,7 @@ Format (version 3), one JSON object: "wrapperd_plan": 3, and one member per attr
 of wrapperd.shim.Plan (PLAN_FIELDS), each holding that facility's record or null:
   {"wrapperd_plan": 3, "procattr": ..., "fds": ..., "target": ..., "rlimits": ...,
    "cgroup": ..., "dynamic_user": ..., "directories": ..., "creds": ..., "caps": ...,
-   "namespaces": ..., "mounts": ..., "seccomp": ..., "address_families": ...}
+   "namespaces": ..., "mounts": ..., "seccomp": ..., "restrictions": ...}
 Values: JSON scalars; lists (decoded as tuples); {"@bytes": hex}; {"@dict": [[key,
 value], ...]}; {"@": "module.Class", "f": {field: value}} for a record of RECORDS (a
 class made with sandbox._record.frozen, named by the facility sandbox.<module> that
@@ -57,7 +57,7 @@ PLAN_FIELDS = {
     "namespaces": ("namespaces.Prepared", False),
     "mounts": ("mounts.Prepared", False),
     "seccomp": ("seccomp.Prepared", False),
-    "address_families": ("seccomp.AddressFamilies", False),
+    "restrictions": ("seccomp.Restrictions", False),
 }
 # Every record type a plan may hold, at any depth.
 RECORDS = (*(tag for tag, _required in PLAN_FIELDS.values()),

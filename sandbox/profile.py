@@ -54,6 +54,9 @@ DEFAULT_RULES = {
     "readonly_paths": "union",
     "securebits": "union",
     "seccomp.syscalls": "append",      # later rules win for the syscalls they name
+    "filesystem.read_write_paths": "union",
+    "filesystem.read_only_paths": "union",
+    "filesystem.inaccessible_paths": "union",
 }
 
 

@@ -37,8 +37,8 @@ from ._record import field, field_types, frozen
 from .errors import SetupError, SpecError
 from .fds import read_all
 
-__all__ = ["ARCHES", "Prepared", "prepare", "apply", "ADDRESS_FAMILIES", "AddressFamilies",
-           "prepare_address_families", "INT_ARGS", "kernel_width", "highest_known",
+__all__ = ["ARCHES", "Prepared", "prepare", "apply", "ADDRESS_FAMILIES", "Restrictions",
+           "prepare_restrictions", "INT_ARGS", "kernel_width", "highest_known",
            "profile_names", "load_profile",
            "load_groups", "group_names", "expand", "action_value", "action_name",
            "evaluate", "resolve_arch", "native_arch", "BPF_MAXINSNS", "check_execve"]
@@ -878,16 +878,22 @@ def restrict_suid_sgid(architectures=("native",)) -> bytes:
     return hit[0]
 
 
-# ------------------------------------------------------------- address_families
-# systemd's RestrictAddressFamilies=: socket(2) and socketpair(2) with a family not
-# listed fail with EAFNOSUPPORT (what a kernel without that family says).  A filter of
-# its own, loaded beside the spec's (the kernel applies the stricter result of every
-# filter), for the ABIs the spec's filter lets through.  The family is an int to the
-# kernel, so it is compared on 32 bits (see INT_ARGS): (1 << 32) | AF_VSOCK is AF_VSOCK.
-# Two ways around an argument rule are closed too: i386's socketcall, whose arguments
-# are behind a pointer no filter can read, is ENOSYS (what libc falls back from; where
-# the i386 ABI is not allowed it is killed anyway), and io_uring, whose IORING_OP_SOCKET
-# makes sockets no filter sees, is EPERM.
+# ------------------------------------------------------------------ restrictions
+# What the spec restricts besides its own seccomp section, as one more filter loaded
+# beside the spec's (the kernel applies the stricter result of every filter), for the
+# ABIs the spec's filter lets through, so it needs no `seccomp` section:
+#
+# address_families, systemd's RestrictAddressFamilies=: socket(2) and socketpair(2)
+# with a family not listed fail with EAFNOSUPPORT (what a kernel without that family
+# says).  The family is an int to the kernel, so it is compared on 32 bits (see
+# INT_ARGS): (1 << 32) | AF_VSOCK is AF_VSOCK.  Two ways around an argument rule are
+# closed too: i386's socketcall, whose arguments are behind a pointer no filter can
+# read, is ENOSYS (what libc falls back from; where the i386 ABI is not allowed it is
+# killed anyway), and io_uring, whose IORING_OP_SOCKET makes sockets no filter sees,
+# is EPERM.
+#
+# denied: the syscalls sandbox.filesystem's settings take away (private_devices:
+# @raw-io; protect_kernel_modules: @module; protect_kernel_logs: syslog), EPERM.
 
 # <linux/socket.h>
 ADDRESS_FAMILIES = {
@@ -905,38 +911,45 @@ ADDRESS_FAMILIES = {
 
 
 @frozen
-class AddressFamilies:
-    families: tuple                # as the spec lists them
+class Restrictions:
+    families: "tuple | None"       # address_families as the spec lists them, or None
+    denied: tuple                  # syscalls and @groups denied with EPERM
     program: bytes = field(repr=lambda b: f"<{len(b) // 8} BPF instructions>")
 
-    __record_types__ = field_types(families=tuple[str, ...], program=bytes)
+    __record_types__ = field_types(families=tuple[str, ...] | None, denied=tuple[str, ...],
+                                   program=bytes)
 
 
-def address_family_entries(families) -> "list[_Entry]":
+def restriction_entries(families, denied=()) -> "list[_Entry]":
     from .spec import SeccompArg
-    where = "address_families"
     out = []
-    numbers = sorted({ADDRESS_FAMILIES[f] for f in families})
-    for name in ("socket", "socketpair"):
-        out.append(_Entry(name, "errno:EAFNOSUPPORT", (), where))
-        out += [_Entry(name, "allow", (SeccompArg(0, "masked_eq", _ALL32, n),), where)
-                for n in numbers]
-    out.append(_Entry("socketcall", "errno:ENOSYS", (), where))
-    out += [_Entry(n, "errno:EPERM", (), where)
-            for n in ("io_uring_setup", "io_uring_enter", "io_uring_register")]
+    if families is not None:
+        where = "address_families"
+        numbers = sorted({ADDRESS_FAMILIES[f] for f in families})
+        for name in ("socket", "socketpair"):
+            out.append(_Entry(name, "errno:EAFNOSUPPORT", (), where))
+            out += [_Entry(name, "allow", (SeccompArg(0, "masked_eq", _ALL32, n),), where)
+                    for n in numbers]
+        out.append(_Entry("socketcall", "errno:ENOSYS", (), where))
+        out += [_Entry(n, "errno:EPERM", (), where)
+                for n in ("io_uring_setup", "io_uring_enter", "io_uring_register")]
+    for name in denied:
+        out += [_Entry(s, "errno:EPERM", (), "filesystem") for s in expand(name, "filesystem")]
     return out
 
 
-def prepare_address_families(families, architectures=("native",)) -> AddressFamilies:
-    """The filter for spec.address_families, for the ABIs the spec's own filter lets
-    through (any other ABI is killed, as by every filter here)."""
+def prepare_restrictions(families, denied=(), architectures=("native",)) -> Restrictions:
+    """The filter for spec.address_families (None: no restriction) and the syscalls
+    `denied` (see above), for the ABIs the spec's own filter lets through (any other
+    ABI is killed, as by every filter here)."""
     arches = tuple(resolve_arch(a) for a in architectures)
-    key = ("address_families", tuple(families), arches)
+    fams = None if families is None else tuple(families)
+    key = ("restrictions", fams, tuple(denied), arches)
     hit = _MEMO.get(key)
     if hit is None:
-        hit = _compile("allow", arches, address_family_entries(families))
+        hit = _compile("allow", arches, restriction_entries(fams, denied))
         _MEMO[key] = hit
-    return AddressFamilies(families=tuple(families), program=hit[0])
+    return Restrictions(families=fams, denied=tuple(denied), program=hit[0])
 
 
 def load_program(program: bytes, what: str) -> None:

@@ -62,6 +62,7 @@ class SpawnFields(TypedDict, total=False):
     masked_paths: Any
     readonly_paths: Any
     readonly_root: bool
+    filesystem: Any
     directories: Any
     address_families: "list[str] | None"
 

@@ -366,6 +366,90 @@ class Directories:
                 "preserve_runtime": self.preserve_runtime}
 
 
+PROTECT_SYSTEM = (False, True, "full", "strict")
+PROTECT_HOME = (False, True, "read-only", "tmpfs")
+PROTECT_PROC = ("default", "invisible", "ptraceable", "noaccess")
+PROC_SUBSET = ("all", "pid")
+
+
+def _choice(v: Any, path: str, choices: tuple) -> Any:
+    for c in choices:
+        if v is c or (type(v) is str and v == c):
+            return c
+    shown = ", ".join(json.dumps(c) for c in choices)
+    raise SpecError(f"{json.dumps(v) if _jsonable(v) else _type_name(v)} is not one of "
+                    f"{shown}", path)
+
+
+def _jsonable(v: Any) -> bool:
+    return v is None or type(v) in (bool, int, str)
+
+
+def _fs_path(v: Any, path: str) -> str:
+    """An absolute, normal path; a leading '-' (systemd's) means "skip it if missing"."""
+    s = _str(v, path, nonempty=True)
+    p = s[1:] if s.startswith("-") else s
+    if not p.startswith("/") or "\0" in p or p != "/" and \
+            any(c in ("", ".", "..") for c in p[1:].split("/")):
+        raise SpecError(f"{s!r} is not a normal absolute path (no '.' or '..' component, "
+                        "no '//' or trailing '/'; a leading '-': skipped if missing)", path)
+    return s
+
+
+@attrs.frozen
+class Filesystem:
+    """systemd's filesystem protections, by systemd's names (man systemd.exec): each
+    expanded by prepare into mounts, masks, capability drops and seccomp rules (see
+    sandbox.filesystem)."""
+
+    protect_system: Any = _field("false, true (/usr, /boot, /efi read-only), \"full\" "
+                                 "(and /etc), \"strict\" (all of it)", default=False)
+    protect_home: Any = _field("false, true (/home, /root, /run/user inaccessible), "
+                               "\"read-only\", \"tmpfs\"", default=False)
+    private_tmp: bool = _field("a private /tmp and /var/tmp", default=False)
+    private_devices: bool = _field("a minimal /dev; no CAP_MKNOD, CAP_SYS_RAWIO, @raw-io",
+                                   default=False)
+    read_write_paths: tuple = _field("writable even under protect_system", default=())
+    read_only_paths: tuple = _field("made read-only", default=())
+    inaccessible_paths: tuple = _field("hidden", default=())
+    protect_kernel_tunables: bool = _field("/proc/sys, /sys, ... read-only", default=False)
+    protect_kernel_modules: bool = _field("no module loading: CAP_SYS_MODULE, @module, "
+                                          "/usr/lib/modules", default=False)
+    protect_kernel_logs: bool = _field("no kernel log: CAP_SYSLOG, syslog(2), /proc/kmsg, "
+                                       "/dev/kmsg", default=False)
+    protect_control_groups: bool = _field("/sys/fs/cgroup read-only", default=False)
+    protect_proc: str = _field("/proc's hidepid: default, invisible, ptraceable, noaccess",
+                               default="default")
+    proc_subset: str = _field("all, or pid: /proc shows processes only", default="all")
+
+    KEYS = ("protect_system", "protect_home", "private_tmp", "private_devices",
+            "read_write_paths", "read_only_paths", "inaccessible_paths",
+            "protect_kernel_tunables", "protect_kernel_modules", "protect_kernel_logs",
+            "protect_control_groups", "protect_proc", "proc_subset")
+    BOOLS = ("private_tmp", "private_devices", "protect_kernel_tunables",
+             "protect_kernel_modules", "protect_kernel_logs", "protect_control_groups")
+    PATHS = ("read_write_paths", "read_only_paths", "inaccessible_paths")
+
+    @classmethod
+    def load(cls, v: Any, path: str) -> "Filesystem":
+        d = _obj(v, path, cls.KEYS)
+        out: "dict[str, Any]" = {}
+        for k, choices in (("protect_system", PROTECT_SYSTEM), ("protect_home", PROTECT_HOME),
+                           ("protect_proc", PROTECT_PROC), ("proc_subset", PROC_SUBSET)):
+            if d.get(k) is not None:
+                out[k] = _choice(d[k], f"{path}.{k}", choices)
+        for k in cls.BOOLS:
+            if d.get(k) is not None:
+                out[k] = _bool(d[k], f"{path}.{k}")
+        for k in cls.PATHS:
+            out[k] = _opt(d, k, _list, path, _fs_path) or ()
+        return cls(**out)
+
+    def dump(self) -> dict:
+        return {k: list(getattr(self, k)) if k in self.PATHS else getattr(self, k)
+                for k in self.KEYS}
+
+
 @attrs.frozen
 class SeccompRule:
     names: tuple = _field("syscall names, or @group names from profiles/syscalls.toml")
@@ -815,6 +899,10 @@ class Spec:
     readonly_root: bool = _field("/ and every mount below it made read-only in the new "
                                  "mount namespace (the spec's mounts go on top)",
                                  default=False)
+    filesystem: Optional[Filesystem] = _field(
+        "systemd's filesystem protections (protect_system, protect_home, private_tmp, "
+        "...), expanded by prepare into mounts, masks, capability drops and seccomp rules",
+        default=None)
     directories: Optional[Directories] = _field(
         "service directories under /run, /var/lib, /var/cache, /var/log, /etc, made and "
         "owned for the target before it runs (systemd's RuntimeDirectory= ...)",
@@ -832,7 +920,7 @@ class Spec:
             "securebits", "no_new_privs", "pdeathsig", "new_session", "seccomp",
             "namespaces",
             "hostname", "mounts", "cgroup", "rlimits", "oom_score_adj", "nice", "pass_fds",
-            "masked_paths", "readonly_paths", "readonly_root", "directories",
+            "masked_paths", "readonly_paths", "readonly_root", "filesystem", "directories",
             "address_families")
 
     # ------------------------------------------------------------------ loading
@@ -896,6 +984,7 @@ class Spec:
             readonly_paths=_opt(d, "readonly_paths", _list, "", _abspath) or (),
             readonly_root=_bool(d["readonly_root"], "readonly_root")
             if d.get("readonly_root") is not None else False,
+            filesystem=_opt(d, "filesystem", Filesystem.load, ""),
             directories=_opt(d, "directories", Directories.load, ""),
             address_families=_address_families(d["address_families"])
             if d.get("address_families") is not None else None,

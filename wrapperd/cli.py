@@ -249,6 +249,17 @@ def main(args: "list[str] | None" = None, environ: "bytes | None" = None,
             # rule is never silent.
             for why in getattr(plan.seccomp, "replaced", ()):
                 print(f"wrapperd: seccomp: replaced {why}", file=sys.stderr)
+            unknown = getattr(plan.seccomp, "unknown_syscalls_action", None)
+            if unknown:
+                print("wrapperd: seccomp: syscalls above the highest libseccomp knows: "
+                      f"{unknown}", file=sys.stderr)
+            # The spec as the steps apply it: `filesystem` expanded into mounts, masks
+            # and capability drops (the rest said on stderr).
+            if spec.filesystem is not None:
+                from sandbox import filesystem
+                spec, expansion = filesystem.expand(spec)
+                for line in filesystem.describe(expansion):
+                    print(f"wrapperd: filesystem: {line}", file=sys.stderr)
             sys.stdout.write(spec.to_json() + "\n")
             sys.stdout.flush()
             return 0

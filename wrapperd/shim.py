@@ -34,7 +34,7 @@ if TYPE_CHECKING:
         rlimits,
         seccomp,
     )
-    from sandbox.seccomp import AddressFamilies  # (the field `seccomp` hides the module)
+    from sandbox.seccomp import Restrictions  # (the field `seccomp` hides the module)
 
 
 @frozen
@@ -57,7 +57,7 @@ class Plan:
     namespaces: "namespaces.Prepared | None" = None
     mounts: "mounts.Prepared | None" = None
     seccomp: "seccomp.Prepared | None" = None
-    address_families: "AddressFamilies | None" = None
+    restrictions: "Restrictions | None" = None
 
 
 def prepare(spec, find_target: bool = True, disk_cache: bool = False) -> Plan:
@@ -68,6 +68,12 @@ def prepare(spec, find_target: bool = True, disk_cache: bool = False) -> Plan:
     wrapperd's command line only -- the library keeps them in memory)."""
     if find_target:
         spec.check_runnable()
+    expansion = None
+    if spec.filesystem is not None:
+        from sandbox import filesystem
+        # systemd's protections, as mounts, masks and capability drops in the spec, and
+        # the rest (read-only places, writable ones, /proc's options, syscalls denied).
+        spec, expansion = filesystem.expand(spec)
     from sandbox import fds, procattr
     p: dict = {"procattr": procattr.prepare(spec), "fds": fds.prepare(spec)}
     if spec.rlimits:
@@ -82,7 +88,15 @@ def prepare(spec, find_target: bool = True, disk_cache: bool = False) -> Plan:
     from sandbox import mounts, namespaces
     # Also refuses hostname/mount fields without the namespace they need.
     p["namespaces"] = ns_p = namespaces.prepare(spec, creds_p)
-    p["mounts"] = mounts_p = mounts.prepare(spec)
+    p["mounts"] = mounts_p = mounts.prepare(spec, expansion)
+    if mounts_p is not None and ns_p is not None and "user" in ns_p.new and \
+            ns_p.caller_uid_inside is None and any(m.type == "dev" for m in mounts_p.mounts):
+        # Its nodes are made on a tmpfs by this process, whose id that namespace does
+        # not map: the kernel would refuse (EOVERFLOW) at the mounts step.
+        raise SpecError("a minimal /dev (a `dev` mount, filesystem.private_devices) is "
+                        "made with wrapperd's own id, which the new user namespace does "
+                        "not map: map it, or keep the host's /dev (private_devices: "
+                        "false)", "mounts")
     if spec.directories is not None:
         from sandbox import directories
         p["directories"] = dirs_p = directories.prepare(spec)
@@ -107,14 +121,16 @@ def prepare(spec, find_target: bool = True, disk_cache: bool = False) -> Plan:
                                                    disk_cache)
         seccomp.check_execve(seccomp_p.program)    # SIGSYS in execve: no status record
     arches = seccomp_p.architectures if seccomp_p is not None else ("native",)
-    if spec.address_families is not None:
+    denied = expansion.denied if expansion is not None else ()
+    if spec.address_families is not None or denied:
         from sandbox import seccomp
-        # A filter of its own (see seccomp.prepare_address_families).
+        # A filter of its own (see seccomp.prepare_restrictions).
         if not may_load:
             raise SpecError("needs no_new_privs: true (it is a seccomp filter)",
-                            "address_families")
-        p["address_families"] = seccomp.prepare_address_families(spec.address_families,
-                                                                 arches)
+                            "address_families" if spec.address_families is not None
+                            else "filesystem")
+        p["restrictions"] = seccomp.prepare_restrictions(spec.address_families, denied,
+                                                         arches)
     if spec.user is not None and spec.user.dynamic:
         from sandbox import dynamicuser, seccomp
         # Its own filter (see seccomp.restrict_suid_sgid) needs what the spec's does.
@@ -152,9 +168,9 @@ STEP_MODULES = (
     ("sandbox.creds", lambda plan: plan.creds is not None),
     ("sandbox.dynamicuser", lambda plan: plan.dynamic_user is not None),
     ("sandbox.directories", lambda plan: plan.directories is not None),
-    # a dynamic user and address_families load a filter of their own
+    # a dynamic user and the restrictions load a filter of their own
     ("sandbox.seccomp", lambda plan: plan.seccomp is not None or
-     plan.dynamic_user is not None or plan.address_families is not None),
+     plan.dynamic_user is not None or plan.restrictions is not None),
     ("sandbox.execution", lambda plan: True),
 )
 
@@ -397,9 +413,9 @@ def _seccomp(plan, ctx):
     if plan.dynamic_user is not None:
         from sandbox import seccomp
         seccomp.load_program(plan.dynamic_user.suid_filter, "restrict_suid_sgid")
-    if plan.address_families is not None:
+    if plan.restrictions is not None:
         from sandbox import seccomp
-        seccomp.load_program(plan.address_families.program, "address_families")
+        seccomp.load_program(plan.restrictions.program, "restrictions")
     if plan.seccomp is not None:
         from sandbox import seccomp
         seccomp.apply(plan.seccomp)

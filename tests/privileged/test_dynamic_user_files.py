@@ -86,6 +86,8 @@ def _spec(outdir, fixed_uid, profile="service"):
             "name": f"suid-{uuid.uuid4().hex[:8]}"}
     if profile is not None:
         spec["profile"] = profile
+        # (the profile's protect_system strict: the one place it may write)
+        spec["filesystem"] = {"read_write_paths": [outdir]}
     else:                           # a bare dynamic user: its own filter alone
         spec["user"] = {"dynamic": True}
     if fixed_uid:

@@ -138,14 +138,15 @@ def test_strict_root_is_read_only_and_has_no_network(probe, cg_root, shared_dir)
     os.chmod(shared_dir, 0o1777)
     try:
         report, _d, host, *_ = run_under("strict", probe, cg_root, f"touch:{path}",
-                                         "touch:/tmp/x", "run:/bin/cat,/proc/net/dev")
+                                         "touch:/tmp/x", "run:/bin/cat,/proc/self/net/dev")
         assert report["actions"][f"touch:{path}"] == "EROFS"
         assert report["actions"]["touch:/tmp/x"] == "ok"              # private /tmp
         ifaces = [ln.split(":")[0].strip() for ln in report["run"]["stdout"].splitlines()[2:]]
         assert ifaces == ["lo"]                                       # no network
-        # Control: under `service` the same path is writable (no read-only root).
+        # Control: under `service` with the path made writable, and the host's network.
         report, *_ = run_under("service", probe, cg_root, f"touch:{path}",
-                               "run:/bin/cat,/proc/net/dev")
+                               "run:/bin/cat,/proc/self/net/dev",
+                               filesystem={"read_write_paths": [shared_dir]})
         assert report["actions"][f"touch:{path}"] == "ok"
         assert "lo:" in report["run"]["stdout"]       # the same reader works on the host's
         assert len(report["run"]["stdout"].splitlines()[2:]) == len(os.listdir(
@@ -159,9 +160,9 @@ def test_strict_root_is_read_only_and_has_no_network(probe, cg_root, shared_dir)
 @pytest.mark.parametrize("name", ["strict", "untrusted", "service", "default"])
 def test_host_mounts_read_only_and_dev_shm_private(name, probe, cg_root, host_tmpfs,
                                                    host_shm):
-    # A tmpfs of the host's and its /dev/shm are mounts below /: under `strict` and
-    # `untrusted` the target (its dynamic id on the host) can write neither; its /dev/shm is
-    # its own.  Both are mode 1777 and the /dev/shm file mode 0666, so only
+    # A tmpfs of the host's and its /dev/shm are mounts below /: under `service` and up
+    # (protect_system strict) the target (its dynamic id on the host) can write neither;
+    # its /dev/shm is its own.  Both are mode 1777 and the /dev/shm file mode 0666, so only
     # the mount flags and the private /dev/shm stand in the way (the control shows it).
     _needs_v1_limits(name)
     victim, new = host_shm
@@ -177,11 +178,6 @@ def test_host_mounts_read_only_and_dev_shm_private(name, probe, cg_root, host_tm
             == "ok"
         assert os.listdir(host_tmpfs) == ["x"] and os.path.exists(new)
         return
-    if name == "service":                   # host mounts writable, but its own /dev/shm
-        assert a[f"touch:{host_tmpfs}/x"] == "ok"
-        assert a[f"openw:{victim}"] == "ENOENT" and a[f"touch:{new}"] == "ok"
-        assert not os.path.lexists(new)
-        return
     assert a[f"touch:{host_tmpfs}/x"] == "EROFS"
     assert a[f"openw:{victim}"] == "ENOENT"             # not in the target's /dev/shm
     assert a[f"touch:{new}"] == "ok"                    # which takes its own files
@@ -191,9 +187,11 @@ def test_host_mounts_read_only_and_dev_shm_private(name, probe, cg_root, host_tm
         assert f.read() == b"host"
     # Every mount in the target's table is read-only but those the profile makes (and
     # a `dev` mount's device nodes, bound one by one: writing a device needs no rw mount).
-    own = {"/tmp", "/dev/shm", "/proc"}
-    if name == "strict":    # and service's private /var/tmp (untrusted replaces the list)
-        own |= {"/var/tmp", "/dev", "/dev/pts"} | {f"/dev/{n}" for n in mounts.DEV_NODES}
+    # (protect_proc's fresh /proc, private_tmp's /tmp and /var/tmp, private_devices'
+    # minimal /dev -- but untrusted's: private_devices false, the host's read-only)
+    own = {"/tmp", "/var/tmp", "/dev/shm", "/proc"}
+    if name != "untrusted":
+        own |= {"/dev", "/dev/pts"} | {f"/dev/{n}" for n in mounts.DEV_NODES}
     writable = {ln[4] for ln in host["mountinfo"] if "ro" not in ln[5].split(",")}
     assert writable == own
     # The /dev/shm on top (the last mounted there): a 64 MiB tmpfs, nosuid,nodev,noexec.

@@ -118,7 +118,11 @@ def test_verify_in_new_namespaces(ns):
     if "user" in ns:
         needs_host_root("maps host ids 100000+, which a rootless container does not have")
     # With maps of its own, the spec names its uid (a dynamic user maps one id only).
-    user = {"user": {"uid": 65534}} if "user" in ns else {}
+    # Its host ids 100000+ leave wrapperd's own unmapped, which a minimal /dev needs, and
+    # without a pid namespace of its own it cannot mount a fresh /proc: the host's stay.
+    user = {"user": {"uid": 65534},
+            "filesystem": {"private_devices": False, "protect_proc": "default"}} \
+        if "user" in ns else {}
     p = sandbox.spawn(["/bin/sleep", "30"], profile="service", namespaces=ns,
                       stdout=DEVNULL, **user)
     with p:

@@ -73,6 +73,7 @@ RECORDS: "dict[str, type]" = {
     "namespaces.user.gid_map[]": spec_mod.IdMap,
     "mounts[]": spec_mod.Mount,
     "cgroup": spec_mod.Cgroup,
+    "filesystem": spec_mod.Filesystem,
     "directories": spec_mod.Directories,
     **{f"directories.{k}[]": spec_mod.ServiceDirectory for k in spec_mod.DIRECTORY_KINDS},
 }

@@ -42,7 +42,7 @@ def test_chain_and_inherited_fields():
                             "MSGQUEUE": [0, 0]}
     assert [m["destination"] for m in r["mounts"]] == ["/tmp", "/dev/shm"]  # merge: replace
     assert [m["destination"] for m in profile.resolve("strict")["mounts"]] == \
-        ["/tmp", "/var/tmp", "/dev/shm", "/dev"]
+        ["/tmp", "/var/tmp", "/dev/shm"]          # (its /dev: filesystem.private_devices)
     n = profile.resolve("network-service")
     assert n["capabilities"] == {"keep": ["CAP_NET_BIND_SERVICE"],
                                  "ambient": ["CAP_NET_BIND_SERVICE"]}
@@ -101,14 +101,17 @@ def test_keep_and_drop_compose_never_looser():
 def test_spec_beats_the_profile_and_null_is_unset():
     d = profile.apply_profile({"no_new_privs": True, "hostname": "web", "seccomp": None,
                                "user": {"uid": 1000}, "readonly_root": False,
+                               "filesystem": {"protect_system": True},
                                "mounts": [{"type": "bind", "source": "/srv",
                                            "destination": "/srv"}]}, "strict")
     assert d["no_new_privs"] is True and d["hostname"] == "web"
     assert d["readonly_root"] is False                   # a scalar the spec sets wins
+    assert d["filesystem"]["protect_system"] is True     # ... also inside an object,
+    assert d["filesystem"]["proc_subset"] == "pid"       # whose other keys stay
     assert d["seccomp"] == {"profile": "strict"}         # null: the profile's stays
     assert d["user"]["uid"] == 1000 and d["user"]["umask"] == "0027"
     assert [m["destination"] for m in d["mounts"]] == \
-        ["/tmp", "/var/tmp", "/dev/shm", "/dev", "/srv"]
+        ["/tmp", "/var/tmp", "/dev/shm", "/srv"]
     assert d["masked_paths"] == profile.resolve("strict")["masked_paths"]
 
 
@@ -159,7 +162,8 @@ def test_a_spec_object_keeps_what_it_was_given_for_its_profile():
     layer = profile.spec_layer(s)
     assert "readonly_root" not in layer and layer["namespaces"] == {"pid": True}
     r = Spec.from_dict(profile.apply_profile(layer))
-    assert r.readonly_root and r.namespaces.net is True and r.namespaces.mount is True
+    assert r.filesystem.protect_system == "strict" and r.namespaces.net is True and \
+        r.namespaces.mount is True
     talos = Spec.from_dict({"argv": ["/bin/true"], "profile": "talos"})
     assert Spec.from_dict(profile.apply_profile(profile.spec_layer(talos))).no_new_privs \
         is False

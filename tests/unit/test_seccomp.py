@@ -345,9 +345,8 @@ def test_unknown_syscalls_action_refused(sc, match):
 
 
 def test_address_families_filter():
-    p = seccomp.prepare_address_families(("AF_UNIX", "AF_INET6"),
-                                         ("native", "x86") if NATIVE == "x86_64"
-                                         else ("native",))
+    p = seccomp.prepare_restrictions(("AF_UNIX", "AF_INET6"), (),
+                                     ("native", "x86") if NATIVE == "x86_64" else ("native",))
 
     def fam(name, family, arch=NATIVE):
         n = nr(name) if arch == NATIVE else {"socket": 359, "socketpair": 360}[name]
@@ -364,7 +363,7 @@ def test_address_families_filter():
             "errno:38"                                            # socketcall
     assert act(p, "io_uring_setup") == "errno:1"
     assert act(p, "read") == "allow" and act(p, "connect") == "allow"
-    none = seccomp.prepare_address_families(())
+    none = seccomp.prepare_restrictions(())
     assert act(none, "socket", 1) == "errno:97" and act(none, "socketpair", 1) == "errno:97"
 
 
