@@ -181,7 +181,10 @@ def _cmd_check(a) -> int:
         raise SpecError("the spec must be a JSON object")
     spec = Spec.from_dict(profile.apply_profile(d))
     from wrapperd import shim
-    shim.prepare(spec)
+
+    from . import notify
+    # `notify` checked as sandbox.spawn() runs it, with a socket of its own (none made).
+    shim.prepare(spec, notify_socket=notify.placeholder())
     print(f"{a.spec}: ok")
     return 0
 
@@ -261,6 +264,8 @@ def _cmd_run(a) -> int:
     cmd = [sys.executable, "-I", "-m", "wrapperd", "--spec", a.spec, "--", *a.argv]
     env = {b"PATH": _CLEAN_PATH}
     env.update((k, v) for k, v in os.environb.items() if k.startswith(b"WRAPPERD_"))
+    if b"NOTIFY_SOCKET" in os.environb:     # what a spec's `notify` passes on
+        env[b"NOTIFY_SOCKET"] = os.environb[b"NOTIFY_SOCKET"]
     os.execve(sys.executable, cmd, env)
 
 

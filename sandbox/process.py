@@ -30,6 +30,7 @@ class Process:
     """
 
     exit_grace = 10.0
+    _notify = None          # sandbox.notify.Listener, for a spec with `notify`
 
     def __init__(self, popen, spec, created_cgroups=(), pidfd=None):
         # popen: a subprocess.Popen, or what has its shape (forkserver.client._Child).
@@ -318,8 +319,11 @@ class Process:
         self._release()
 
     def _release(self) -> None:
-        """The handle's own resources: the caller's pipe ends and the pidfd."""
+        """The handle's own resources: the caller's pipe ends, the pidfd and the
+        notification socket."""
         self._closed = True
+        if self._notify is not None:
+            self._notify.close()
         for f in (self.stdin, self.stdout, self.stderr):
             if f is not None:
                 try:
@@ -327,6 +331,176 @@ class Process:
                 except OSError:
                     pass
         self._close_pidfd()
+
+    # ------------------------------------------------------------------ readiness
+    # sd_notify (sandbox.notify): a spec with `notify` gets a socket of the spawner's.
+    # Messages are read by whichever call drains the socket -- wait_ready(), ready(),
+    # or reading one of the notify_* attributes -- and what they said is kept here, so
+    # every reader sees the same state.
+
+    def _attach_notify(self, listener) -> None:
+        """spawn(): the socket made for this process; closed by close() (and by a
+        failed setup's cleanup)."""
+        self._notify = listener
+        listener.group = self._group()   # with a cgroup, its members' messages count
+
+    def _notify_exec_done(self) -> None:
+        """spawn(), once the target was exec'd: find its pid now (target_pid caches it),
+        while the chain to it is settled -- a notifier that exits at once (systemd-notify
+        as the target) must still be known as the target when its message is read."""
+        self.target_pid  # noqa: B018  (a property with a cache)
+
+    def _notify_drain(self):
+        n = self._notify
+        if n is None:
+            from .notify import NotifyError
+            raise NotifyError("notify: the spec did not ask for readiness notification "
+                              "(\"notify\": true)")
+        n.drain((self.target_pid,))
+        return n
+
+    def wait_ready(self, timeout: "float | None" = None) -> bool:
+        """Block until the target sends READY=1 (True), or `timeout` seconds pass
+        (False).  Raises sandbox.notify.NotifyError (a SandboxError) if the target exits
+        first without having said it -- messages sent before it exited still count."""
+        import select
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            exited = self._notify_exited()      # before the drain: nothing is missed
+            n = self._notify_drain()
+            if n.ready:
+                return True
+            if exited:
+                self._raise_not_ready()
+            if n.closed:
+                from .notify import NotifyError
+                raise NotifyError("notify: the process handle is closed")
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            p = select.poll()
+            p.register(n.fileno(), select.POLLIN)
+            if self.pidfd is not None:
+                p.register(self.pidfd, select.POLLIN)   # readable once it exits
+                ms = None if left is None else left * 1000
+            else:
+                ms = 50 if left is None else min(left, 0.05) * 1000
+            p.poll(ms)
+
+    async def ready(self) -> bool:
+        """`await proc.ready()`: as wait_ready() without a timeout (wrap it in
+        asyncio.wait_for for one), on the running loop: loop.add_reader() on the socket
+        and on the pidfd, no thread.  True once READY=1 came; NotifyError if the target
+        exits first."""
+        import asyncio
+        n = self._notify_drain()
+        if n.ready:
+            return True
+        loop = asyncio.get_running_loop()
+        done: "asyncio.Future[bool]" = loop.create_future()
+
+        def check(exited: bool = False) -> None:
+            if done.done():
+                return
+            try:
+                exited = exited or self._notify_exited()
+                if self._notify_drain().ready:
+                    done.set_result(True)
+                elif exited:
+                    self._raise_not_ready()
+            except BaseException as e:      # noqa: BLE001  (handed to the awaiter)
+                done.set_exception(e)
+
+        fds = [n.fileno()]
+        loop.add_reader(fds[0], check)
+        timer = None
+        if self.pidfd is not None:
+            fds.append(self.pidfd)
+            loop.add_reader(self.pidfd, check, True)
+        else:                               # no pidfd: look for the exit now and then
+
+            def tick() -> None:
+                nonlocal timer
+                check()
+                if not done.done():
+                    timer = loop.call_later(0.05, tick)
+            timer = loop.call_later(0.05, tick)
+        try:
+            check()                         # anything that came before the readers
+            return await done
+        finally:
+            for fd in fds:
+                loop.remove_reader(fd)
+            if timer is not None:
+                timer.cancel()
+
+    def _notify_exited(self) -> bool:
+        if self.poll() is not None:
+            return True
+        if self.pidfd is None:
+            return False
+        import select
+        p = select.poll()
+        p.register(self.pidfd, select.POLLIN)
+        return bool(p.poll(0))      # gone, its status not read yet (the fork server's)
+
+    def _raise_not_ready(self):
+        from .notify import NotifyError
+        try:
+            rc: "int | None" = self.wait(5.0)
+        except subprocess.TimeoutExpired:
+            rc = None
+        raise NotifyError(f"notify: the target exited (returncode {rc}) before it said "
+                          "READY=1", rc)
+
+    def _notify_state(self, name: str):
+        if self._notify is None:
+            return None
+        if not self._notify.closed:
+            self._notify.drain((self.target_pid,))
+        return getattr(self._notify, name)
+
+    @property
+    def notify_socket(self) -> "str | None":
+        """The socket's path on the host (the target sees NOTIFY_SOCKET, which with a
+        mount namespace is another path); None without `notify`."""
+        return self._notify.path if self._notify is not None else None
+
+    @property
+    def notify_ready(self) -> bool:
+        """READY=1 has come (RELOADING=1 since: False until the next READY=1)."""
+        return bool(self._notify_state("ready")) and not self._notify_state("reloading")
+
+    @property
+    def notify_status(self) -> "str | None":
+        """The last STATUS= (free-form text)."""
+        return self._notify_state("status")
+
+    @property
+    def main_pid(self) -> "int | None":
+        """The last MAINPID= (as the target's pid namespace numbers it)."""
+        return self._notify_state("main_pid")
+
+    @property
+    def stopping(self) -> bool:
+        """STOPPING=1 has come."""
+        return bool(self._notify_state("stopping"))
+
+    @property
+    def notify_errno(self) -> "int | None":
+        """The last ERRNO= (the target's reason for failing)."""
+        return self._notify_state("errno")
+
+    @property
+    def watchdog_at(self) -> "float | None":
+        """time.monotonic() when the last WATCHDOG=1 was read."""
+        return self._notify_state("watchdog_at")
+
+    @property
+    def notify_dropped(self) -> int:
+        """Messages dropped: from a sender that is neither the target nor (with a
+        cgroup) a process in it, without credentials, or longer than 4096 bytes."""
+        return self._notify_state("dropped") or 0
 
 
 def _children(pid: int) -> "list[int]":

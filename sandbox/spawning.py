@@ -65,6 +65,7 @@ class SpawnFields(TypedDict, total=False):
     filesystem: Any
     directories: Any
     address_families: "list[str] | None"
+    notify: bool
 
 __all__ = ["spawn", "run", "Completed", "build_spec", "resolve", "PIPE", "DEVNULL",
            "STDOUT", "DEFAULT_SETUP_TIMEOUT"]
@@ -195,8 +196,9 @@ def _shim_env() -> dict:
     setting."""
     from .bpfcache import ENV
     from .dynamicuser import ENV as DYNAMIC_ENV
+    from .notify import ENV as NOTIFY_ENV
     env = {"PATH": _SHIM_PATH}
-    for name in (ENV, DYNAMIC_ENV):
+    for name in (ENV, DYNAMIC_ENV, NOTIFY_ENV):
         if name in os.environ:
             env[name] = os.environ[name]
     return env
@@ -258,13 +260,15 @@ def lean_command(root: str, plan_fd: int, status_fd: int) -> "list[str]":
             "--status-fd", str(status_fd), "--parent-pid", str(os.getpid())]
 
 
-def _prepared(spec, python) -> "tuple[bytes | None, str | None, bool]":
+def _prepared(spec, python, notify_socket: "str | None" = None
+              ) -> "tuple[bytes | None, str | None, bool]":
     """(plan bytes, package root, new pid namespace made here) to start the lean shim
     with, or (None, None, False): then the shim gets the spec itself (another
     `python` than ours: our package root may not suit it).  A spec that cannot be
     prepared (a bad uid name, a target not found ...) raises here, as from the fork
     server, with the exit status the shim would have given and no pid: no shim is
-    started and no stdio file is created for what cannot run."""
+    started and no stdio file is created for what cannot run.  notify_socket: the
+    socket made for a spec with `notify` (sandbox.notify.Listener)."""
     if python is not None and os.path.realpath(python) != os.path.realpath(sys.executable):
         return None, None, False
     root = package_root()
@@ -275,7 +279,7 @@ def _prepared(spec, python) -> "tuple[bytes | None, str | None, bool]":
     from . import namespaces
     from . import plan as _plan
     try:
-        plan = shim.prepare(spec)
+        plan = shim.prepare(spec, notify_socket=notify_socket)
         payload = _plan.encode(plan)
     except SandboxError as e:
         e.exit_status = exit_code(e)
@@ -365,12 +369,22 @@ def spawn(target=None, *, stdin=None, stdout=None, stderr=None,
                                           **fields)
     spec = build_spec(target, **fields)
     check_library_spec(spec)
-    payload, lean_root, premade = _prepared(spec, python)
-    shim_python = python or sys.executable
-    if payload is None:
-        _check_shim(shim_python)
-        payload = spec.to_json(indent=None).encode()
+    listener = _notify_listener(spec)      # `notify`: the socket, ours (sandbox.notify)
+    try:
+        payload, lean_root, premade = _prepared(
+            spec, python, listener.path if listener is not None else None)
+        shim_python = python or sys.executable
+        if payload is None:
+            _check_shim(shim_python)
+            payload = spec.to_json(indent=None).encode()
+    except BaseException:
+        if listener is not None:
+            listener.close()
+        raise
     cg_dirs = [d for d in _cgroup_dirs(spec) if not os.path.isdir(d)]
+    shim_env = _shim_env()
+    if listener is not None:
+        shim_env["NOTIFY_SOCKET"] = listener.path   # a shim given the spec prepares it
 
     opened: list = []
     spec_r = spec_w = status_r = status_w = -1
@@ -390,7 +404,7 @@ def spawn(target=None, *, stdin=None, stdout=None, stderr=None,
         def start(cmd=cmd):
             return subprocess.Popen(cmd, stdin=in_, stdout=out, stderr=err,
                                     pass_fds=(spec_r, status_w, *spec.pass_fds),
-                                    close_fds=True, env=_shim_env())
+                                    close_fds=True, env=shim_env)
         popen = None
         if premade:
             from . import namespaces
@@ -402,6 +416,8 @@ def spawn(target=None, *, stdin=None, stdout=None, stderr=None,
         for fd in (spec_r, spec_w, status_r, status_w):
             if fd >= 0:
                 os.close(fd)
+        if listener is not None:
+            listener.close()
         if isinstance(e, OSError) and not isinstance(e, SandboxError):
             # e.g. a pass_fds entry that is not open, a stdio path that cannot be opened
             what = f"open {os.fsdecode(e.filename)}" if e.filename else "start wrapperd"
@@ -417,6 +433,8 @@ def spawn(target=None, *, stdin=None, stdout=None, stderr=None,
     os.close(spec_r)
     os.close(status_w)
     proc = Process(popen, spec, created_cgroups=cg_dirs)
+    if listener is not None:
+        proc._attach_notify(listener)   # closed with the Process, a failed setup's too
     deadline = None if setup_timeout is None else time.monotonic() + setup_timeout
     try:
         try:
@@ -440,7 +458,17 @@ def spawn(target=None, *, stdin=None, stdout=None, stderr=None,
         status = popen.wait()           # the shim exits right after writing: reap it
         proc._cleanup_failed_setup()
         raise error_from_record(raw, status, popen.pid)
+    if listener is not None:
+        proc._notify_exec_done()
     return proc
+
+
+def _notify_listener(spec):
+    """The socket for a spec with `notify` (sandbox.notify.Listener), else None."""
+    if not spec.notify:
+        return None
+    from .notify import Listener
+    return Listener()
 
 
 # --------------------------------------------------------------------------- run

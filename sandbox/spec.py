@@ -911,6 +911,10 @@ class Spec:
         "socket families the target may create (systemd's RestrictAddressFamilies=), "
         "e.g. AF_UNIX, AF_INET, AF_INET6: socket(2) and socketpair(2) of any other fail "
         "with EAFNOSUPPORT; [] allows none; None: no restriction", default=None)
+    notify: bool = _field(
+        "readiness notification (sd_notify): the target gets NOTIFY_SOCKET, a datagram "
+        "socket sandbox.spawn() makes (wrapperd alone: the caller's NOTIFY_SOCKET), "
+        "bound into its mount namespace; see sandbox.notify", default=False)
     # Not a field of the format: with a profile, the dict the spec was loaded from, so
     # the profile can be merged under exactly the fields given (to_dict() fills in
     # defaults, which would beat the profile).  See profile.spec_layer().
@@ -921,7 +925,7 @@ class Spec:
             "namespaces",
             "hostname", "mounts", "cgroup", "rlimits", "oom_score_adj", "nice", "pass_fds",
             "masked_paths", "readonly_paths", "readonly_root", "filesystem", "directories",
-            "address_families")
+            "address_families", "notify")
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -988,6 +992,7 @@ class Spec:
             directories=_opt(d, "directories", Directories.load, ""),
             address_families=_address_families(d["address_families"])
             if d.get("address_families") is not None else None,
+            notify=_bool(d["notify"], "notify") if d.get("notify") is not None else False,
             source=json.loads(json.dumps(d)) if d.get("profile") else None,
         )
 

@@ -241,7 +241,11 @@ def main(args: "list[str] | None" = None, environ: "bytes | None" = None,
         spec = build_spec(opts, argv, environ, warnings,
                           miss.spec if miss is not None else None)
         from wrapperd import shim
-        plan = shim.prepare(spec, disk_cache=True)   # a repeated start skips the compile
+        # `notify`: wrapperd owns no socket; the target gets the caller's NOTIFY_SOCKET.
+        notify_socket = initial_environ(environ).get("NOTIFY_SOCKET") if spec.notify \
+            else None
+        plan = shim.prepare(spec, disk_cache=True,   # a repeated start skips the compile
+                            notify_socket=notify_socket)
         for step, why in warnings:      # a step that does less than asked says so
             print(f"wrapperd: {step}: {why}", file=sys.stderr, flush=True)
         if opts.dry_run:

@@ -60,12 +60,15 @@ class Plan:
     restrictions: "Restrictions | None" = None
 
 
-def prepare(spec, find_target: bool = True, disk_cache: bool = False) -> Plan:
+def prepare(spec, find_target: bool = True, disk_cache: bool = False,
+            notify_socket: "str | None" = None) -> Plan:
     """find_target: the spec must name a target, looked up now (so "not found" is 127
     before any step); False for a consumer that runs nothing (`sandbox seccomp
     compile`), whose spec may leave argv out: plan.target stays None.  disk_cache:
     compiled seccomp programs from and into the root-only cache (sandbox.bpfcache;
-    wrapperd's command line only -- the library keeps them in memory)."""
+    wrapperd's command line only -- the library keeps them in memory).
+    notify_socket: for a spec with `notify`, the socket the target is given
+    (sandbox.notify: the library's own, or wrapperd's caller's NOTIFY_SOCKET)."""
     if find_target:
         spec.check_runnable()
     expansion = None
@@ -148,6 +151,16 @@ def prepare(spec, find_target: bool = True, disk_cache: bool = False) -> Plan:
             # RUNTIME_DIRECTORY, ...: as systemd sets them, over the spec's own.
             p["target"] = replace(target, env={**target.env, **directories.environment(
                 p["directories"])})
+        if spec.notify:
+            from sandbox import notify
+            # No step of its own: the socket is bound in last (after the directories)
+            # and named in NOTIFY_SOCKET, as systemd sets it, over the spec's own.
+            notify_p = notify.prepare(spec, notify_socket, creds_p, ns_p)
+            if notify_p is not None:
+                if p["mounts"] is not None:
+                    p["mounts"] = replace(p["mounts"], late=p["mounts"].late + notify_p.binds())
+                p["target"] = replace(p["target"], env={**p["target"].env,
+                                                        "NOTIFY_SOCKET": notify_p.env})
     return Plan(**p)
 
 

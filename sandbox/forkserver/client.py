@@ -269,24 +269,40 @@ class ForkServer:
               setup_timeout: "float | None" = None, **fields: Unpack[SpawnFields]):
         """As sandbox.spawn(), through the server: a Process once the target was
         exec'd; SpecError, SetupError (with .step) or ExecError otherwise."""
+        from wrapperd import shim
+
+        from .. import plan as plan_mod
+        from ..spawning import _notify_listener, build_spec, check_library_spec
+        spec = build_spec(target, **fields)
+        check_library_spec(spec)
+        listener = _notify_listener(spec)      # `notify`: the socket, ours
+        try:
+            payload = plan_mod.encode(shim.prepare(
+                spec, notify_socket=listener.path if listener is not None else None))
+        except BaseException as e:
+            if listener is not None:
+                listener.close()
+            if isinstance(e, SandboxError):
+                # Refused before anything ran; the exit status the shim would have given.
+                e.exit_status = errors.exit_code(e)
+                e.pid = None
+            raise
+        try:
+            return self._spawn(spec, payload, listener, stdin, stdout, stderr,
+                               setup_timeout)
+        except BaseException:
+            if listener is not None:
+                listener.close()          # (idempotent: a Process may have closed it)
+            raise
+
+    def _spawn(self, spec, payload: bytes, listener, stdin, stdout, stderr,
+               setup_timeout: "float | None"):
         import errno as _errno
         import socket
         import time
 
-        from wrapperd import shim
-
-        from .. import plan as plan_mod
         from ..process import Process
-        from ..spawning import _cgroup_dirs, _read_status, build_spec, check_library_spec
-        spec = build_spec(target, **fields)
-        check_library_spec(spec)
-        try:
-            payload = plan_mod.encode(shim.prepare(spec))
-        except SandboxError as e:
-            # Refused before anything ran; the exit status the shim would have given.
-            e.exit_status = errors.exit_code(e)
-            e.pid = None
-            raise
+        from ..spawning import _cgroup_dirs, _read_status
         most = protocol.MAX_FDS - protocol.REQUEST_FDS
         if len(spec.pass_fds) > most:
             raise SpecError(f"at most {most} pass_fds through the fork server", "pass_fds")
@@ -370,6 +386,8 @@ class ForkServer:
         child = _Child(pid, reply, list(self.args), parent_ends[0], parent_ends[1],
                        parent_ends[2], pidfd)
         proc = Process(child, spec, created_cgroups=cg_dirs, pidfd=pidfd)
+        if listener is not None:
+            proc._attach_notify(listener)   # closed with the Process, a failed setup's too
         if raw is None:
             proc._abandon()
             if interrupted is not None:
@@ -380,6 +398,8 @@ class ForkServer:
             status = child.wait()
             proc._cleanup_failed_setup()
             raise errors.error_from_record(raw, status, pid)
+        if listener is not None:
+            proc._notify_exec_done()
         return proc
 
 
