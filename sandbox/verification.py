@@ -100,7 +100,9 @@ def expected(spec) -> dict:
         "capabilities": {k: caps.names(v) for k, v in masks.items()},
         "no_new_privs": nnp,
         "rlimits": {name: [r.soft, r.hard] for name, r in spec.rlimits.items()},
-        "env_keys": sorted(spec.env),
+        # NOTIFY_SOCKET: set over the spec's env for `notify` (sandbox.notify).
+        "env_keys": sorted({*spec.env, *(("NOTIFY_SOCKET",) if getattr(spec, "notify", False)
+                                         else ())}),
     }
     if spec.user is not None and spec.user.dynamic:
         # Which id is picked at run time; verify() checks it is one from the dynamic

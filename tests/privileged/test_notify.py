@@ -12,6 +12,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -28,6 +29,7 @@ from tests.conftest import (
     host_dir_root,
     needs_host_root,
     run_wrapperd,
+    skip_or_fail,
     wrapperd_cmd,
 )
 
@@ -217,6 +219,7 @@ def test_the_socket_as_the_target_sees_it(profile, base):
         assert os.stat(os.path.dirname(proc.notify_socket)).st_mode & 0o777 == 0o755
         assert os.stat(base).st_mode & 0o777 == 0o700
         assert os.stat(base).st_uid == os.geteuid()
+        assert sandbox.verify(proc) == []       # NOTIFY_SOCKET expected in its environment
     assert gone(proc)
     try:
         os.unlink("/var/lib/wrapperd-notify-rw-test")
@@ -343,18 +346,28 @@ def caller_socket():
         shutil.rmtree(d)
 
 
+def sandbox_cmd(*args):
+    path = os.path.join(os.path.dirname(sys.executable), "sandbox")
+    if not os.access(path, os.X_OK):
+        skip_or_fail(f"no installed sandbox command at {path} (make venv writes it)")
+    return [path, *args]
+
+
+@pytest.mark.parametrize("command", ["wrapperd", "sandbox run"])
 @pytest.mark.parametrize("profile", ["service", None])
-def test_wrapperd_passes_on_the_callers_socket(profile, caller_socket):
+def test_wrapperd_passes_on_the_callers_socket(profile, command, caller_socket, tmp_path):
     import struct
     sock, path = caller_socket
     spec = {"argv": sender("READY=1"), "env": dict(TARGET_ENV), "notify": True}
     if profile is not None:
         needs_host_root("the service profile's dynamic user needs a root wrapperd")
         spec.update(profile=profile, name="wrapperd-test-notify")
-    p = subprocess.Popen(wrapperd_cmd("--spec", "-"), stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         env=dict(os.environ, NOTIFY_SOCKET=path))
-    out, err = p.communicate(json.dumps(spec).encode(), timeout=60)
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    cmd = wrapperd_cmd("--spec", str(tmp_path / "spec.json")) if command == "wrapperd" \
+        else sandbox_cmd("run", str(tmp_path / "spec.json"))
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=dict(os.environ, NOTIFY_SOCKET=path))
+    out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     sock.settimeout(10)
     got = []
@@ -366,6 +379,21 @@ def test_wrapperd_passes_on_the_callers_socket(profile, caller_socket):
     seen = json.loads(got[0][0].decode().partition("=")[2])
     assert seen["socket"] == path                       # bound onto itself inside
     assert got[1] == (b"READY=1", p.pid)                # wrapperd became the target
+
+
+def test_sandbox_check_checks_notify_as_spawn_runs_it(tmp_path):
+    (tmp_path / "ok.json").write_text(json.dumps(
+        {"argv": ["/bin/true"], "notify": True, "namespaces": {"mount": True},
+         "user": {"uid": 65534}}))
+    (tmp_path / "bad.json").write_text(json.dumps(
+        {"argv": ["/bin/true"], "notify": True, "user": {"uid": 65534}}))
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
+    r = subprocess.run(sandbox_cmd("check", str(tmp_path / "ok.json")), env=env,
+                       capture_output=True)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(sandbox_cmd("check", str(tmp_path / "bad.json")), env=env,
+                       capture_output=True)
+    assert r.returncode == 125 and b"namespaces.mount" in r.stderr
 
 
 def test_wrapperd_without_a_socket_is_exit_125():
