@@ -182,8 +182,13 @@ def _open_base(base: str) -> int:
     return fd
 
 
-def _cleanup(sock, path: str, directory: str, base: str) -> None:
-    """Close the socket, remove its file, its directory and BASE once empty."""
+def _cleanup(sock, path: str, directory: str, base: str, owner: "int | None" = None
+             ) -> None:
+    """Close the socket, remove its file, its directory and BASE once empty.  owner:
+    the pid that made them -- a child forked since (multiprocessing) that exits
+    through the interpreter's shutdown must not remove its parent's socket."""
+    if owner is not None and os.getpid() != owner:
+        return
     if sock is not None:
         try:
             sock.close()
@@ -265,7 +270,8 @@ class Listener:
             raise SetupError("spawn", 0, f"notify: no directory could be made in {base}")
         self.sock = sock
         self.path, self.directory, self.base = path, directory, base
-        self._finalizer = weakref.finalize(self, _cleanup, sock, path, directory, base)
+        self._finalizer = weakref.finalize(self, _cleanup, sock, path, directory, base,
+                                           os.getpid())
 
     def fileno(self) -> int:
         return self.sock.fileno()
