@@ -2,11 +2,12 @@
 # make test  -- the whole test suite, installing what it needs: lint, unit + privileged
 #              tests as root, then the privileged suites again in a rootless container
 # make bench -- benchmarks (bench/): launch cost, resident cost, seccomp cost
+# make daemons-matrix -- run the real daemons (tests/services), write docs/daemons.md's matrix
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: deps venv test unit privileged rootless demo lint bench clean
+.PHONY: deps venv test unit privileged rootless demo lint bench clean daemons-matrix
 
 deps:
 	@sh scripts/install-deps
@@ -37,6 +38,11 @@ unit: venv
 
 privileged: venv
 	$(PY) -m pytest -q tests/privileged
+
+# The outcomes of a whole run of tests/services, written into docs/daemons.md (between its
+# markers) whether or not they are the expected ones: a failing cell fails the run too.
+daemons-matrix: venv
+	WRAPPERD_DAEMONS_MATRIX=write $(PY) -m pytest -q tests/services
 
 demo: venv
 	$(PY) demo.py

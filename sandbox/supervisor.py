@@ -191,6 +191,8 @@ def become(helper: int, child: int, pid_1: bool, sync: int = -1,
             close_all_but(helper, sync)
             name = REAPER_COMM if pid_1 else SUPERVISOR_COMM
             mode = "join-reaper" if join else "reaper" if pid_1 else "supervise"
+            if pid_1 and not join:
+                _keep_kill()
             os.execve(helper, [name, mode, str(child), str(sync)], {})
         except OSError:
             pass             # a noexec mount, say: the Python supervisor then
@@ -198,6 +200,30 @@ def become(helper: int, child: int, pid_1: bool, sync: int = -1,
         from . import namespaces
         namespaces.join_for_worker(sync)
     supervise(child, pid_1, sync)
+
+
+_CAP_KILL = 5
+
+
+def _keep_kill() -> None:
+    """A reaper in a user namespace that does not map its id (`untrusted`: root inside
+    is the target's dynamic id, wrapperd's host root is mapped to nothing) holds every
+    capability of that namespace until its exec, and none after: a process whose uid
+    is not 0 there loses them at execve.  It could then not signal a target of another
+    uid, and a SIGTERM forwarded to it would never arrive.  CAP_KILL raised in the
+    ambient set survives the exec, and acts only over that namespace's processes.
+    Where this process is uid 0 (a mapped root, or no user namespace) exec keeps its
+    capabilities anyway: nothing to do."""
+    if os.getuid() == 0:
+        return
+    try:
+        eff, prm, inh = _libc.capget()
+        bit = 1 << _CAP_KILL
+        if prm & bit:
+            _libc.capset(eff, prm, inh | bit)
+            _libc.prctl(_libc.PR_CAP_AMBIENT, _libc.PR_CAP_AMBIENT_RAISE, _CAP_KILL)
+    except OSError:
+        pass             # then the signals reach only targets of its own uid
 
 
 def close_all_but(*keep: int) -> None:

@@ -53,6 +53,12 @@ def expected(spec) -> dict:
     from . import caps, creds
     from .spawning import resolve
     spec = resolve(spec)
+    denied: tuple = ()
+    if spec.filesystem is not None:
+        # As prepare does: the presets' capability drops, mounts and denied syscalls.
+        from .filesystem import expand
+        spec, expansion = expand(spec)
+        denied = expansion.denied if expansion is not None else ()
     cp = creds.prepare(spec.user, spec.securebits, spec.namespaces)
     nsp = None
     if spec.namespaces is not None and spec.namespaces.any():
@@ -115,7 +121,11 @@ def expected(spec) -> dict:
         pc = cgroups.prepare(spec.cgroup)
         out["cgroup"] = {_cg_key(t.hierarchy): pc.path for t in pc.targets}
     mode, count = _seccomp_state()
-    if spec.seccomp is not None:
+    # The spec's filter, and those it brings besides (wrapperd.shim.prepare): the
+    # restrictions (address_families, the filesystem presets' syscalls) and a dynamic
+    # user's restrict_suid_sgid.
+    if spec.seccomp is not None or spec.address_families is not None or denied or \
+            (spec.user is not None and spec.user.dynamic):
         out["seccomp"] = ("filter", count + 1)     # at least one more than ours
     else:
         out["seccomp"] = (mode, count)

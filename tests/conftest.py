@@ -89,7 +89,10 @@ def _own_bpf_cache():
     from sandbox import bpfcache
     default = bpfcache.DEFAULT_DIR
     existed = os.path.isdir(default)
-    before = set(os.listdir(default)) if existed else set()
+    try:
+        before = set(os.listdir(default)) if existed else set()
+    except PermissionError:     # root's (the rootless run): nothing of ours goes there
+        before = None
     if "WRAPPERD_CACHE_DIR" in os.environ:
         yield
     else:
@@ -98,7 +101,7 @@ def _own_bpf_cache():
         yield
         del os.environ["WRAPPERD_CACHE_DIR"]
         shutil.rmtree(d, ignore_errors=True)
-    if os.path.isdir(default) and not os.path.islink(default):
+    if before is not None and os.path.isdir(default) and not os.path.islink(default):
         for name in set(os.listdir(default)) - before:
             try:
                 os.unlink(os.path.join(default, name))

@@ -108,19 +108,24 @@ def test_protect_system(etc_name):
     ("tmpfs", {"ls:/root": [], "write:/root": "ok"}),
 ])
 def test_protect_home(mode, want):
+    needs_host_root("the control writes the host's /root")
     ops = ["ls:/root", "write:/root"]
     on, off = both(ops, {"protect_home": mode})
     assert off["write:/root"] == "ok" and off["ls:/root"] != []
     assert {k: on[k] for k in want} == want
 
 
-def test_private_tmp(tmp_path):
-    host = tmp_path / "seen"
-    host.write_text("x")
-    ops = [f"exists:{host}", "write:/tmp", "write:/var/tmp"]
-    on, off = both(ops, {"private_tmp": True})
-    assert off[f"exists:{host}"] is True
-    assert on == {f"exists:{host}": False, "write:/tmp": "ok", "write:/var/tmp": "ok"}
+def test_private_tmp():
+    host = f"/tmp/wrapperd-fs-test-{uuid.uuid4().hex[:8]}"     # in the host's /tmp itself
+    with open(host, "w") as f:
+        f.write("x")
+    try:
+        ops = [f"exists:{host}", "write:/tmp", "write:/var/tmp"]
+        on, off = both(ops, {"private_tmp": True})
+        assert off[f"exists:{host}"] is True
+        assert on == {f"exists:{host}": False, "write:/tmp": "ok", "write:/var/tmp": "ok"}
+    finally:
+        os.unlink(host)
 
 
 def test_private_devices():
@@ -139,6 +144,7 @@ def test_private_devices():
 
 
 def test_protect_kernel_tunables_modules_logs_and_control_groups():
+    needs_host_root("the control opens the host's sysctls and makes a cgroup")
     cg = f"/sys/fs/cgroup/unified/wrapperd-fs-test-{uuid.uuid4().hex[:8]}"
     if not os.path.isdir("/sys/fs/cgroup/unified"):
         cg = f"/sys/fs/cgroup/wrapperd-fs-test-{uuid.uuid4().hex[:8]}"

@@ -42,6 +42,7 @@ from tests.conftest import (
     ROOTLESS,
     SYSTEM_PYTHON,
     TARGET_ENV,
+    needs_host_root,
     nspid,
     probe_spec,
     skip_or_fail,
@@ -384,6 +385,26 @@ def test_each_forwarded_signal_reaches_the_target(server, way, sig):
         _settled(p.pid)
         p.send_signal(sig)
         assert p.wait(timeout=30) == 128 + sig
+    finally:
+        _stop(p)
+
+
+@pytest.mark.parametrize("way", VIAS)
+def test_a_signal_reaches_a_target_of_another_uid_in_its_user_namespace(server, way):
+    # untrusted's shape: root inside is an id of its own outside, and wrapperd's host
+    # root is mapped to nothing there.  The reaper (pid 1 in that namespace) loses its
+    # capabilities at the exec of the helper: without CAP_KILL kept (ambient) its kill()
+    # of a target of another uid fails, and a SIGTERM never arrives.
+    needs_host_root("maps the host's 65534 into a user namespace of its own")
+    maps = [{"inside": 0, "outside": 65534, "count": 1}]
+    p = _start(way, [SYSTEM_PYTHON, "-I", "-c", DEFAULTS_THEN_SLEEP], server,
+               namespaces={"pid": True, "user": {"uid_map": maps, "gid_map": maps}},
+               user={"uid": 0, "gid": 0})
+    try:
+        _, target = _settled(p.pid)
+        assert procfs.status(target)["Uid"].split()[0] == "65534"
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(timeout=30) == 128 + signal.SIGTERM
     finally:
         _stop(p)
 

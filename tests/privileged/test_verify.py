@@ -59,8 +59,13 @@ def test_verify_is_empty_for_each_shipped_profile(name, cgroup_root):
                 drop=("CAP_SYS_BOOT", "CAP_SYS_MODULE", "CAP_CHOWN"))),
             "cgroup": build_spec(spec, cgroup={"path": f"{cgroup_root}/elsewhere",
                                                "create": False}),
+            # (no filter at all: neither the spec's, nor those address_families, the
+            # filesystem presets and a dynamic user bring)
             "seccomp": build_spec(spec, seccomp={"default_action": "errno:EPERM"})
-            if spec.seccomp is None else attrs.evolve(spec, seccomp=None),
+            if spec.seccomp is None else attrs.evolve(
+                spec, seccomp=None, address_families=None, filesystem=None,
+                user=User(uid=0, gid=0) if spec.user is not None and spec.user.dynamic
+                else spec.user),
         }
         for field, t in tampered.items():
             if field == "no_new_privs" and not spec.no_new_privs and _own_nnp():
@@ -141,3 +146,26 @@ def test_verify_in_new_namespaces(ns):
         plain = attrs.evolve(p.spec, namespaces=None)
         found = [d.field for d in sandbox.verify(p, plain, namespaces=True)]
         assert found and all(f.startswith(("namespaces.", "uids.", "gids.")) for f in found)
+
+
+@pytest.mark.parametrize("fields", [
+    {"address_families": ["AF_UNIX"]},                          # a filter, no `seccomp`
+    {"filesystem": {"protect_kernel_logs": True, "private_tmp": True}},   # drops, denies
+    {"user": {"uid": 65534}, "filesystem": {"protect_kernel_modules": True},
+     "capabilities": {"keep": ["CAP_SYS_MODULE", "CAP_NET_BIND_SERVICE"]}},
+])
+def test_verify_knows_what_the_other_filters_and_the_presets_do(fields):
+    # Without a seccomp section the target still has a filter, and the presets take
+    # capabilities out: verify() expects both (a wrong expectation is a difference).
+    p = sandbox.spawn(["/bin/sleep", "30"], stdout=DEVNULL, env=dict(TARGET_ENV), **fields)
+    with p:
+        assert sandbox.verify(p, seccomp=True) == []
+        with open(f"/proc/{p.target_pid}/status") as f:
+            st = dict(ln.rstrip("\n").split(":\t", 1) for ln in f if ":\t" in ln)
+        assert st["Seccomp"] == "2"
+        if "filesystem" in fields:                   # the kernel's view of the drops
+            from sandbox import caps
+            gone = caps.mask(["CAP_SYSLOG"] if "protect_kernel_logs" in fields["filesystem"]
+                             else ["CAP_SYS_MODULE"])
+            assert not int(st["CapBnd"], 16) & gone
+            assert int(st["CapBnd"], 16) & caps.mask(["CAP_NET_BIND_SERVICE"])
