@@ -7,7 +7,8 @@ package, pays only for what its spec needs.
 from __future__ import annotations
 
 __all__ = ["Spec", "SandboxError", "SpecError", "SetupError", "ExecError", "inspect",
-           "spawn", "run", "Process", "Completed", "ForkServer", "verify", "exposure"]
+           "spawn", "run", "Process", "Completed", "ForkServer", "verify", "exposure",
+           "reap", "PIPE", "DEVNULL", "STDOUT"]
 
 _LAZY = {
     "Spec": ("sandbox.spec", "Spec"),
@@ -23,6 +24,10 @@ _LAZY = {
     "ForkServer": ("sandbox.forkserver", "ForkServer"),
     "verify": ("sandbox.verification", "verify"),
     "exposure": ("sandbox.exposure", None),     # the module: exposure.score(...)
+    "reap": ("sandbox.reaping", "reap"),
+    "PIPE": ("sandbox.spawning", "PIPE"),
+    "DEVNULL": ("sandbox.spawning", "DEVNULL"),
+    "STDOUT": ("sandbox.spawning", "STDOUT"),
 }
 
 
@@ -35,7 +40,8 @@ if TYPE_CHECKING:
     from .forkserver import ForkServer
     from .inspection import inspect
     from .process import Process
-    from .spawning import Completed, run, spawn
+    from .reaping import reap
+    from .spawning import DEVNULL, PIPE, STDOUT, Completed, run, spawn
     from .spec import Spec
     from .verification import verify
 
