@@ -8,7 +8,7 @@ from __future__ import annotations
 
 __all__ = ["Spec", "SandboxError", "SpecError", "SetupError", "ExecError", "inspect",
            "spawn", "run", "Process", "Completed", "ForkServer", "verify", "exposure",
-           "reap", "PIPE", "DEVNULL", "STDOUT"]
+           "reap", "aspawn", "wait_any", "PIPE", "DEVNULL", "STDOUT"]
 
 _LAZY = {
     "Spec": ("sandbox.spec", "Spec"),
@@ -25,6 +25,8 @@ _LAZY = {
     "verify": ("sandbox.verification", "verify"),
     "exposure": ("sandbox.exposure", None),     # the module: exposure.score(...)
     "reap": ("sandbox.reaping", "reap"),
+    "aspawn": ("sandbox.aio", "aspawn"),
+    "wait_any": ("sandbox.aio", "wait_any"),
     "PIPE": ("sandbox.spawning", "PIPE"),
     "DEVNULL": ("sandbox.spawning", "DEVNULL"),
     "STDOUT": ("sandbox.spawning", "STDOUT"),
@@ -36,6 +38,7 @@ _LAZY = {
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from . import exposure
+    from .aio import aspawn, wait_any
     from .errors import ExecError, SandboxError, SetupError, SpecError
     from .forkserver import ForkServer
     from .inspection import inspect

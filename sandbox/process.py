@@ -17,7 +17,33 @@ import time
 from . import procfs, supervisor
 from .errors import SandboxError
 
-__all__ = ["Process", "ExitReason"]
+__all__ = ["Process", "ExitReason", "Stopping"]
+
+
+class Stopping:
+    """What Process.stop() returns: SIGTERM already sent to the whole sandbox."""
+
+    def __init__(self, proc: "Process", grace: float):
+        self.process, self.grace = proc, grace
+        self.deadline = time.monotonic() + grace
+        if proc.returncode is None:
+            proc._signal_all(signal.SIGTERM)
+
+    def wait(self) -> int:
+        """Until the target has exited (SIGKILL to all of it once the grace period is
+        over); its returncode.  What else ran in its cgroup is killed too."""
+        p = self.process
+        try:
+            rc = p.wait(max(0.0, self.deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = p.wait()
+        if p.spec.cgroup is not None and p._cgroup_pids():
+            try:
+                p._wait_empty(self.deadline)
+            except subprocess.TimeoutExpired:
+                p._kill_cgroup()
+        return rc
 
 
 class _StatusLost(SandboxError):
@@ -73,7 +99,8 @@ class Process:
     `pid`, `pidfd` (None where the kernel has no pidfds), `spec` (the resolved spec it
     runs under), `stdin`/`stdout`/`stderr` (file objects for PIPE, else None),
     `returncode` (None while it runs; -N for a signal, as subprocess).  As a context
-    manager it stops the target (terminate with `exit_grace`) and cleans up on exit.
+    manager, as subprocess.Popen: on exit the pipes are closed and the target waited
+    for (stopped first if the block raised), then everything is cleaned up.
     """
 
     exit_grace = 10.0
@@ -322,17 +349,26 @@ class Process:
             return
         self._popen.send_signal(sig)
 
-    def terminate(self, grace: float = 10.0) -> int:
-        """SIGTERM, then SIGKILL (of the whole cgroup, when the spec has one) if the
-        target is still alive after `grace` seconds.  Returns the returncode."""
-        if self.returncode is not None:
-            return self._popen.returncode
+    def terminate(self) -> None:
+        """SIGTERM to the target, as subprocess.Popen.terminate(): it only sends (stop()
+        also waits, and SIGKILLs after a grace period)."""
         self.send_signal(signal.SIGTERM)
-        try:
-            return self.wait(grace)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return self.wait()
+
+    def stop(self, grace: float = 10.0) -> "Stopping":
+        """SIGTERM to every process of the sandbox (its cgroup when the spec has one,
+        else the target), at once; the handle's wait() waits until `grace` seconds
+        have passed and then SIGKILLs the lot, and returns the returncode.  Stopping N
+        services takes one grace period, not N: stop() each, then wait() each."""
+        return Stopping(self, grace)
+
+    def _signal_all(self, sig: int) -> None:
+        self.send_signal(sig)
+        if self.spec.cgroup is not None:
+            for pid in self._cgroup_pids():
+                try:
+                    os.kill(pid, sig)   # (a pid of its cgroup, alive: read just now)
+                except OSError:
+                    pass
 
     def kill(self) -> None:
         """SIGKILL the target and, when the spec has a cgroup, every process in it
@@ -440,7 +476,7 @@ class Process:
         try:
             if self.returncode is None:
                 try:
-                    self.terminate(self.exit_grace if grace is None else grace)
+                    self.stop(self.exit_grace if grace is None else grace).wait()
                 except _StatusLost:
                     pass                # ended, its status taken elsewhere: nothing to stop
             self._keep_stats()
@@ -454,8 +490,27 @@ class Process:
     def __enter__(self) -> "Process":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """As subprocess.Popen's: the pipes are closed and the target waited for --
+        then everything close() releases is (cgroup, runtime directories, pidfd).  If
+        the block raised, the target is stopped first (stop(exit_grace)), so a failing
+        caller does not hang on a service that would run on."""
+        try:
+            if exc_type is not None:
+                self.close()
+                return
+            for f in (self.stdin, self.stdout, self.stderr):
+                if f is not None:
+                    try:
+                        f.close()
+                    except OSError:
+                        pass
+            try:
+                self.wait()
+            except _StatusLost:
+                pass
+        finally:
+            self.close()
 
     def __del__(self):
         self._close_pidfd()

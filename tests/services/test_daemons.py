@@ -312,6 +312,7 @@ def run_daemon(daemon: Daemon, run: Run, spec: dict, stack) -> dict:
                 seen["rc"] = proc.wait(EXIT_TIMEOUT)
             except subprocess.TimeoutExpired:
                 seen["rc"] = f"still running {EXIT_TIMEOUT} s after SIGTERM"
+                proc.kill()             # (leaving `with` waits for it)
         elif seen["reason"] is None:
             seen["reason"] = f"exited {proc.returncode}"
         # What it started ends with it: nothing may stay in its cgroup.  (One that did
