@@ -499,12 +499,7 @@ class Process:
             if exc_type is not None:
                 self.close()
                 return
-            for f in (self.stdin, self.stdout, self.stderr):
-                if f is not None:
-                    try:
-                        f.close()
-                    except OSError:
-                        pass
+            self._close_pipes()
             try:
                 self.wait()
             except _StatusLost:
@@ -567,13 +562,16 @@ class Process:
     def _release(self) -> None:
         """The handle's own resources: the caller's pipe ends and the pidfd."""
         self._closed = True
+        self._close_pipes()
+        self._close_pidfd()
+
+    def _close_pipes(self) -> None:
         for f in (self.stdin, self.stdout, self.stderr):
             if f is not None:
                 try:
                     f.close()
                 except OSError:
                     pass
-        self._close_pidfd()
 
 
 def _children(pid: int) -> "list[int]":

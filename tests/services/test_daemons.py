@@ -26,7 +26,7 @@ import sandbox
 from sandbox import _libc, caps, cgroups, dynamicuser
 from sandbox.namespaces import CLONE_FLAGS
 from sandbox.spawning import DEVNULL
-from tests.conftest import TARGET_ENV, host_dir_root, skip_or_fail, until
+from tests.conftest import TARGET_ENV, free_low_port, host_dir_root, skip_or_fail, until
 from tests.services.daemons import (
     DAEMONS,
     EXPECTED,
@@ -80,18 +80,7 @@ def free_port(low: bool) -> int:
                 port = s.getsockname()[1]
             if free(port):
                 return port
-    with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
-        start = int(f.read())
-    if start <= 1:
-        skip_or_fail("every port is unprivileged here (ip_unprivileged_port_start)")
-    import random
-    candidates = list(range(max(1, start - 400), start))
-    random.shuffle(candidates)
-    for port in candidates:
-        if free(port):
-            return port
-    skip_or_fail("no free port below ip_unprivileged_port_start")
-    raise AssertionError("unreachable")
+    return free_low_port(free)
 
 
 @contextlib.contextmanager
