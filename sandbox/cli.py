@@ -47,7 +47,7 @@ def _cmd_inspect(a) -> int:
     except PermissionError as e:
         raise SpecError(f"cannot read /proc/{a.pid}: {e.strerror}") from None
     from . import exposure
-    report = exposure.of_process(info)
+    report = exposure.of_process(info, read_proc=True)
     if a.json:
         print(json.dumps({**info, "exposure": report.to_dict()}, indent=2))
         return _gate(report, a.threshold)

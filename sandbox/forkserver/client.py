@@ -302,7 +302,7 @@ class ForkServer:
         import time
 
         from ..process import Process
-        from ..spawning import _cgroup_dirs, _read_status
+        from ..spawning import _missing_cgroup_dirs, _read_status
         most = protocol.MAX_FDS - protocol.REQUEST_FDS
         if len(spec.pass_fds) > most:
             raise SpecError(f"at most {most} pass_fds through the fork server", "pass_fds")
@@ -311,7 +311,7 @@ class ForkServer:
         if sock is None:
             raise SetupError("spawn", _errno.ESHUTDOWN, "the fork server is closed")
         setup_timeout = self.setup_timeout if setup_timeout is None else setup_timeout
-        cg_dirs = [d for d in _cgroup_dirs(spec) if not os.path.isdir(d)]
+        cg_dirs = _missing_cgroup_dirs(spec)
 
         mine: list = []                # fds to close here once sent
         parent_ends = [None, None, None]

@@ -254,6 +254,7 @@ def test_a_process_in_the_cgroup_counts(with_cgroup, request):
                 **fields) as proc:
         assert proc.wait_ready(5 if with_cgroup else 1.5) is with_cgroup
         assert proc.notify_dropped == (0 if with_cgroup else 1)
+        proc.stop(1).wait()             # (its child sleeps on)
 
 
 # ---------------------------------------------------------------- waiting
@@ -307,6 +308,18 @@ def test_asyncio_ready(mode, server, base):
         return proc, early
     proc, early = asyncio.run(main())
     assert gone(proc) and gone(early)
+
+
+def test_aspawn_ready(base):
+    async def main():
+        p = await sandbox.aspawn(sender("READY=1\nSTATUS=aspawned"), notify=True,
+                                 stdin=PIPE, env=dict(TARGET_ENV))
+        async with p:
+            assert await asyncio.wait_for(p.ready(), 30) is True
+            assert p.process.notify_status == "aspawned"
+            p.stdin.close()
+        return p.process
+    assert gone(asyncio.run(main()))
 
 
 # ---------------------------------------------------------------- refused, cleaned up

@@ -13,10 +13,17 @@ def spec(**fields) -> Spec:
 
 
 CONFINED = dict(
-    user={"uid": 65534, "gid": 65534}, capabilities={"keep": []}, no_new_privs=True,
+    user={"uid": 65534, "gid": 65534, "umask": "0077"}, capabilities={"keep": []},
+    no_new_privs=True,
     seccomp={"default_action": "errno:EPERM", "architectures": ["native"]},
     namespaces={k: True for k in ("user", "mount", "pid", "net", "ipc", "uts", "cgroup")},
     cgroup={"path": "/svc", "memory_max": 1 << 28, "pids_max": 64},
+    filesystem={"protect_system": "strict", "protect_home": True, "private_tmp": True,
+                "private_devices": True, "protect_kernel_tunables": True,
+                "protect_kernel_modules": True, "protect_kernel_logs": True,
+                "protect_control_groups": True, "protect_proc": "invisible",
+                "proc_subset": "pid"},
+    address_families=[], rlimits={"RTPRIO": [0, 0]},
 )
 
 
@@ -38,12 +45,26 @@ def test_an_unconfined_root_spec_is_near_10_and_a_confined_one_0():
     dict(namespaces={"net": True}),
     dict(cgroup={"path": "/svc", "memory_max": 1 << 28}),
     dict(cgroup=None),
-    dict(user={"uid": 65534, "gid": 0}),
+    dict(user={"uid": 65534, "gid": 0, "umask": "0077"}),
+    dict(user={"uid": 65534, "gid": 65534, "umask": "0022"}),
+    dict(filesystem={"protect_system": "full"}),
+    dict(filesystem={"protect_home": "read-only"}),
+    dict(filesystem={"private_tmp": True}),
+    dict(filesystem={"protect_proc": "noaccess", "proc_subset": "pid"}),
 ])
 def test_each_loosening_raises_the_score(change):
     base = exposure.score(spec(**CONFINED)).score
     loose = {**CONFINED, **change}
     loose = {k: v for k, v in loose.items() if v is not None}
+    if "filesystem" in change:   # one setting loosened, the rest as confined as before
+        loose["filesystem"] = {**CONFINED["filesystem"], "protect_system": "strict",
+                               "protect_home": True, "private_tmp": True,
+                               "protect_proc": "invisible", "proc_subset": "pid"}
+        for k in ("protect_system", "protect_home", "protect_proc", "proc_subset"):
+            if k in change["filesystem"]:
+                loose["filesystem"][k] = change["filesystem"][k]
+        if "private_tmp" in change["filesystem"]:    # the tmpfs at /tmp, /var/tmp only
+            loose["filesystem"]["private_tmp"] = False
     assert exposure.score(spec(**loose)).score > base, change
 
 
@@ -94,8 +115,15 @@ def test_live_process_facts():
     confined = exposure.score(_info())
     exposed = exposure.score(_info(uid=0, caps=["CAP_SYS_ADMIN"], nnp=False,
                                    seccomp="disabled", filters=0, host_ns=True))
-    assert confined.score < 2.0 < 6.0 < exposed.score
+    assert confined.score < 5.0 < exposed.score
     by = {c.name: c for c in confined.checks}
+    # What /proc cannot show counts half, and says so: the mount table of a dict (not
+    # read unless asked), what a loaded filter denies, the socket families it allows.
+    for name in ("protect_system", "seccomp", "af_packet", "ns_create", "keyring"):
+        assert by[name].exposure == 0.5 and "/proc" in by[name].explanation, name
+    # No filter at all: known, every family and syscall group reachable.
+    exp = {c.name: c.exposure for c in exposed.checks}
+    assert exp["seccomp"] == exp["af_packet"] == exp["ns_create"] == 1.0
     # /proc cannot show the filter's architecture lock: half exposed, and it says so.
     assert by["seccomp_arch"].exposure == 0.5 and "/proc" in by["seccomp_arch"].explanation
     # pid 1 unreadable: "host" is None and the caller's namespaces decide.
@@ -148,7 +176,9 @@ def test_nobody_is_penalised_as_shared_and_a_dynamic_uid_is_not():
     nobody = exposure.score(spec(profile="service", name="svc", user={"uid": 65534}))
     dynamic = exposure.score(spec(profile="service", name="svc"))
     other = exposure.score(spec(profile="service", name="svc", user={"uid": 4242}))
-    assert nobody.score > dynamic.score == other.score
+    # (a dynamic user's filter, restrict_suid_sgid, also refuses setuid files, user
+    # namespaces and keyrings: a fixed uid of its own scores between the two)
+    assert nobody.score > other.score >= dynamic.score
     by = {r: {c.name: c for c in x.checks} for r, x in
           (("nobody", nobody), ("dynamic", dynamic))}
     assert by["nobody"]["uid_shared"].exposure == 1.0
@@ -174,3 +204,46 @@ def test_every_profile_alone_can_be_scored(name, capsys):
     assert cli.main(["exposure", "--profile", name, "--json"]) == 0, \
         capsys.readouterr().err
     assert 0.0 <= json.loads(capsys.readouterr().out)["score"] <= 10.0
+
+
+def test_filesystem_settings_and_address_families_are_modelled():
+    """systemd's filesystem settings as sandbox.filesystem.expand() makes them, and
+    RestrictAddressFamilies= as the compiled filter answers socket(2)."""
+    base = {"profile": "service", "name": "svc"}
+    by = {c.name: c for c in exposure.score(spec(**base)).checks}
+    for name in ("protect_system", "protect_home", "private_tmp", "private_devices",
+                 "protect_kernel_tunables", "protect_kernel_modules",
+                 "protect_kernel_logs", "protect_control_groups", "protect_proc",
+                 "af_packet", "af_netlink", "af_other"):
+        assert by[name].exposure == 0.0, by[name]
+    assert by["af_inet"].exposure == 1.0 and "AF_INET" in by["af_inet"].explanation
+    assert by["proc_subset"].exposure == 1.0         # strict sets it, service does not
+    plain = {c.name: c.exposure for c in exposure.score(spec(user={"uid": 4242})).checks}
+    assert all(plain[n] == 1.0 for n in ("protect_system", "private_tmp", "af_packet",
+                                         "protect_proc", "seccomp", "ns_create"))
+    full = {c.name: c.exposure for c in exposure.score(spec(
+        user={"uid": 4242}, filesystem={"protect_system": "full",
+                                        "protect_home": "read-only"})).checks}
+    assert full["protect_system"] == 0.3 and full["protect_home"] == 0.5
+    wide = exposure.score(spec(**base, address_families=["AF_UNIX", "AF_INET", "AF_INET6",
+                                                           "AF_PACKET"]))
+    assert {c.name: c.exposure for c in wide.checks}["af_packet"] == 1.0
+    assert wide.score > exposure.score(spec(**base)).score
+
+
+def test_a_live_process_is_judged_by_its_mount_table():
+    import os
+    r = exposure.of_process(os.getpid())
+    by = {c.name: c for c in r.checks}
+    for name in exposure.FS_WEIGHTS:
+        assert "cannot be read" not in by[name].explanation, by[name]
+    # read_proc=False (a dict from elsewhere): the mount table is not read.
+    from sandbox import inspect
+    info = inspect(os.getpid())
+    unread = {c.name: c for c in exposure.of_process(info).checks}
+    assert unread["private_tmp"].exposure == 0.5
+
+
+def test_scores_round_up_as_systemds():
+    checks = (exposure.Check("a", 999, 0.0, "x"), exposure.Check("b", 1, 1.0, "y"))
+    assert exposure.Report("s", checks).score == 0.1     # 0.01 rounds up, not down

@@ -182,7 +182,10 @@ def test_the_library_is_ordered_by_exposure():
              for n in ("talos", "default", "service", "strict", "untrusted")}
     assert score["talos"] > score["default"] > score["service"] > score["strict"] \
         > score["untrusted"]
-    assert score["strict"] < 1.0                      # SAFE
+    # OK, as systemd-analyze security rates the same unit (1.5): it counts the socket
+    # families, @resources and namespace creation the kernel refuses without
+    # CAP_SYS_ADMIN (tests/privileged/test_exposure_systemd.py).
+    assert score["strict"] < 2.0
 
 
 def test_a_spec_swapping_its_profiles_seccomp_profile_must_say_so():
