@@ -219,6 +219,7 @@ def main(args: "list[str] | None" = None, environ: "bytes | None" = None,
     under."""
     args = sys.argv[1:] if args is None else args
     status_fd = None
+    ctx = None
     try:
         from sandbox import launchers
         why = launchers.require()
@@ -267,13 +268,16 @@ def main(args: "list[str] | None" = None, environ: "bytes | None" = None,
             from sandbox import plancache
             plancache.store(miss.entry, miss.key, plan, spec)   # the next start skips all of this
         import wrapperd
-        shim.start(plan, shim.Context(status_fd, wrapperd.PPID_AT_START
-                                      if opts.parent_pid is None else opts.parent_pid,
-                                      fault=os.environ.get(shim.FAULT_ENV)))
+        ctx = shim.Context(status_fd, wrapperd.PPID_AT_START
+                           if opts.parent_pid is None else opts.parent_pid,
+                           fault=os.environ.get(shim.FAULT_ENV))
+        shim.start(plan, ctx)
     except SandboxError as e:
-        return _report(e, status_fd)
+        # (the fds step may have moved the status fd: ctx says where it is)
+        return _report(e, status_fd if ctx is None else ctx.status_fd)
     except SystemExit:
         raise      # --help
     except BaseException as e:   # never a traceback: name it and fail closed
-        return _report(SetupError("internal", 0, f"{type(e).__name__}: {e}"), status_fd)
+        return _report(SetupError("internal", 0, f"{type(e).__name__}: {e}"),
+                       status_fd if ctx is None else ctx.status_fd)
     return EXIT_FAILURE
