@@ -24,9 +24,9 @@ USAGE = """wrapperd [--spec PATH | --spec - | --spec-fd N] [--profile NAME] [--s
 
 DESCRIPTION = """\
 Apply a spawn spec to this process in a fixed order -- oom score, nice, rlimits, cgroup,
-dynamic user, service directories, namespaces, mounts, session (setsid; a group leader
-forks once and supervises), fds, identity, capabilities, cwd, no_new_privs, signals,
-seccomp -- then exec ARGV, so the target is born confined.
+dynamic user, service directories, listening sockets, namespaces, mounts, session
+(setsid; a group leader forks once and supervises), fds, identity, capabilities, cwd,
+no_new_privs, signals, seccomp -- then exec ARGV, so the target is born confined.
 If any step fails the target never runs: one line on stderr, a JSON record on the status
 fd, exit 125 (126: found but not executable, 127: not found).
 
@@ -261,6 +261,10 @@ def main(args: "list[str] | None" = None, environ: "bytes | None" = None,
                 spec, expansion = filesystem.expand(spec)
                 for line in filesystem.describe(expansion):
                     print(f"wrapperd: filesystem: {line}", file=sys.stderr)
+            if plan.listen is not None:
+                from sandbox import listen
+                for line in listen.describe(plan.listen):
+                    print(f"wrapperd: listen: {line}", file=sys.stderr)
             sys.stdout.write(spec.to_json() + "\n")
             sys.stdout.flush()
             return 0
