@@ -75,7 +75,8 @@ def low_port():
         start = int(f.read())
     if start <= 1:
         skip_or_fail("every port is unprivileged here (ip_unprivileged_port_start)")
-    candidates = list(range(max(1, start - 400), start))
+    # Never a well-known port a host may serve or resolve on (DNS, HTTP).
+    candidates = [p for p in range(max(1, start - 400), start) if p not in (53, 80)]
     random.shuffle(candidates)
     for port in candidates:
         s = socket.socket()

@@ -216,3 +216,23 @@ def test_placing_puts_sockets_at_3_and_moves_what_was_there():
     assert out["status"] >= 6 and out["status_same"] and out["status_cloexec"]
     assert out["reaper"] >= 6 and out["reaper_same"] and out["pass_fd"]
     assert out["open0"] is False and out["open9"] is False     # the copies were closed
+
+
+def test_dry_run_shows_each_socket_and_binds_nothing():
+    import socket
+    with socket.socket() as s:              # a free port, released: still free after
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = {**BASE, "listen": [{"address": f"127.0.0.1:{port}", "name": "http"},
+                               {"type": "datagram", "address": "@wrapperd-dry-run"}]}
+    p = subprocess.run([sys.executable, "-I", "-m", "wrapperd", "--spec", "-",
+                        "--dry-run"], input=json.dumps(spec).encode(),
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.decode().splitlines() == [
+        f"wrapperd: listen: fd 3 (http): stream 127.0.0.1:{port}",
+        "wrapperd: listen: fd 4 (unknown): datagram @wrapperd-dry-run"]
+    assert json.loads(p.stdout)["listen"][0] == {
+        "type": "stream", "address": f"127.0.0.1:{port}", "name": "http", "backlog": None}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
