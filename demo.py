@@ -45,7 +45,7 @@ def show(info: dict) -> None:
 
 def serve(spec: dict, port: int, label: str) -> int:
     """Spawn the service under spec, wait until it answers, show what the kernel says
-    it can do and its exposure score; the context manager stops it and removes its
+    it can do and its exposure score; stop() ends it and the context manager removes its
     cgroup.  Returns the exposure score x 10 (for the summary)."""
     with sandbox.spawn(spec, stderr=DEVNULL) as proc:
         for _ in range(200):
@@ -71,6 +71,7 @@ def serve(spec: dict, port: int, label: str) -> int:
                                 else "; ".join(map(str, diffs))))
         st = proc.stats()
         print(f"  stats(): {st['pids']} process(es), rss {st['rss'] >> 10} KiB")
+        proc.stop(5).wait()     # SIGTERM to its cgroup, SIGKILL after 5 s
     print(f"  stopped (exit status {proc.returncode})")
     return report.score
 

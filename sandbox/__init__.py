@@ -7,7 +7,8 @@ package, pays only for what its spec needs.
 from __future__ import annotations
 
 __all__ = ["Spec", "SandboxError", "SpecError", "SetupError", "ExecError", "inspect",
-           "spawn", "run", "Process", "Completed", "ForkServer", "verify", "exposure"]
+           "spawn", "run", "Process", "Completed", "ForkServer", "verify", "exposure",
+           "reap", "aspawn", "wait_any", "PIPE", "DEVNULL", "STDOUT"]
 
 _LAZY = {
     "Spec": ("sandbox.spec", "Spec"),
@@ -23,6 +24,12 @@ _LAZY = {
     "ForkServer": ("sandbox.forkserver", "ForkServer"),
     "verify": ("sandbox.verification", "verify"),
     "exposure": ("sandbox.exposure", None),     # the module: exposure.score(...)
+    "reap": ("sandbox.reaping", "reap"),
+    "aspawn": ("sandbox.aio", "aspawn"),
+    "wait_any": ("sandbox.aio", "wait_any"),
+    "PIPE": ("sandbox.spawning", "PIPE"),
+    "DEVNULL": ("sandbox.spawning", "DEVNULL"),
+    "STDOUT": ("sandbox.spawning", "STDOUT"),
 }
 
 
@@ -31,11 +38,13 @@ _LAZY = {
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from . import exposure
+    from .aio import aspawn, wait_any
     from .errors import ExecError, SandboxError, SetupError, SpecError
     from .forkserver import ForkServer
     from .inspection import inspect
     from .process import Process
-    from .spawning import Completed, run, spawn
+    from .reaping import reap
+    from .spawning import DEVNULL, PIPE, STDOUT, Completed, run, spawn
     from .spec import Spec
     from .verification import verify
 

@@ -63,6 +63,12 @@ class SetupError(SandboxError, OSError):
             return f"{self.step}: {self.message}: {os.strerror(self.errno)}"
         return f"{self.step}: {self.message}"
 
+    @property
+    def exit_reason(self):
+        """setup_failed(step), as sandbox.process.ExitReason: the target never ran."""
+        from .process import ExitReason
+        return ExitReason("setup_failed", step=self.step)
+
 
 
 class ExecError(SetupError):

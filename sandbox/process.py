@@ -17,7 +17,80 @@ import time
 from . import procfs, supervisor
 from .errors import SandboxError
 
-__all__ = ["Process"]
+__all__ = ["Process", "ExitReason", "Stopping"]
+
+
+class Stopping:
+    """What Process.stop() returns: SIGTERM already sent to the whole sandbox."""
+
+    def __init__(self, proc: "Process", grace: float):
+        self.process, self.grace = proc, grace
+        self.deadline = time.monotonic() + grace
+        if proc.returncode is None:
+            proc._signal_all(signal.SIGTERM)
+
+    def wait(self) -> int:
+        """Until the target has exited (SIGKILL to all of it once the grace period is
+        over); its returncode.  What else ran in its cgroup is killed too."""
+        p = self.process
+        try:
+            rc = p.wait(max(0.0, self.deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            rc = p.wait()
+        if p.spec.cgroup is not None and p._cgroup_pids():
+            try:
+                p._wait_empty(self.deadline)
+            except subprocess.TimeoutExpired:
+                p._kill_cgroup()
+        return rc
+
+
+class _StatusLost(SandboxError):
+    def __init__(self, pid: int):
+        super().__init__(f"the exit status of pid {pid} was taken by another wait (an "
+                         "os.waitpid(-1) of this program's?): an init reaps with "
+                         "sandbox.reap(), which keeps it")
+
+
+class ExitReason:
+    """Why a target ended: `kind` is "exited" (`code`), "killed" (`signal`),
+    "oom_killed" (the cgroup's OOM killer: its memory.events / memory.oom_control
+    counted the kill, not a guess from SIGKILL), "timed_out" (run()'s timeout killed
+    it) or "setup_failed" (`step`: the target never ran; SetupError.exit_reason).
+    str(): exited(3), killed(SIGTERM), oom_killed, timed_out, setup_failed(mounts)."""
+
+    __slots__ = ("kind", "code", "signal", "step")
+
+    def __init__(self, kind: str, code: "int | None" = None, signal: "int | None" = None,
+                 step: "str | None" = None):
+        self.kind, self.code, self.signal, self.step = kind, code, signal, step
+
+    def __str__(self) -> str:
+        if self.kind == "exited":
+            return f"exited({self.code})"
+        if self.kind == "killed":
+            return f"killed({_signame(self.signal or 0)})"
+        if self.kind == "setup_failed":
+            return f"setup_failed({self.step})"
+        return self.kind
+
+    def __repr__(self) -> str:
+        return f"<ExitReason {self}>"
+
+    def __eq__(self, other) -> bool:
+        return str(self) == str(other) if isinstance(other, (ExitReason, str)) else \
+            NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+
+def _signame(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return str(sig)
 
 
 class Process:
@@ -26,7 +99,8 @@ class Process:
     `pid`, `pidfd` (None where the kernel has no pidfds), `spec` (the resolved spec it
     runs under), `stdin`/`stdout`/`stderr` (file objects for PIPE, else None),
     `returncode` (None while it runs; -N for a signal, as subprocess).  As a context
-    manager it stops the target (terminate with `exit_grace`) and cleans up on exit.
+    manager, as subprocess.Popen: on exit the pipes are closed and the target waited
+    for (stopped first if the block raised), then everything is cleaned up.
     """
 
     exit_grace = 10.0
@@ -50,6 +124,14 @@ class Process:
                 self.pidfd = pidfd_open(self.pid)
             except OSError:
                 self.pidfd = None     # ENOSYS on old kernels: fall back to the pid
+        self._timed_out = False         # run(timeout=) killed it
+        self._final_stats: "dict | None" = None
+        self._oom_before = self._oom_kills()    # a reused cgroup's earlier OOM kills
+        # Our own child (not a fork server's): sandbox.reap() keeps its status for us.
+        self._child = isinstance(popen, subprocess.Popen)
+        if self._child:
+            from . import reaping
+            reaping.register(self)
 
     def __repr__(self) -> str:
         state = "running" if self.returncode is None else f"returncode={self.returncode}"
@@ -59,7 +141,11 @@ class Process:
     # ------------------------------------------------------------------ state
     @property
     def returncode(self) -> "int | None":
-        return self._popen.poll()
+        """None while it runs -- and when its status was lost (see wait())."""
+        try:
+            return self.poll()
+        except _StatusLost:
+            return None
 
     @property
     def target_pid(self) -> int:
@@ -103,15 +189,128 @@ class Process:
     def args(self) -> list:
         return list(self.spec.argv)
 
+    @property
+    def exit_reason(self) -> "ExitReason | None":
+        """Why the target ended (ExitReason), None while it runs.  Behind a supervisor
+        (a new pid namespace) the exit status is the target's code, or 128+N when a
+        signal N killed it, as a shell reports it: read as killed(N)."""
+        rc = self.returncode
+        if rc is None:
+            return None
+        if self._timed_out:
+            return ExitReason("timed_out")
+        sig = -rc if rc < 0 else None
+        ns = self.spec.namespaces
+        if sig is None and 128 < rc < 128 + 65 and ns is not None and ns.pid is not False \
+                and not ns.as_pid_1:
+            sig = rc - 128                  # a helper passed a signal on as 128+N
+        if sig == signal.SIGKILL and self._oom_kills() > self._oom_before:
+            return ExitReason("oom_killed")
+        if sig is not None:
+            return ExitReason("killed", signal=sig)
+        return ExitReason("exited", code=rc)
+
+    def _oom_kills(self) -> int:
+        group = self._group()
+        if group is None:
+            return 0
+        try:
+            return group.events().get("oom_kill", 0) if group.exists() else 0
+        except (OSError, SandboxError):
+            return 0
+
+    def processes(self) -> "list[int]":
+        """The pids that still run for this sandbox: every process in its cgroup when
+        the spec has one (a daemon that forked into the background included), else the
+        target and its descendants that have not left it (an orphan reparented away is
+        out of sight: give the spec a cgroup)."""
+        if self.spec.cgroup is not None:
+            return self._cgroup_pids()
+        import psutil
+        try:
+            main = psutil.Process(self.target_pid)
+            kids = main.children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        return sorted(p.pid for p in [main, *kids]
+                      if p.is_running() and p.status() != psutil.STATUS_ZOMBIE)
+
     def poll(self) -> "int | None":
+        """The returncode if it has exited (and reap it), else None.  SandboxError when
+        its status was taken by another wait (see wait())."""
+        rc = self._popen.returncode
+        if rc is not None or not self._child:
+            return self._popen.poll() if rc is None else rc
+        # Popen.poll() would call a child someone else reaped a success (0).
+        from . import reaping
+        with reaping._LOCK:
+            try:
+                info = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            except ChildProcessError:
+                if self._popen.returncode is not None:
+                    return self._popen.returncode
+                raise _StatusLost(self.pid) from None
+            if info is None:
+                return None                 # still running
         return self._popen.poll()
 
-    def wait(self, timeout: "float | None" = None) -> int:
+    def wait(self, timeout: "float | None" = None, group: bool = False) -> int:
         """Wait for the target to exit and reap it; return its returncode.  Raises
-        subprocess.TimeoutExpired after `timeout` seconds (the target keeps running)."""
+        subprocess.TimeoutExpired after `timeout` seconds (the target keeps running).
+        If something else reaped it -- an os.waitpid(-1) of the caller's instead of
+        sandbox.reap() -- its status is gone: SandboxError, never a made-up 0.
+        group=True: also until nothing is left in its cgroup (a daemon whose main
+        process forked into the background and exited 0); needs the spec's cgroup."""
+        if group:
+            if self.spec.cgroup is None:
+                raise SandboxError("wait(group=True) needs the spec's cgroup: without one "
+                                   "what the target left behind cannot be followed")
+            deadline = None if timeout is None else time.monotonic() + timeout
+            rc = self.wait(timeout)
+            self._wait_empty(deadline)
+            return rc
+        rc = self._wait(timeout)
+        self._keep_stats()
+        return rc
+
+    def _wait_empty(self, deadline: "float | None") -> None:
+        """Until the cgroup holds no process (its members leave it as they exit)."""
+        g = self._group()
+        while g is not None and self._cgroup_pids():
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.args, 0.0)
+            # cgroup v2's cgroup.events would wake us; v1 has nothing to poll: a short,
+            # bounded sleep between reads of cgroup.procs.
+            time.sleep(0.02)
+
+    def _keep_stats(self) -> None:
+        """The cgroup's counters as the target ended: stats() gives them after exit,
+        when the cgroup is gone."""
+        if self._final_stats is None and self.spec.cgroup is not None:
+            g = self._group()
+            try:
+                if g is not None and g.exists():
+                    self._final_stats = g.stats()
+            except (OSError, SandboxError):
+                pass
+
+    def _wait(self, timeout: "float | None" = None) -> int:
         rc = self._popen.returncode
         if rc is not None:
             return rc
+        if self._child and self.pidfd is not None:
+            # Readable once it has exited, whoever reaps it; then reap it ourselves,
+            # unless its status has already been taken.
+            import select
+            p = select.poll()
+            p.register(self.pidfd, select.POLLIN)
+            if not p.poll(None if timeout is None else max(0.0, timeout) * 1000):
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+            from . import reaping
+            with reaping._LOCK:         # not while reap() is handing it over
+                if self._popen.returncode is None and self._status_lost():
+                    raise _StatusLost(self.pid)
+            return self._popen.wait()
         if timeout is not None and self.pidfd is not None:
             # A pidfd polls readable once the process exits: no sleep loop.
             import select
@@ -121,6 +320,18 @@ class Process:
                 raise subprocess.TimeoutExpired(self.args, timeout)
             return self._popen.wait()
         return self._popen.wait(timeout)
+
+    def _status_lost(self) -> bool:
+        """Our child, exited, but no longer ours to reap (and we did not reap it)."""
+        try:
+            os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            return False
+        except ChildProcessError:
+            return self._popen.returncode is None
+
+    def _reap(self) -> None:
+        """sandbox.reap() found us exited: reap through Popen, which keeps the status."""
+        self._popen.wait()
 
     def communicate(self, input: "bytes | None" = None, timeout: "float | None" = None):
         """As subprocess.Popen.communicate: (stdout, stderr) of the pipes asked for."""
@@ -138,17 +349,26 @@ class Process:
             return
         self._popen.send_signal(sig)
 
-    def terminate(self, grace: float = 10.0) -> int:
-        """SIGTERM, then SIGKILL (of the whole cgroup, when the spec has one) if the
-        target is still alive after `grace` seconds.  Returns the returncode."""
-        if self.returncode is not None:
-            return self._popen.returncode
+    def terminate(self) -> None:
+        """SIGTERM to the target, as subprocess.Popen.terminate(): it only sends (stop()
+        also waits, and SIGKILLs after a grace period)."""
         self.send_signal(signal.SIGTERM)
-        try:
-            return self.wait(grace)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return self.wait()
+
+    def stop(self, grace: float = 10.0) -> "Stopping":
+        """SIGTERM to every process of the sandbox (its cgroup when the spec has one,
+        else the target), at once; the handle's wait() waits until `grace` seconds
+        have passed and then SIGKILLs the lot, and returns the returncode.  Stopping N
+        services takes one grace period, not N: stop() each, then wait() each."""
+        return Stopping(self, grace)
+
+    def _signal_all(self, sig: int) -> None:
+        self.send_signal(sig)
+        if self.spec.cgroup is not None:
+            for pid in self._cgroup_pids():
+                try:
+                    os.kill(pid, sig)   # (a pid of its cgroup, alive: read just now)
+                except OSError:
+                    pass
 
     def kill(self) -> None:
         """SIGKILL the target and, when the spec has a cgroup, every process in it
@@ -213,9 +433,13 @@ class Process:
             else:
                 procs += main.children(recursive=True)
         except psutil.NoSuchProcess:
-            return {"pid": self.pid, "running": False, "returncode": self.returncode,
-                    "cpu_user": 0.0, "cpu_system": 0.0, "rss": 0, "vms": 0, "threads": 0,
-                    "pids": 0}
+            out = {"pid": self.pid, "running": False, "returncode": self.returncode,
+                   "cpu_user": 0.0, "cpu_system": 0.0, "rss": 0, "vms": 0, "threads": 0,
+                   "pids": 0}
+            self._keep_stats()
+            if self._final_stats is not None:
+                out["cgroup"] = self._final_stats      # as it ended
+            return out
         out = {"pid": self.pid, "running": True, "cpu_user": 0.0, "cpu_system": 0.0,
                "rss": 0, "vms": 0, "threads": 0, "pids": 0}
         for p in procs:
@@ -251,7 +475,11 @@ class Process:
             return
         try:
             if self.returncode is None:
-                self.terminate(self.exit_grace if grace is None else grace)
+                try:
+                    self.stop(self.exit_grace if grace is None else grace).wait()
+                except _StatusLost:
+                    pass                # ended, its status taken elsewhere: nothing to stop
+            self._keep_stats()
             if self.spec.cgroup is not None and self._cgroup_pids():
                 self._kill_cgroup()
             self._remove_cgroups()
@@ -262,8 +490,22 @@ class Process:
     def __enter__(self) -> "Process":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        """As subprocess.Popen's: the pipes are closed and the target waited for --
+        then everything close() releases is (cgroup, runtime directories, pidfd).  If
+        the block raised, the target is stopped first (stop(exit_grace)), so a failing
+        caller does not hang on a service that would run on."""
+        try:
+            if exc_type is not None:
+                self.close()
+                return
+            self._close_pipes()
+            try:
+                self.wait()
+            except _StatusLost:
+                pass
+        finally:
+            self.close()
 
     def __del__(self):
         self._close_pidfd()
@@ -320,13 +562,16 @@ class Process:
     def _release(self) -> None:
         """The handle's own resources: the caller's pipe ends and the pidfd."""
         self._closed = True
+        self._close_pipes()
+        self._close_pidfd()
+
+    def _close_pipes(self) -> None:
         for f in (self.stdin, self.stdout, self.stderr):
             if f is not None:
                 try:
                     f.close()
                 except OSError:
                     pass
-        self._close_pidfd()
 
 
 def _children(pid: int) -> "list[int]":

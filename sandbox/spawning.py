@@ -302,6 +302,19 @@ def _cgroup_dirs(spec) -> "list[str]":
     return [t.hierarchy.mountpoint + p.path for t in p.targets]
 
 
+def _missing_cgroup_dirs(spec) -> "list[str]":
+    """The directories the shim will create for the spec's cgroup -- its own and the
+    parents not there yet -- deepest first: what Process removes again (each only once
+    empty: a parent another sandbox still uses stays)."""
+    out = []
+    for leaf in _cgroup_dirs(spec):
+        d = leaf
+        while d not in ("", "/") and not os.path.isdir(d):
+            out.append(d)
+            d = os.path.dirname(d)
+    return sorted(set(out), key=lambda d: -d.count("/"))
+
+
 def _wait_fd(fd: int, events: int, deadline: "float | None") -> None:
     import select
     if deadline is None:
@@ -341,6 +354,40 @@ def _read_status(fd: int, deadline: "float | None") -> bytes:
             return b"".join(chunks)
 
 
+_LASTING: "tuple[Any, Any] | None" = None      # (thread, its queue of calls)
+_LASTING_LOCK = threading.Lock()
+
+
+def _from_lasting_thread(fn):
+    """fn() run in a daemon thread started once and never ended (ended only with the
+    interpreter), its result or exception handed back."""
+    global _LASTING
+    with _LASTING_LOCK:
+        if _LASTING is None or not _LASTING[0].is_alive():
+            import queue
+            q: "queue.SimpleQueue" = queue.SimpleQueue()
+
+            def serve() -> None:
+                while True:
+                    call, done, box = q.get()
+                    try:
+                        box.append((True, call()))
+                    except BaseException as e:     # handed back, raised there
+                        box.append((False, e))
+                    done.set()
+            t = threading.Thread(target=serve, name="sandbox-spawner", daemon=True)
+            t.start()
+            _LASTING = (t, q)
+        q = _LASTING[1]
+    done, box = threading.Event(), []
+    q.put((fn, done, box))
+    done.wait()
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
 def spawn(target=None, *, stdin=None, stdout=None, stderr=None,
           setup_timeout: "float | None" = DEFAULT_SETUP_TIMEOUT, python: "str | None" = None,
           fast: bool = False, **fields: Unpack[SpawnFields]):
@@ -371,7 +418,7 @@ def spawn(target=None, *, stdin=None, stdout=None, stderr=None,
     if payload is None:
         _check_shim(shim_python)
         payload = spec.to_json(indent=None).encode()
-    cg_dirs = [d for d in _cgroup_dirs(spec) if not os.path.isdir(d)]
+    cg_dirs = _missing_cgroup_dirs(spec)
 
     opened: list = []
     spec_r = spec_w = status_r = status_w = -1
@@ -397,6 +444,12 @@ def spawn(target=None, *, stdin=None, stdout=None, stderr=None,
             from . import namespaces
             popen = namespaces.made_pid_ns_for_children(
                 lambda: start(cmd + ["--in-new-pidns"]))
+        if popen is None and spec.pdeathsig is not None:
+            # The kernel sends the parent-death signal when the *thread* that forked
+            # exits: forked from an executor's worker, the target would die with it.
+            # Forked from a thread that lives as long as this process, it dies with
+            # the process, as the spec means.
+            popen = _from_lasting_thread(start)
         if popen is None:              # no CLONE_NEWPID allowed here: the shim makes it
             popen = start()
     except BaseException as e:
@@ -452,6 +505,7 @@ class Completed:
     def __init__(self, args, returncode, stdout=None, stderr=None, pid=None, spec=None):
         self.args = args
         self.returncode = returncode
+        self.exit_reason = None     # sandbox.process.ExitReason, set by run()
         self.stdout = stdout
         self.stderr = stderr
         self.pid = pid
@@ -488,11 +542,15 @@ def run(target=None, *, input: "bytes | None" = None, capture_output: bool = Fal
         try:
             out, err = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired as e:
+            proc._timed_out = True
             proc.kill()
             out, err = proc.communicate()
-            raise subprocess.TimeoutExpired(list(proc.spec.argv), e.timeout, out, err) from e
+            late = subprocess.TimeoutExpired(list(proc.spec.argv), e.timeout, out, err)
+            late.exit_reason = proc.exit_reason            # type: ignore[attr-defined]
+            raise late from e
         done = Completed(list(proc.spec.argv), proc.returncode, out, err, proc.pid,
                          proc.spec)
+        done.exit_reason = proc.exit_reason
     if check:
         done.check_returncode()
     return done

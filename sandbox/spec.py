@@ -909,6 +909,8 @@ def _securebit(v: Any, path: str) -> str:
 
 def _signal(v: Any, path: str) -> int:
     import signal
+    if isinstance(v, signal.Signals):       # signal.SIGKILL from a library caller
+        v = int(v)
     if type(v) is str:
         name = v.upper()
         if not name.startswith("SIG"):

@@ -54,6 +54,24 @@ def cgroup_root():
         g.remove()
 
 
+def free_low_port(free) -> int:
+    """A loopback port below ip_unprivileged_port_start for which free(port) holds,
+    tried in a random order from the 400 below it (never 53 or 80 unless free, and a
+    parallel run or the host's own server does not make a test fail)."""
+    import random
+    with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
+        start = int(f.read())
+    if start <= 1:
+        skip_or_fail("every port is unprivileged here (ip_unprivileged_port_start)")
+    candidates = list(range(max(1, start - 400), start))
+    random.shuffle(candidates)
+    for port in candidates:
+        if free(port):
+            return port
+    skip_or_fail("no free port below ip_unprivileged_port_start")
+    raise AssertionError("unreachable")
+
+
 def until(cond, timeout: float, what: str):
     """Poll cond() until it is true (returned) or timeout seconds pass (the test fails
     naming `what`): a bounded wait, never a timing assertion."""

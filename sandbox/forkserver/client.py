@@ -277,7 +277,12 @@ class ForkServer:
 
         from .. import plan as plan_mod
         from ..process import Process
-        from ..spawning import _cgroup_dirs, _read_status, build_spec, check_library_spec
+        from ..spawning import (
+            _missing_cgroup_dirs,
+            _read_status,
+            build_spec,
+            check_library_spec,
+        )
         spec = build_spec(target, **fields)
         check_library_spec(spec)
         try:
@@ -295,7 +300,7 @@ class ForkServer:
         if sock is None:
             raise SetupError("spawn", _errno.ESHUTDOWN, "the fork server is closed")
         setup_timeout = self.setup_timeout if setup_timeout is None else setup_timeout
-        cg_dirs = [d for d in _cgroup_dirs(spec) if not os.path.isdir(d)]
+        cg_dirs = _missing_cgroup_dirs(spec)
 
         mine: list = []                # fds to close here once sent
         parent_ends = [None, None, None]

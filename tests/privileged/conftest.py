@@ -5,7 +5,7 @@ import uuid
 import pytest
 
 from sandbox import _libc
-from tests.conftest import host_dir_root, skip_or_fail
+from tests.conftest import free_low_port, host_dir_root, skip_or_fail
 
 
 def pytest_collection_modifyitems(items):
@@ -69,26 +69,19 @@ def low_port():
     parallel run does not make the test fail.  Found by trying candidates in a random
     order (we are root here, so a bind fails only if the port is taken), then released
     for the target to bind."""
-    import random
     import socket
-    with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
-        start = int(f.read())
-    if start <= 1:
-        skip_or_fail("every port is unprivileged here (ip_unprivileged_port_start)")
-    # Never a well-known port a host may serve or resolve on (DNS, HTTP).
-    candidates = [p for p in range(max(1, start - 400), start) if p not in (53, 80)]
-    random.shuffle(candidates)
-    for port in candidates:
+
+    def free(port: int) -> bool:
         s = socket.socket()
         try:
             s.bind(("127.0.0.1", port))
         except PermissionError:
             # No CAP_NET_BIND_SERVICE over this network namespace (a rootless run): it
             # cannot be checked, and the tests that need the port free need host root.
-            return port
+            return True
         except OSError:
-            continue
+            return False
         finally:
             s.close()
-        return port
-    skip_or_fail("no free port below ip_unprivileged_port_start")
+        return True
+    return free_low_port(free)

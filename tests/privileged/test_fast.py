@@ -299,7 +299,7 @@ def test_exit_status_signals_and_terminate(server):
     p.kill()
     assert p.wait() == -signal.SIGKILL
     p = server.spawn(["/bin/sleep", "60"], env=TARGET_ENV)
-    assert p.terminate(grace=5) == -signal.SIGTERM
+    assert p.stop(5).wait() == -signal.SIGTERM
     p = server.spawn(["/bin/sleep", "60"], env=TARGET_ENV)
     with pytest.raises(subprocess.TimeoutExpired):
         p.wait(0.05)
@@ -312,7 +312,7 @@ def test_terminate_in_a_pid_namespace_matches_the_plain_path(server):
     codes = []
     for start in (sandbox.spawn, server.spawn):
         p = start(spec)
-        codes.append(p.terminate(grace=5))
+        codes.append(p.stop(5).wait())
     assert codes[0] == codes[1] == 128 + signal.SIGTERM    # the supervisor's exit code
 
 

@@ -62,6 +62,7 @@ def run_under(name, probe, cg_root, *actions, **fields):
                     cg["limits"][f] = fh.read().strip()
             except OSError:
                 pass
+        p.kill()                # (leaving `with` waits for it, as subprocess's)
     return report, diffs, host, cg, p.spec
 
 

@@ -212,7 +212,7 @@ def test_process_handle_finds_the_target_behind_the_session_fork(probe):
         r = json.loads(p.stdout.readline())
         assert r["pid"] != p.pid
         assert proc.target_pid == r["pid"]
-        assert proc.terminate(grace=10) == 128 + signal.SIGTERM   # forwarded, passed on
+        assert proc.stop(10).wait() == 128 + signal.SIGTERM   # forwarded, passed on
     finally:
         proc.close(grace=1)
     assert not os.path.exists(f"/proc/{r['pid']}")

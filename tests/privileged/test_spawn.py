@@ -75,6 +75,7 @@ def test_spawn_returns_after_the_target_was_execd(probe):
         assert len(set(uids)) == 1 and lo <= int(uids[0]) <= hi
         assert sorted(int(fd) for fd in report["fds"]) == [0, 1, 2]   # no spec/status fd
         assert p.returncode is None
+        p.terminate()           # (leaving `with` waits for it, as subprocess's)
     assert p.returncode == -signal.SIGTERM
     assert gone(p.pid)
 
@@ -205,6 +206,7 @@ def test_failed_setup_removes_the_cgroup_it_created(probe, cgroup_root, scratch)
                        stdout=DEVNULL) as p:
         assert any(d.endswith(path) for d in leaf_dirs(cgroup_root))
         assert p.pid in p._cgroup_pids()
+        p.kill()                # (leaving `with` waits for it, as subprocess's)
     assert leaf_dirs(cgroup_root) == []
 
 
@@ -245,7 +247,7 @@ def test_terminate_escalates_to_sigkill_for_a_target_ignoring_sigterm(cgroup_roo
         assert p.stdout.readline() == b"ready\n"
         members = p._cgroup_pids()
         t0 = time.monotonic()
-        assert p.terminate(grace=0.5) == -signal.SIGKILL
+        assert p.stop(0.5).wait() == -signal.SIGKILL
         assert time.monotonic() - t0 >= 0.5
     assert all(gone(pid) for pid in members)     # the sleeps in its cgroup died too
     assert leaf_dirs(cgroup_root) == []
@@ -257,7 +259,7 @@ def test_terminate_control_sigterm_suffices_for_a_normal_target():
         assert p.stdout.readline() == b"ready\n"
         # A long grace, so "returned well before it ran out" holds on a loaded machine.
         t0 = time.monotonic()
-        assert p.terminate(grace=60) == -signal.SIGTERM
+        assert p.stop(60).wait() == -signal.SIGTERM
         assert time.monotonic() - t0 < 30
 
 
@@ -289,6 +291,7 @@ def test_wait_timeout_pidfd_and_stats(probe):
         st = p.stats()
         assert st["running"] and st["pids"] == 1 and st["rss"] > 0
         pidfd = p.pidfd
+        p.kill()                # (leaving `with` waits for it, as subprocess's)
     assert p.pidfd is None
     try:
         link = os.readlink(f"/proc/self/fd/{pidfd}")
@@ -354,7 +357,7 @@ def test_in_a_new_pid_namespace_the_handle_finds_and_stops_the_target(as_pid_1):
         assert not sandbox.inspect(target)["namespaces"]["pid"]["caller"]
         assert sandbox.verify(p, namespaces=True) == []
         # pid 1 of a namespace ignores SIGTERM without a handler: the grace runs out.
-        p.terminate(grace=0.3)
+        p.stop(0.3).wait()
     deadline = time.monotonic() + 30
     while not gone(target) and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -384,7 +387,7 @@ def test_spawn_starts_the_shim_as_pid_1_of_the_new_namespace():
         assert os.readlink(f"/proc/{p.pid}/ns/pid") == os.readlink(f"/proc/{target}/ns/pid")
         assert os.readlink(f"/proc/{p.pid}/ns/pid") != mine
         assert sorted(os.listdir(f"/proc/{p.pid}/fd")) == []     # the reaper holds nothing
-        assert p.terminate(grace=5) == 128 + signal.SIGTERM      # forwarded, as before
+        assert p.stop(5).wait() == 128 + signal.SIGTERM      # forwarded, as before
     # Control: our own thread is back in our namespace -- a plain child is in it.
     out = subprocess.run(["readlink", "/proc/self/ns/pid"], capture_output=True, text=True)
     assert out.stdout.strip() == mine

@@ -72,6 +72,7 @@ def test_verify_is_empty_for_each_shipped_profile(name, cgroup_root):
                 continue
             found = [str(d) for d in sandbox.verify(p, t, seccomp=True)]
             assert any(d.startswith(field) for d in found), (field, found)
+        p.kill()                # (leaving `with` waits for it, as subprocess's)
 
 
 def _own_nnp() -> bool:
@@ -110,6 +111,7 @@ def test_verify_a_pid_needs_a_spec_and_sees_a_changed_process(probe):
             f.write("17")
         diffs = sandbox.verify(p)
         assert [d.field for d in diffs] == ["oom_score_adj"]
+        p.kill()                # (leaving `with` waits for it, as subprocess's)
         assert diffs[0].actual == 17
 
 
@@ -146,6 +148,7 @@ def test_verify_in_new_namespaces(ns):
         plain = attrs.evolve(p.spec, namespaces=None)
         found = [d.field for d in sandbox.verify(p, plain, namespaces=True)]
         assert found and all(f.startswith(("namespaces.", "uids.", "gids.")) for f in found)
+        p.kill()                # (leaving `with` waits for it, as subprocess's)
 
 
 @pytest.mark.parametrize("fields", [
@@ -169,3 +172,4 @@ def test_verify_knows_what_the_other_filters_and_the_presets_do(fields):
                              else ["CAP_SYS_MODULE"])
             assert not int(st["CapBnd"], 16) & gone
             assert int(st["CapBnd"], 16) & caps.mask(["CAP_NET_BIND_SERVICE"])
+        p.kill()                # (leaving `with` waits for it, as subprocess's)

@@ -26,7 +26,7 @@ import sandbox
 from sandbox import _libc, caps, cgroups, dynamicuser
 from sandbox.namespaces import CLONE_FLAGS
 from sandbox.spawning import DEVNULL
-from tests.conftest import TARGET_ENV, host_dir_root, skip_or_fail, until
+from tests.conftest import TARGET_ENV, free_low_port, host_dir_root, skip_or_fail, until
 from tests.services.daemons import (
     DAEMONS,
     EXPECTED,
@@ -80,18 +80,7 @@ def free_port(low: bool) -> int:
                 port = s.getsockname()[1]
             if free(port):
                 return port
-    with open("/proc/sys/net/ipv4/ip_unprivileged_port_start") as f:
-        start = int(f.read())
-    if start <= 1:
-        skip_or_fail("every port is unprivileged here (ip_unprivileged_port_start)")
-    import random
-    candidates = list(range(max(1, start - 400), start))
-    random.shuffle(candidates)
-    for port in candidates:
-        if free(port):
-            return port
-    skip_or_fail("no free port below ip_unprivileged_port_start")
-    raise AssertionError("unreachable")
+    return free_low_port(free)
 
 
 @contextlib.contextmanager
@@ -312,6 +301,7 @@ def run_daemon(daemon: Daemon, run: Run, spec: dict, stack) -> dict:
                 seen["rc"] = proc.wait(EXIT_TIMEOUT)
             except subprocess.TimeoutExpired:
                 seen["rc"] = f"still running {EXIT_TIMEOUT} s after SIGTERM"
+                proc.kill()             # (leaving `with` waits for it)
         elif seen["reason"] is None:
             seen["reason"] = f"exited {proc.returncode}"
         # What it started ends with it: nothing may stay in its cgroup.  (One that did
