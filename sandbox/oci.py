@@ -361,6 +361,9 @@ def export_spec(spec, notes: "list | None" = None) -> dict:
     for k in ("securebits", "pass_fds"):
         if d.get(k):
             notes.append(f"{k}: OCI has no field for it")
+    if d.get("listen"):
+        notes.append("listen: OCI has no field for it (socket activation: the runtime's "
+                     "caller passes listening fds, LISTEN_FDS)")
     if d.get("address_families") is not None:
         notes.append("address_families: OCI has no field for it (wrapperd loads it as a "
                      "seccomp filter of its own)")

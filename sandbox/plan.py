@@ -15,8 +15,8 @@ with SpecError (exit 125) before any step runs.
 Format (version 3), one JSON object: "wrapperd_plan": 3, and one member per attribute
 of wrapperd.shim.Plan (PLAN_FIELDS), each holding that facility's record or null:
   {"wrapperd_plan": 3, "procattr": ..., "fds": ..., "target": ..., "rlimits": ...,
-   "cgroup": ..., "dynamic_user": ..., "directories": ..., "creds": ..., "caps": ...,
-   "namespaces": ..., "mounts": ..., "seccomp": ..., "restrictions": ...}
+   "cgroup": ..., "dynamic_user": ..., "directories": ..., "listen": ..., "creds": ...,
+   "caps": ..., "namespaces": ..., "mounts": ..., "seccomp": ..., "restrictions": ...}
 Values: JSON scalars; lists (decoded as tuples); {"@bytes": hex}; {"@dict": [[key,
 value], ...]}; {"@": "module.Class", "f": {field: value}} for a record of RECORDS (a
 class made with sandbox._record.frozen, named by the facility sandbox.<module> that
@@ -52,6 +52,7 @@ PLAN_FIELDS = {
     "cgroup": ("cgroups.Prepared", False),
     "dynamic_user": ("dynamicuser.Prepared", False),
     "directories": ("directories.Prepared", False),
+    "listen": ("listen.Prepared", False),
     "creds": ("creds.Prepared", False),
     "caps": ("caps.Prepared", True),
     "namespaces": ("namespaces.Prepared", False),
@@ -61,7 +62,8 @@ PLAN_FIELDS = {
 }
 # Every record type a plan may hold, at any depth.
 RECORDS = (*(tag for tag, _required in PLAN_FIELDS.values()),
-           "mounts.Mount", "cgroups.Target", "cgroups.Hierarchy", "directories.Directory")
+           "mounts.Mount", "cgroups.Target", "cgroups.Hierarchy", "directories.Directory",
+           "listen.Socket")
 
 
 # --------------------------------------------------------------------------- encode

@@ -41,7 +41,8 @@ __all__ = ["ARCHES", "Prepared", "prepare", "apply", "ADDRESS_FAMILIES", "Restri
            "prepare_restrictions", "INT_ARGS", "kernel_width", "highest_known",
            "profile_names", "load_profile",
            "load_groups", "group_names", "expand", "action_value", "action_name",
-           "evaluate", "resolve_arch", "native_arch", "BPF_MAXINSNS", "check_execve"]
+           "evaluate", "resolve_arch", "native_arch", "BPF_MAXINSNS", "check_execve",
+           "check_getpid"]
 
 BPF_MAXINSNS = 4096          # the kernel refuses longer classic-BPF programs
 
@@ -695,6 +696,25 @@ def check_execve(program: bytes) -> None:
     if len(_EXECVE_OK) >= 64:
         _EXECVE_OK.clear()
     _EXECVE_OK.add(program)
+
+
+_NR_GETPID = {"x86_64": 39, "aarch64": 172, "riscv64": 172, "x86": 20, "arm": 20,
+              "ppc64le": 20, "ppc64": 20, "s390x": 20, "s390": 20}
+
+
+def check_getpid(program: bytes) -> None:
+    """Refuse a filter that does not allow getpid: with socket activation (`listen`)
+    the shim's exec step reads its own pid for LISTEN_PID under the filter -- and
+    sd_listen_fds(3) in the target compares it with getpid() too."""
+    arch = native_arch()
+    nr = _NR_GETPID.get(arch)
+    if nr is None:
+        return
+    got = action_name(evaluate(program, nr, ARCHES[arch]))
+    if got not in ("allow", "log"):
+        raise SpecError(f"the filter's action for getpid is {got}, but with `listen` "
+                        "wrapperd reads its pid for LISTEN_PID under the filter (and "
+                        "sd_listen_fds() in the target calls getpid)", "seccomp")
 
 
 def _compile(default: str, arches, entries, unknown: "str | None" = None

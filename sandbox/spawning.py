@@ -64,6 +64,7 @@ class SpawnFields(TypedDict, total=False):
     readonly_root: bool
     filesystem: Any
     directories: Any
+    listen: Any
     address_families: "list[str] | None"
     notify: bool
 

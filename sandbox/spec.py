@@ -26,8 +26,8 @@ from .errors import SpecError
 from .plan import MAX_SPEC_BYTES
 
 __all__ = ["Spec", "User", "Capabilities", "Seccomp", "SeccompRule", "SeccompArg",
-           "Namespaces", "IdMap", "Mount", "Cgroup", "Rlimit", "MAX_SPEC_BYTES", "MAX_ID",
-           "RLIMIT_NAMES", "SPEC_VERSION"]
+           "Namespaces", "IdMap", "Mount", "Cgroup", "Rlimit", "Listen", "MAX_SPEC_BYTES",
+           "MAX_ID", "RLIMIT_NAMES", "SPEC_VERSION"]
 
 SPEC_VERSION = 1
 MAX_ID = 2**32 - 2          # (uid_t)-1 means "leave unchanged" to the kernel: never an id
@@ -448,6 +448,74 @@ class Filesystem:
     def dump(self) -> dict:
         return {k: list(getattr(self, k)) if k in self.PATHS else getattr(self, k)
                 for k in self.KEYS}
+
+
+LISTEN_TYPES = ("stream", "datagram", "seqpacket")
+
+
+@attrs.frozen
+class Listen:
+    """A socket the caller's side makes for the target (systemd's ListenStream=,
+    ListenDatagram=, ListenSequentialPacket=): see sandbox.listen."""
+
+    address: str = _field("IPV4:PORT, [IPV6]:PORT, an absolute unix socket path or "
+                          "@ABSTRACT")
+    type: str = _field("stream (TCP, a unix stream socket), datagram (UDP, a unix "
+                       "datagram socket) or seqpacket (unix only); default stream",
+                       default="stream")
+    name: Optional[str] = _field("its LISTEN_FDNAMES entry (systemd's "
+                                 "FileDescriptorName=); default 'unknown'", default=None)
+    backlog: Optional[int] = _field("listen(2)'s backlog (stream, seqpacket); default as "
+                                    "many as net.core.somaxconn allows", default=None)
+
+    KEYS = ("type", "address", "name", "backlog")
+
+    @classmethod
+    def load(cls, v: Any, path: str) -> "Listen":
+        from . import listen
+        d = _obj(v, path, cls.KEYS)
+        if d.get("address") is None:
+            raise SpecError("missing required key 'address'", path)
+        t = _choice(d["type"], f"{path}.type", LISTEN_TYPES) \
+            if d.get("type") is not None else "stream"
+        address = _str(d["address"], f"{path}.address", nonempty=True)
+        try:
+            family, _host, _port = listen.parse_address(address)
+        except SpecError as e:
+            raise SpecError(e.message, f"{path}.address") from None
+        if t == "seqpacket" and family != "unix":
+            raise SpecError("a seqpacket socket is a unix socket (a path or @NAME)",
+                            f"{path}.type")
+        name = _opt(d, "name", _str, path)
+        if name is not None:
+            wrong = listen.check_name(name)
+            if wrong:
+                raise SpecError(wrong, f"{path}.name")
+        backlog = _opt(d, "backlog", _int, path, 0, 2**31 - 1)
+        if backlog is not None and t == "datagram":
+            raise SpecError("a datagram socket does not listen: no backlog",
+                            f"{path}.backlog")
+        return cls(type=t, address=address, name=name, backlog=backlog)
+
+    def dump(self) -> dict:
+        return {"type": self.type, "address": self.address, "name": self.name,
+                "backlog": self.backlog}
+
+
+def _listen(v: Any) -> tuple:
+    from . import listen
+    out = _list(v, "listen", Listen.load)
+    seen: dict = {}
+    for i, e in enumerate(out):
+        family, host, port = listen.parse_address(e.address)
+        # One unix address holds one socket whatever its type; TCP and UDP ports are
+        # apart.
+        key = (family, host, port, e.type == "datagram" if family != "unix" else None)
+        if key in seen:
+            raise SpecError(f"{e.address!r} is listed twice (also listen[{seen[key]}])",
+                            f"listen[{i}].address")
+        seen[key] = i
+    return out
 
 
 @attrs.frozen
@@ -909,6 +977,10 @@ class Spec:
         "service directories under /run, /var/lib, /var/cache, /var/log, /etc, made and "
         "owned for the target before it runs (systemd's RuntimeDirectory= ...)",
         default=None)
+    listen: tuple = _field(
+        "sockets made, bound and listening before the namespaces, in the caller's "
+        "network namespace, handed to the target at fd 3, 4, ... with LISTEN_FDS, "
+        "LISTEN_FDNAMES and LISTEN_PID (systemd's socket activation)", default=())
     address_families: Optional[tuple] = _field(
         "socket families the target may create (systemd's RestrictAddressFamilies=), "
         "e.g. AF_UNIX, AF_INET, AF_INET6: socket(2) and socketpair(2) of any other fail "
@@ -927,7 +999,7 @@ class Spec:
             "namespaces",
             "hostname", "mounts", "cgroup", "rlimits", "oom_score_adj", "nice", "pass_fds",
             "masked_paths", "readonly_paths", "readonly_root", "filesystem", "directories",
-            "address_families", "notify")
+            "listen", "address_families", "notify")
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -959,6 +1031,14 @@ class Spec:
         pass_fds = _opt(d, "pass_fds", _list, "", _int, 3, 2**31 - 1) or ()
         if len(set(pass_fds)) != len(pass_fds):
             raise SpecError("an fd is listed twice", "pass_fds")
+        listen = _listen(d["listen"]) if d.get("listen") is not None else ()
+        for fd in pass_fds:
+            if 3 <= fd < 3 + len(listen):
+                # sd_listen_fds(3): the listening sockets are fds 3, 4, ...
+                raise SpecError(f"fd {fd} is where listen[{fd - 3}] goes (the "
+                                f"listening sockets are fds 3-{2 + len(listen)}, as "
+                                f"systemd passes them): give pass_fds from "
+                                f"{3 + len(listen)} up", "pass_fds")
         hostname = _opt(d, "hostname", _str, "", nonempty=True)
         if hostname is not None and len(os.fsencode(hostname)) > 64:
             raise SpecError("longer than 64 bytes", "hostname")
@@ -992,6 +1072,7 @@ class Spec:
             if d.get("readonly_root") is not None else False,
             filesystem=_opt(d, "filesystem", Filesystem.load, ""),
             directories=_opt(d, "directories", Directories.load, ""),
+            listen=listen,
             address_families=_address_families(d["address_families"])
             if d.get("address_families") is not None else None,
             notify=_bool(d["notify"], "notify") if d.get("notify") is not None else False,

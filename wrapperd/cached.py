@@ -60,9 +60,10 @@ def _plain(args: "list[str]") -> "tuple[str, int | None, int | None] | None":
 
 
 def run(args: "list[str]", environ: "bytes | None") -> "int | Miss | None":
-    """Run a cached plan (never returns), or say why not: None (not a plain invocation,
-    or the cache cannot be used: the full command line decides everything), or a Miss
-    for the full command line to store its plan under."""
+    """Run a cached plan (never returns, or, when a step failed, has reported it: the
+    exit code), or say why not: None (not a plain invocation, or the cache cannot be
+    used: the full command line decides everything), or a Miss for the full command
+    line to store its plan under."""
     if os.geteuid() != 0:
         return None                    # the cache is root's only (sandbox.bpfcache)
     plain = _plain(args)
@@ -97,14 +98,20 @@ def run(args: "list[str]", environ: "bytes | None") -> "int | Miss | None":
     if not talos.may_start(status_fd):
         return None
     import wrapperd
-    from sandbox.errors import SandboxError
+    from sandbox.errors import SandboxError, SetupError
     from wrapperd import shim
+    from wrapperd.planned import report
+    ctx = shim.Context(status_fd, wrapperd.PPID_AT_START if parent_pid is None
+                       else parent_pid, fault=os.environ.get(shim.FAULT_ENV))
     try:
-        shim.start(plan, shim.Context(status_fd, wrapperd.PPID_AT_START if parent_pid is None
-                                      else parent_pid, fault=os.environ.get(shim.FAULT_ENV)))
-    except SandboxError:
+        shim.start(plan, ctx)
+    except SandboxError as e:
         # A cached plan that fails in a step is not kept: the next start prepares again
         # (what failed may be what prepare would now decide otherwise).
         plancache.forget(entry)
-        raise
+        # Reported here: the fds step may have moved the status fd (ctx says where).
+        return report(e, ctx.status_fd)
+    except BaseException as e:         # never a traceback: name it and fail closed
+        return report(SetupError("internal", 0, f"{type(e).__name__}: {e}"),
+                      ctx.status_fd)
     return 125                         # unreachable: start() execs or raises

@@ -24,9 +24,9 @@ USAGE = """wrapperd [--spec PATH | --spec - | --spec-fd N] [--profile NAME] [--s
 
 DESCRIPTION = """\
 Apply a spawn spec to this process in a fixed order -- oom score, nice, rlimits, cgroup,
-dynamic user, service directories, namespaces, mounts, session (setsid; a group leader
-forks once and supervises), fds, identity, capabilities, cwd, no_new_privs, signals,
-seccomp -- then exec ARGV, so the target is born confined.
+dynamic user, service directories, listening sockets, namespaces, mounts, session
+(setsid; a group leader forks once and supervises), fds, identity, capabilities, cwd,
+no_new_privs, signals, seccomp -- then exec ARGV, so the target is born confined.
 If any step fails the target never runs: one line on stderr, a JSON record on the status
 fd, exit 125 (126: found but not executable, 127: not found).
 
@@ -219,6 +219,7 @@ def main(args: "list[str] | None" = None, environ: "bytes | None" = None,
     under."""
     args = sys.argv[1:] if args is None else args
     status_fd = None
+    ctx = None
     try:
         from sandbox import launchers
         why = launchers.require()
@@ -264,6 +265,10 @@ def main(args: "list[str] | None" = None, environ: "bytes | None" = None,
                 spec, expansion = filesystem.expand(spec)
                 for line in filesystem.describe(expansion):
                     print(f"wrapperd: filesystem: {line}", file=sys.stderr)
+            if plan.listen is not None:
+                from sandbox import listen
+                for line in listen.describe(plan.listen):
+                    print(f"wrapperd: listen: {line}", file=sys.stderr)
             sys.stdout.write(spec.to_json() + "\n")
             sys.stdout.flush()
             return 0
@@ -271,13 +276,16 @@ def main(args: "list[str] | None" = None, environ: "bytes | None" = None,
             from sandbox import plancache
             plancache.store(miss.entry, miss.key, plan, spec)   # the next start skips all of this
         import wrapperd
-        shim.start(plan, shim.Context(status_fd, wrapperd.PPID_AT_START
-                                      if opts.parent_pid is None else opts.parent_pid,
-                                      fault=os.environ.get(shim.FAULT_ENV)))
+        ctx = shim.Context(status_fd, wrapperd.PPID_AT_START
+                           if opts.parent_pid is None else opts.parent_pid,
+                           fault=os.environ.get(shim.FAULT_ENV))
+        shim.start(plan, ctx)
     except SandboxError as e:
-        return _report(e, status_fd)
+        # (the fds step may have moved the status fd: ctx says where it is)
+        return _report(e, status_fd if ctx is None else ctx.status_fd)
     except SystemExit:
         raise      # --help
     except BaseException as e:   # never a traceback: name it and fail closed
-        return _report(SetupError("internal", 0, f"{type(e).__name__}: {e}"), status_fd)
+        return _report(SetupError("internal", 0, f"{type(e).__name__}: {e}"),
+                       status_fd if ctx is None else ctx.status_fd)
     return EXIT_FAILURE

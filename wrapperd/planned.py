@@ -128,6 +128,7 @@ def _born_in_new_pidns(plan) -> str:
 
 def main(args: "list[str]") -> int:
     status_fd = None
+    ctx = None
     try:
         # Find the status fd first, so even a usage error is reported on it.
         if "--status-fd" in args:
@@ -163,5 +164,6 @@ def main(args: "list[str]") -> int:
     except SystemExit:
         raise
     except BaseException as e:      # never a traceback: name it and fail closed
-        return report(e, status_fd)
+        # (the fds step may have moved the status fd: ctx says where it is)
+        return report(e, status_fd if ctx is None else ctx.status_fd)
     return EXIT_FAILURE

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         dynamicuser,
         execution,
         fds,
+        listen,
         mounts,
         namespaces,
         procattr,
@@ -52,6 +53,7 @@ class Plan:
     cgroup: "cgroups.Prepared | None" = None
     dynamic_user: "dynamicuser.Prepared | None" = None
     directories: "directories.Prepared | None" = None
+    listen: "listen.Prepared | None" = None
     creds: "creds.Prepared | None" = None
     caps: "caps.Prepared | None" = None
     namespaces: "namespaces.Prepared | None" = None
@@ -143,14 +145,26 @@ def prepare(spec, find_target: bool = True, disk_cache: bool = False,
                             "no_new_privs")
         p["dynamic_user"] = dynamicuser.prepare(      # allocated by its step, not here
             spec, seccomp.restrict_suid_sgid(arches))
+    if spec.listen:
+        from sandbox import listen
+        p["listen"] = listen.prepare(spec)
+        if seccomp_p is not None:
+            from sandbox import seccomp
+            # LISTEN_PID is read (getpid) in the exec step, under the filter.
+            seccomp.check_getpid(seccomp_p.program)
     if find_target:
         from sandbox import execution
         p["target"] = target = execution.prepare(spec)
         if p.get("directories") is not None:
             from sandbox import directories
             # RUNTIME_DIRECTORY, ...: as systemd sets them, over the spec's own.
-            p["target"] = replace(target, env={**target.env, **directories.environment(
-                p["directories"])})
+            p["target"] = target = replace(target, env={
+                **target.env, **directories.environment(p["directories"])})
+        if p.get("listen") is not None:
+            from sandbox import listen
+            # LISTEN_FDS, LISTEN_FDNAMES (LISTEN_PID: the exec step's), over the spec's.
+            p["target"] = target = replace(target, env={**target.env,
+                                                        **listen.environment(p["listen"])})
         if spec.notify:
             from sandbox import notify
             # No step of its own: the socket is bound in last (after the directories)
@@ -159,8 +173,8 @@ def prepare(spec, find_target: bool = True, disk_cache: bool = False,
             if notify_p is not None:
                 if p["mounts"] is not None:
                     p["mounts"] = replace(p["mounts"], late=p["mounts"].late + notify_p.binds())
-                p["target"] = replace(p["target"], env={**p["target"].env,
-                                                        "NOTIFY_SOCKET": notify_p.env})
+                p["target"] = replace(target, env={**target.env,
+                                                   "NOTIFY_SOCKET": notify_p.env})
     return Plan(**p)
 
 
@@ -181,6 +195,7 @@ STEP_MODULES = (
     ("sandbox.creds", lambda plan: plan.creds is not None),
     ("sandbox.dynamicuser", lambda plan: plan.dynamic_user is not None),
     ("sandbox.directories", lambda plan: plan.directories is not None),
+    ("sandbox.listen", lambda plan: plan.listen is not None),
     # a dynamic user and the restrictions load a filter of their own
     ("sandbox.seccomp", lambda plan: plan.seccomp is not None or
      plan.dynamic_user is not None or plan.restrictions is not None),
@@ -219,10 +234,13 @@ class Context:
       opened by the namespaces step before anything could change what its path names;
       None: not opened (the session step, with no namespaces before it, opens it when
       it forks); -1: there is none (the Python supervisor, then).
+    listen_fds: the listening sockets the listen step made, which the fds step puts at
+      3, 4, ...  The fds step may move status_fd and reaper_channel out of their way:
+      an entry point reports a failure on ctx.status_fd as it is after start() raised.
     """
 
     __slots__ = ("status_fd", "ppid", "premade", "reaper_channel", "ahead", "fault",
-                 "helper_fd")
+                 "helper_fd", "listen_fds")
 
     def __init__(self, status_fd: "int | None" = None, ppid: "int | None" = None,
                  premade: "str | None" = None, reaper_channel: int = -1,
@@ -234,6 +252,7 @@ class Context:
         self.ahead = ahead
         self.fault = fault
         self.helper_fd: "int | None" = None
+        self.listen_fds: "tuple[int, ...]" = ()
 
 
 # --------------------------------------------------------------------------- steps
@@ -297,6 +316,16 @@ def _directories(plan, ctx):
         directories.apply(plan.directories, plan.creds, plan.namespaces)
 
 
+def _listen(plan, ctx):
+    # Still privileged (a port below 1024 for a target with no capability) and still in
+    # the caller's network and mount namespaces (the host's addresses and paths, also
+    # for a target in a new network namespace); after the directories (a socket file
+    # may go in a runtime directory).
+    if plan.listen is not None:
+        from sandbox import listen
+        ctx.listen_fds = listen.apply(plan.listen)
+
+
 def _before_fork(plan, ctx) -> int:
     """A step that may fork: pdeathsig's parent check must not be lost across it."""
     if plan.procattr.pdeathsig is not None and os.getppid() != ctx.ppid:
@@ -349,9 +378,21 @@ def _session(plan, ctx):
 def _fds(plan, ctx):
     from sandbox import fds
     fds.check_pass_fds(plan.fds.pass_fds)
+    listening: "tuple[int, ...]" = ()
+    if ctx.listen_fds:
+        end = fds.FIRST_LISTEN_FD + len(ctx.listen_fds)
+        listening = tuple(range(fds.FIRST_LISTEN_FD, end))
+        clash = [fd for fd in plan.fds.pass_fds if fd in listening]
+        if clash:      # (the spec model refuses it: only a plan made elsewhere)
+            raise SetupError("fds", 0, f"pass_fds: fd {clash[0]} is where a listening "
+                             "socket goes")
+        # As systemd passes them: the listening sockets first, at 3, 4, ...
+        ctx.status_fd, ctx.reaper_channel = fds.place_listening(
+            ctx.listen_fds, (ctx.status_fd, ctx.reaper_channel))
+        ctx.listen_fds = ()
     keep = tuple(fd for fd in (ctx.status_fd, ctx.reaper_channel) if fd is not None and
                  fd >= 0)
-    fds.close_others(plan.fds.pass_fds, keep)
+    fds.close_others(plan.fds.pass_fds + listening, keep)
 
 
 def _cwd(plan, ctx):
@@ -446,7 +487,13 @@ def _reaper(plan, ctx):
 
 def _exec(plan, ctx):                  # never returns
     from sandbox import execution
-    execution.apply(plan.target)
+    target = plan.target
+    if plan.listen is not None:
+        from sandbox import listen
+        # Only now is the pid final (the namespaces and session steps may fork); a
+        # filter that would not allow getpid is refused in prepare.
+        target = replace(target, env=listen.pid_env(target.env))
+    execution.apply(target)
 
 
 # (name, step) pairs.  No typing import: it costs the lean shim ~2 ms.
@@ -458,10 +505,11 @@ STEPS = (
     ("cgroup", _cgroup),                 # joined before anything else can fork or run
     ("dynamic_user", _dynamic_user),     # allocated in the host's /run and /proc
     ("directories", _directories),       # made and owned in the host's view, for its ids
+    ("listen", _listen),                 # bound while privileged, in the caller's netns
     ("namespaces", _namespaces),         # user first (id maps), then the others
     ("mounts", _mounts),                 # inside the new mount namespace
     ("session", _session),               # setsid: off the caller's tty (TIOCSTI); may fork
-    ("fds", _fds),                       # only 0-2 and pass_fds survive; status fd CLOEXEC
+    ("fds", _fds),                       # 0-2, listening sockets at 3.., pass_fds; status CLOEXEC
     ("umask", _umask),
     ("identity", _identity),             # setgroups -> setresgid -> setresuid
     ("capabilities", _capabilities),     # bounding -> inheritable -> ambient -> permitted

@@ -231,6 +231,8 @@ def main(args: "list[str]", environ_fd: "int | None" = None) -> int:
     except BaseException as e:         # never a traceback: name it and fail closed
         return report(SetupError("internal", 0, f"{type(e).__name__}: {e}"),
                       status_fd_of(args))
+    if isinstance(got, int):
+        return got                     # a cached plan ran, and a step failed
     from wrapperd import cli
     if isinstance(got, cached.Miss):
         return cli.main(args, got.environ, miss=got)

@@ -415,6 +415,7 @@ def _child(server: Server, fds: list, layout, kind, reaper: int = -1) -> None:
     before this child was forked), run the steps.  kind: the namespaces this child was
     born in (kind_of; Server.prefork); reaper: the socket to its reaper, if any."""
     status = None
+    ctx = None
     code = EXIT_FAILURE
     try:
         from wrapperd import shim
@@ -460,12 +461,14 @@ def _child(server: Server, fds: list, layout, kind, reaper: int = -1) -> None:
                              f"for {kind!r}, not what the plan asks for")
         premade, ahead = (kind[0], kind[1]) if isinstance(kind, tuple) else (kind, ())
         # ppid: ours, not the server's that decoded the plan.
-        shim.start(plan, shim.Context(status, os.getppid(), premade, reaper,
-                                      fault=server.fault, ahead=ahead))
+        ctx = shim.Context(status, os.getppid(), premade, reaper, fault=server.fault,
+                           ahead=ahead)
+        shim.start(plan, ctx)
     except BaseException as e:         # noqa: B036 -- the child must never return
         try:
             from wrapperd import planned
-            code = planned.report(e, status)
+            # (the fds step may have moved the status fd: ctx says where it is)
+            code = planned.report(e, status if ctx is None else ctx.status_fd)
         except BaseException:          # noqa: B036
             code = EXIT_FAILURE
     finally:

@@ -76,6 +76,7 @@ RECORDS: "dict[str, type]" = {
     "filesystem": spec_mod.Filesystem,
     "directories": spec_mod.Directories,
     **{f"directories.{k}[]": spec_mod.ServiceDirectory for k in spec_mod.DIRECTORY_KINDS},
+    "listen[]": spec_mod.Listen,
 }
 
 

@@ -6,7 +6,7 @@ from wrapperd import shim
 def test_step_order_is_pinned():
     assert [name for name, _ in shim.STEPS] == [
         "dumpable", "oom_score_adj", "nice", "rlimits", "cgroup", "dynamic_user", "directories",
-        "namespaces",
+        "listen", "namespaces",
         "mounts", "session", "fds", "umask", "identity", "capabilities", "cwd", "pdeathsig",
         "no_new_privs", "signals", "reaper", "seccomp", "exec",
     ]
@@ -36,3 +36,13 @@ def test_privilege_dropping_comes_after_everything_that_needs_privilege():
     # Service directories: owned by the allocated id, made in the host's mount namespace.
     assert names.index("dynamic_user") < names.index("directories") < names.index("namespaces")
     assert names.index("dynamic_user") < names.index("identity")
+    # Socket activation: the sockets are bound while the shim still holds the caller's
+    # privileges (a port below 1024 for a target without capabilities) and is in the
+    # caller's network and mount namespaces (the host's addresses and paths, whatever
+    # namespaces the target gets); after the directories, where a socket file may go.
+    # The fds step then puts them at 3, 4, ... (sd_listen_fds), and LISTEN_PID is set by
+    # the exec step, once nothing forks any more.
+    assert names.index("directories") < names.index("listen") < names.index("namespaces")
+    assert names.index("listen") < names.index("identity")
+    assert names.index("listen") < names.index("fds")
+    assert names.index("session") < names.index("fds")
