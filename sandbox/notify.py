@@ -97,6 +97,10 @@ def prepare(spec, socket: "str | None", creds=None, namespaces=None) -> "Prepare
         raise SpecError("no socket to give the target: wrapperd passes on its caller's "
                         "NOTIFY_SOCKET, and none is set (sandbox.spawn() and the fork "
                         "server make a socket of their own)", FIELD)
+    families = getattr(spec, "address_families", None)
+    if families is not None and "AF_UNIX" not in families:
+        raise SpecError("the target sends to an AF_UNIX socket, which address_families "
+                        "does not allow it to make: add AF_UNIX", FIELD)
     ns = spec.namespaces
     if socket.startswith("@"):
         net = getattr(ns, "net", False) if ns is not None else False

@@ -65,6 +65,12 @@ def test_placeholder_is_the_librarys_layout():
     assert p.env == notify.base_dir() + "/notify"
 
 
+def test_address_families_without_af_unix_is_refused():
+    with pytest.raises(SpecError, match="add AF_UNIX"):
+        prepared(spec(address_families=["AF_INET"]), "@sd")
+    assert prepared(spec(address_families=["AF_UNIX"]), "@sd") is not None
+
+
 def test_a_callers_socket(tmp_path):
     path = str(tmp_path / "notify")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
