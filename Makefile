@@ -48,7 +48,7 @@ demo: venv
 	$(PY) demo.py
 
 lint: venv ## ruff over everything, mypy over sandbox/ and wrapperd/
-	$(PY) -m ruff check sandbox wrapperd tests bench demo.py
+	$(PY) -m ruff check sandbox wrapperd tests bench demo.py examples
 	$(PY) -m mypy
 
 bench: venv

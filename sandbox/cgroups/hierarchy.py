@@ -70,7 +70,21 @@ def mode(hs: "list[Hierarchy] | None" = None) -> str:
 
 def open_path(mountpoint: str, path: str, create: bool = False) -> int:
     """Open (and with create, mkdir) path under mountpoint, never following a symlink
-    and never leaving the mount's filesystem (a mount planted in the tree is refused)."""
+    and never leaving the mount's filesystem (a mount planted in the tree is refused).
+    With create, a parent removed under us is made again: another sandbox's cleanup
+    removes the (empty) parents its spawn() made, and may do so between our mkdir of
+    a parent and of its child (ENOENT there); once our child exists, rmdir of the
+    parent fails, so a few walks from the top suffice."""
+    for attempt in range(8 if create else 1):
+        try:
+            return _open_path(mountpoint, path, create)
+        except FileNotFoundError:
+            if not create or attempt == 7:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _open_path(mountpoint: str, path: str, create: bool) -> int:
     fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         dev = os.fstat(fd).st_dev
