@@ -30,8 +30,10 @@ for d in sys.argv[1:]:
         out["wrote"][d] = "ok"
     except OSError as e:
         out["wrote"][d] = e.strerror
-try:
-    open("/var/lib/wrapperd-root-rw-test", "w")
+try:                        # (made and removed at once: nothing left on the host)
+    probe = "/var/lib/wrapperd-root-rw-test-%d" % os.getpid()
+    open(probe, "w").close()
+    os.unlink(probe)
     out["root_rw"] = "ok"
 except OSError as e:
     out["root_rw"] = e.strerror

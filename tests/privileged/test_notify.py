@@ -39,8 +39,10 @@ SENDER = r"""
 import json, os, socket, sys
 path = os.environ["NOTIFY_SOCKET"]
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-try:
-    open("/var/lib/wrapperd-notify-rw-test", "w")
+try:                        # (made and removed at once: nothing left on the host)
+    probe = "/var/lib/wrapperd-notify-rw-test-%d" % os.getpid()
+    open(probe, "w").close()
+    os.unlink(probe)
     root = "rw"
 except OSError as e:
     root = e.strerror
@@ -222,10 +224,6 @@ def test_the_socket_as_the_target_sees_it(profile, base):
         assert os.stat(base).st_uid == os.geteuid()
         assert sandbox.verify(proc) == []       # NOTIFY_SOCKET expected in its environment
     assert gone(proc)
-    try:
-        os.unlink("/var/lib/wrapperd-notify-rw-test")   # a root target without one
-    except OSError:
-        pass                                            # (the rootless run: not made)
 
 
 # ---------------------------------------------------------------- who may send

@@ -171,7 +171,13 @@ def make_login_user(run: Run, stack: contextlib.ExitStack) -> None:
     home = f"{run.dir}/home"
     subprocess.run(["useradd", "--no-create-home", "--home-dir", home, "--shell",
                     "/bin/sh", run.user], check=True)
-    stack.callback(subprocess.run, ["userdel", run.user], check=True)
+
+    def remove_user() -> None:
+        # userdel refuses while a process of the user lives on (sshd's session child
+        # may still be exiting): retried, bounded; 6 is "no such user".
+        until(lambda: subprocess.run(["userdel", run.user], capture_output=True)
+              .returncode in (0, 6), 30, f"userdel {run.user}")
+    stack.callback(remove_user)
     run.key = f"{run.dir}/client_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", run.key],
                    check=True)
