@@ -27,6 +27,7 @@ with `sandbox.directories.remove_runtime`.
 from __future__ import annotations
 
 import os
+import stat
 
 from ._record import field_types, frozen
 from .errors import SetupError, SpecError
@@ -202,23 +203,51 @@ def _owner(creds, namespaces) -> "tuple[int, int]":
 
 
 def _own(fd: int, uid: int, gid: int, where: str) -> None:
-    """Give the directory open at fd to uid:gid.  When it was someone else's, what that
-    owner owned below is re-owned too (a dynamic user's id changes between starts);
-    what belongs to anyone else (root's files) is left alone.  fwalk works on
-    directory fds and never follows a symlink, so nothing planted below can send a
-    chown outside the tree."""
+    """Give the directory open at fd to uid:gid.  When it was someone else's (not
+    root's), what that owner owned below is re-owned too (a dynamic user's id changes
+    between starts); what belongs to anyone else -- root's files above all -- is left
+    alone.  The walk goes by directory fd and never follows a symlink, so nothing
+    planted below can send a chown outside the tree."""
     st = os.fstat(fd)
     if (st.st_uid, st.st_gid) == (uid, gid):
         return
     old_uid, old_gid = st.st_uid, st.st_gid
-    if old_uid != 0 or old_gid != 0:        # a fresh directory is root's: nothing below
-        for _top, dirs, files, dfd in os.fwalk(".", dir_fd=fd, follow_symlinks=False):
-            for n in dirs + files:
-                s = os.stat(n, dir_fd=dfd, follow_symlinks=False)
-                if s.st_uid == old_uid:
-                    os.chown(n, uid, gid if s.st_gid == old_gid else -1, dir_fd=dfd,
-                             follow_symlinks=False)
+    if old_uid != 0:                    # root's (fresh, or an admin's): nothing below
+        for dfd, name, s in _walk(fd):
+            if s.st_uid == old_uid:
+                os.chown(name, uid, gid if s.st_gid == old_gid else -1, dir_fd=dfd,
+                         follow_symlinks=False)
     os.fchown(fd, uid, gid)
+
+
+def _walk(top: int):
+    """(dir fd, name, lstat) of every entry below the directory open at top, a
+    directory's entry before what it holds -- depth first and iteratively (a tree of
+    any depth: os.fwalk recurses, and a deep tree the target made would stop it), by
+    fd, never following a symlink, with one fd open per level of the path walked."""
+    stack = [(os.dup(top), os.listdir(top))]
+    try:
+        while stack:
+            dfd, names = stack[-1]
+            if not names:
+                stack.pop()
+                os.close(dfd)
+                continue
+            name = names.pop()
+            try:
+                s = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+            except OSError:
+                continue                # gone meanwhile
+            yield dfd, name, s
+            if stat.S_ISDIR(s.st_mode):
+                try:
+                    cfd = _open_dir(name, dfd)
+                    stack.append((cfd, os.listdir(cfd)))
+                except OSError:
+                    pass                # swapped for a symlink (not followed), or too deep
+    finally:
+        for dfd, _ in stack:
+            os.close(dfd)
 
 
 def remove_runtime(p: "Prepared | None") -> None:
@@ -230,7 +259,10 @@ def remove_runtime(p: "Prepared | None") -> None:
     for e in p.directories:
         if e.kind != "runtime":
             continue
-        _remove_tree(os.path.dirname(e.source), e.name)
+        try:
+            _remove_tree(os.path.dirname(e.source), e.name)
+        except Exception:               # noqa: BLE001  (never a reason not to close)
+            pass
         if e.private:
             try:
                 os.rmdir(e.path)
@@ -239,28 +271,42 @@ def remove_runtime(p: "Prepared | None") -> None:
 
 
 def _remove_tree(parent: str, name: str) -> None:
+    """rm -r parent/name, depth first and iteratively, each entry through its parent's
+    fd (a symlink is unlinked, never followed); what cannot be removed stays."""
     try:
         pfd = _open_dir(parent)
     except OSError:
         return
+    stack: "list[tuple[int, str, int, list[str]]]" = []   # (parent fd, name, fd, left)
     try:
         try:
             fd = _open_dir(name, pfd)
         except OSError:
             return
-        try:
-            for _top, dirs, files, dfd in os.fwalk(".", dir_fd=fd, topdown=False,
-                                                    follow_symlinks=False):
-                for n in files:
-                    _quiet(os.unlink, n, dir_fd=dfd)
-                for n in dirs:
-                    # (a symlink to a directory is listed in dirs: unlink, not rmdir)
-                    _quiet(os.rmdir, n, dir_fd=dfd)
-                    _quiet(os.unlink, n, dir_fd=dfd)
-        finally:
-            os.close(fd)
-        _quiet(os.rmdir, name, dir_fd=pfd)
+        stack.append((pfd, name, fd, os.listdir(fd)))
+        while stack:
+            up, dname, dfd, names = stack[-1]
+            if not names:
+                stack.pop()
+                os.close(dfd)
+                _quiet(os.rmdir, dname, dir_fd=up)
+                continue
+            n = names.pop()
+            try:
+                s = os.stat(n, dir_fd=dfd, follow_symlinks=False)
+            except OSError:
+                continue
+            if not stat.S_ISDIR(s.st_mode):
+                _quiet(os.unlink, n, dir_fd=dfd)
+                continue
+            try:
+                cfd = _open_dir(n, dfd)
+                stack.append((dfd, n, cfd, os.listdir(cfd)))
+            except OSError:
+                pass                    # swapped for a symlink, or too deep: stays
     finally:
+        for _up, _n, dfd, _left in stack:
+            os.close(dfd)
         os.close(pfd)
 
 

@@ -233,7 +233,14 @@ def _bind_path(sock, s: Socket) -> None:
             if not _stale(s):
                 raise SetupError(STEP, errno.EADDRINUSE, f"{s.address}: a socket "
                                  "something accepts on is there")
-            os.unlink(s.host)       # removes the entry itself, whatever it is by now
+            # The very socket file judged stale, still (in a directory others may
+            # write to, the name could be another's by now): else refused, not removed.
+            again = os.lstat(s.host)
+            if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino) or \
+                    not stat.S_ISSOCK(again.st_mode):
+                raise SetupError(STEP, errno.EEXIST, f"{s.address}: changed while it "
+                                 "was checked (not removed)")
+            os.unlink(s.host)       # a small window remains: unlink takes no inode
         sock.bind(s.host)
     finally:
         os.umask(old)

@@ -11,14 +11,19 @@ a new pid namespace, so a fresh /proc shows that namespace.  In order:
   3. `readonly_root`: every mount below / made read-only, recursively
      (mount_setattr(2) AT_RECURSIVE) -- the host's tmpfs mounts, /dev, /dev/shm, a
      separate /var, /home or /run included;
-  4. a fresh /proc when the pid namespace is new (unless the spec mounts one itself);
+  4. a fresh /proc when the pid namespace is new (unless the spec mounts one itself),
+     or protect_proc/proc_subset ask for one (with hidepid=/subset=);
   5. the spec's `mounts`, in order, on top of that: a new filesystem (tmpfs, proc, ...)
      is writable unless its options say `ro`; a bind has its source's flags plus its
      options (step 2);
-  6. `masked_paths`: /dev/null bound over a file, an empty read-only tmpfs over a
-     directory (as OCI runtimes do for /proc/kcore, /sys/firmware, ...);
-  7. `readonly_paths`: bound onto themselves (recursively), then made read-only,
-     nosuid, nodev, noexec, recursively.
+  6. one last layer, shallowest path first (at one depth a writable bind first, so the
+     stricter setting of a place wins): `masked_paths` (/dev/null bound over a file, an
+     empty read-only tmpfs over a directory, as OCI runtimes do for /proc/kcore, ...);
+     `readonly_paths` (bound onto themselves, then read-only, nosuid, nodev, noexec,
+     recursively); sandbox.filesystem's read-only places (read-only only); and the
+     writable binds (`late`: read_write_paths, service directories, the notify
+     socket's directory).  So a mask or a read-only place below a writable directory
+     stays, and a writable one below a read-only place stays writable.
 
 Destinations are opened one component at a time from / (O_PATH|O_NOFOLLOW): a symlink
 in any component is refused, `..` never reaches here (prepare() refuses it), and a
@@ -292,18 +297,34 @@ def apply(p: Prepared) -> None:
             _mount_fs("proc", "/proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, p.proc_data)
         for i, m in enumerate(p.mounts):
             _one(m, fds.get(i), devs, ours)
-        for path in p.masked_paths:
-            _mask(path, null)
-        for path in p.readonly_paths:
-            _readonly(path)
-        for path in p.read_only:
-            _readonly(path, MS_RDONLY)
-        for i, m in enumerate(p.late, len(p.mounts)):
-            _one(m, fds.get(i), devs, ours)
+        # The last layer -- masks, read-only places, the writable binds -- shallowest
+        # first, as systemd orders by path: a mask or a read-only place below a
+        # writable bind (read_write_paths, a service directory) is applied after it and
+        # stays masked or read-only; a writable bind below a read-only place stays
+        # writable.  At one depth the writable bind goes first: of two settings of one
+        # place, the stricter wins.
+        layer = [(path, 1, "mask", -1) for path in p.masked_paths] + \
+            [(path, 1, "readonly", -1) for path in p.readonly_paths] + \
+            [(path, 1, "read_only", -1) for path in p.read_only] + \
+            [(m.destination, 0, "bind", i) for i, m in enumerate(p.late, len(p.mounts))]
+        layer.sort(key=lambda op: (_depth(op[0]), op[1]))     # (stable: spec order)
+        for path, _, what, i in layer:
+            if what == "mask":
+                _mask(path, null)
+            elif what == "readonly":
+                _readonly(path)
+            elif what == "read_only":
+                _readonly(path, MS_RDONLY)
+            else:
+                _one(everything[i], fds.get(i), devs, ours)
     finally:
         for fd in [*fds.values(), *devs.values(), null]:
             if fd != -1:
                 os.close(fd)
+
+
+def _depth(path: str) -> int:
+    return len([c for c in path.split("/") if c])
 
 
 def _fd_path(fd: int) -> str:

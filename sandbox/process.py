@@ -330,9 +330,12 @@ class Process:
         except ChildProcessError:
             return self._popen.returncode is None
 
-    def _reap(self) -> None:
-        """sandbox.reap() found us exited: reap through Popen, which keeps the status."""
-        self._popen.wait()
+    def _reap(self) -> bool:
+        """sandbox.reap() found us exited: reap through Popen, which keeps the status.
+        Popen.poll() never blocks on its lock: a wait() of this Process's in progress
+        (the main thread, interrupted by the SIGCHLD handler that called reap()) keeps
+        it, and will reap it itself -- False then."""
+        return self._popen.poll() is not None
 
     def communicate(self, input: "bytes | None" = None, timeout: "float | None" = None):
         """As subprocess.Popen.communicate: (stdout, stderr) of the pipes asked for."""

@@ -50,7 +50,11 @@ def reap() -> "list[tuple[int, int]]":
             pid = info.si_pid
             proc = _OWNED.get(pid)
             if proc is not None:
-                proc._reap()                    # its own waitpid keeps the status
+                if not proc._reap():            # its own waitpid keeps the status
+                    # Its wait() is under way (we interrupted it, in a SIGCHLD
+                    # handler): it reaps it once we return.  The next zombie waitid
+                    # would show is this one again: the rest wait for the next call.
+                    break
                 _OWNED.pop(pid, None)
                 continue
             try:

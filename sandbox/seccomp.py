@@ -281,6 +281,16 @@ INT_ARGS = {
     "seccomp": (0, 1), "sched_setscheduler": (0, 1), "fsconfig": (0, 1),
     "perf_event_open": (1, 2, 3), "kcmp": (0, 1, 2), "dup2": (0, 1), "dup3": (0, 1, 2),
     "close": (0,), "flock": (0, 1), "mprotect": (), "clone": (), "unshare": (),
+    "execveat": (0, 4), "fchownat": (0, 2, 3, 4), "faccessat": (0, 2), "faccessat2": (0, 2, 3),
+    "memfd_create": (1,), "pidfd_open": (0, 1), "pidfd_send_signal": (0, 1, 3),
+    "pidfd_getfd": (0, 1, 2), "linkat": (0, 2, 4), "renameat2": (0, 2, 4),
+    "unlinkat": (0, 2), "mkdirat": (0, 2), "symlinkat": (1,), "readlinkat": (0,),
+    "fchown": (0, 1, 2), "chown": (1, 2), "lchown": (1, 2), "dup": (0,),
+    "eventfd2": (1,), "signalfd4": (0, 3), "timerfd_create": (0, 1), "inotify_init1": (0,),
+    "epoll_create1": (0,), "accept4": (0, 3), "listen": (0, 1), "shutdown": (0, 1),
+    "bind": (0, 2), "connect": (0, 2), "sendmsg": (0, 2), "recvmsg": (0, 2),
+    "ioprio_set": (0, 1, 2), "sched_setattr": (0, 2), "setpriority": (0, 1, 2),
+    "rt_sigqueueinfo": (0, 1), "rt_tgsigqueueinfo": (0, 1, 2), "capset": (),
 }
 _ALL32 = 0xFFFFFFFF
 _MAX_FORMS = 64
@@ -777,7 +787,9 @@ def _compile(default: str, arches, entries, unknown: "str | None" = None
 # and everything else goes on to libseccomp's program, which starts by loading the arch
 # again.  On x86_64 the numbers from 0x40000000 up are x32's (same arch value): those
 # are left to libseccomp (killed, unless x32 is allowed -- x32 gets no such range).
-_LIMIT = {"x86_64": 0x40000000}
+# (and on arm its private calls -- cacheflush, set_tls, ... from 0xf0000 -- which a
+# filter may name, are left to libseccomp too)
+_LIMIT = {"x86_64": 0x40000000, "arm": 0xF0000}
 
 
 def highest_known(pyseccomp, arch: str) -> int:

@@ -53,8 +53,8 @@ def name():
         for p in (f"{base}/{n}", f"{base}/private/{n}"):
             if os.path.islink(p) or os.path.isfile(p):
                 os.unlink(p)
-            else:
-                shutil.rmtree(p, ignore_errors=True)
+            else:           # (of any depth: shutil.rmtree recurses)
+                directories._remove_tree(os.path.dirname(p), os.path.basename(p))
         if not had_private[base]:
             try:
                 os.rmdir(f"{base}/private")
@@ -202,3 +202,69 @@ def test_bad_input_is_one_line_and_nothing_is_made(name, dirs, fields, match):
     assert p.returncode == 125 and err.count("\n") == 1 and match in err, err
     for base in directories.BASES.values():
         assert not os.path.lexists(f"{base}/{name}")
+
+
+def test_a_mask_or_a_read_only_place_below_a_writable_one_stays(name):
+    # A writable bind (a service directory, read_write_paths) goes on before what lies
+    # below it (outside review: it used to cover the mask and the read-only place).
+    state, srv = f"/var/lib/{name}", f"/var/lib/{name}-srv"
+    for d in (f"{state}/keys", f"{srv}/conf"):
+        os.makedirs(d)
+    with open(f"{state}/keys/k", "w") as f:
+        f.write("secret")
+    try:
+        def attempt(**fields):
+            script = ("import os\nfor op in ('read', 'write'):\n"
+                      "    try:\n"
+                      f"        open('{state}/keys/k').read() if op == 'read' else "
+                      f"open('{srv}/conf/x', 'w')\n"
+                      "        print(op, 'ok')\n"
+                      "    except OSError as e:\n"
+                      "        print(op, e.strerror)\n")
+            spec = {"argv": ["/usr/bin/python3", "-I", "-c", script], "env": dict(TARGET_ENV),
+                    "namespaces": {"mount": True}, **fields}
+            p = run_wrapperd(spec)
+            assert p.returncode == 0, p.stderr.decode()
+            return p.stdout.decode().split("\n")[:2]
+        fs = {"inaccessible_paths": [f"{state}/keys"], "read_only_paths": [f"{srv}/conf"]}
+        assert attempt(filesystem=fs) == ["read No such file or directory",
+                                          "write Read-only file system"]      # control
+        fs["read_write_paths"] = [srv]
+        assert attempt(filesystem=fs, directories={"state": [name]}) == \
+            ["read No such file or directory", "write Read-only file system"]
+    finally:
+        shutil.rmtree(srv, ignore_errors=True)
+
+
+def test_deep_trees_and_root_owned_files_are_handled(name):
+    # An earlier holder's tree deeper than Python's recursion limit is re-owned and
+    # removed; a directory that is root's (any group) has nothing below re-owned.
+    top = f"/run/{name}"
+    os.makedirs(top)
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        cur = os.dup(fd)
+        for _ in range(1200):
+            os.fchown(cur, 12345, 12345)
+            try:
+                nxt = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=cur)
+            except FileNotFoundError:
+                os.mkdir("d", dir_fd=cur)
+                nxt = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=cur)
+            os.close(cur)
+            cur = nxt
+        os.close(cur)
+    finally:
+        os.close(fd)
+    os.makedirs(f"/var/lib/{name}")
+    os.chown(f"/var/lib/{name}", 0, 12345)
+    with open(f"/var/lib/{name}/roots", "w"):
+        pass
+    spec = spec_for(name, user={"uid": NOBODY, "gid": NOBODY},
+                    directories={"runtime": [name], "state": [name]})
+    with sandbox.spawn(spec, stdout=subprocess.PIPE) as p:
+        p.communicate(timeout=60)
+    assert p.returncode == 0
+    assert not os.path.lexists(top)                     # re-owned, then removed, whole
+    assert owner(f"/var/lib/{name}")[:2] == (NOBODY, NOBODY)
+    assert owner(f"/var/lib/{name}/roots")[:2] == (0, 0)

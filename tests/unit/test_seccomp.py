@@ -312,6 +312,18 @@ def test_syscalls_above_the_highest_known_get_enosys_under_a_denying_default():
         assert act(p, 0xFFFFFFF, arch="x86") == "errno:38"
 
 
+def test_arm_private_syscalls_are_left_to_the_rules():
+    # cacheflush, set_tls, ... (0xf0000 up on arm) are named by libseccomp: a rule on
+    # one must hold, not the prefix's ENOSYS (outside review).
+    p = compiled({"default_action": "errno:EPERM", "architectures": ["native", "arm"],
+                  "syscalls": [{"names": ["set_tls"], "action": "allow"}]})
+    set_tls = pyseccomp.resolve_syscall(seccomp.ARCHES["arm"], "set_tls")
+    assert set_tls >= 0xF0000
+    assert act(p, set_tls, arch="arm") == "allow"
+    assert act(p, 0xF00FF, arch="arm") == "errno:1"             # the default
+    assert act(p, _highest("arm") + 1, arch="arm") == "errno:38"
+
+
 @pytest.mark.parametrize("sc, want", [
     ({"default_action": "allow"}, None),                 # allowed anyway: no change
     ({"default_action": "log"}, None),
