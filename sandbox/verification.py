@@ -48,6 +48,23 @@ def _seccomp_state() -> "tuple[str, int]":
             int(st.get("Seccomp_filters", "0")))
 
 
+def _env_keys(spec) -> "list[str]":
+    """The names in the target's environment: the spec's, and what facilities set over
+    it -- NOTIFY_SOCKET (notify), RUNTIME_DIRECTORY and the rest (directories),
+    LISTEN_FDS, LISTEN_FDNAMES and, at exec, LISTEN_PID (listen) -- each by the
+    facility's own prepare."""
+    keys = set(spec.env)
+    if getattr(spec, "notify", False):
+        keys.add("NOTIFY_SOCKET")
+    if getattr(spec, "directories", None) is not None:
+        from . import directories
+        keys |= set(directories.environment(directories.prepare(spec)))
+    if getattr(spec, "listen", None):
+        from . import listen
+        keys |= set(listen.environment(listen.prepare(spec))) | {"LISTEN_PID"}
+    return sorted(keys)
+
+
 def expected(spec) -> dict:
     """What /proc/<pid> must show for a target started under spec by this process."""
     from . import caps, creds
@@ -100,9 +117,7 @@ def expected(spec) -> dict:
         "capabilities": {k: caps.names(v) for k, v in masks.items()},
         "no_new_privs": nnp,
         "rlimits": {name: [r.soft, r.hard] for name, r in spec.rlimits.items()},
-        # NOTIFY_SOCKET: set over the spec's env for `notify` (sandbox.notify).
-        "env_keys": sorted({*spec.env, *(("NOTIFY_SOCKET",) if getattr(spec, "notify", False)
-                                         else ())}),
+        "env_keys": _env_keys(spec),
     }
     if spec.user is not None and spec.user.dynamic:
         # Which id is picked at run time; verify() checks it is one from the dynamic

@@ -173,3 +173,22 @@ def test_verify_knows_what_the_other_filters_and_the_presets_do(fields):
             assert not int(st["CapBnd"], 16) & gone
             assert int(st["CapBnd"], 16) & caps.mask(["CAP_NET_BIND_SERVICE"])
         p.kill()                # (leaving `with` waits for it, as subprocess's)
+
+
+def test_verify_expects_what_directories_and_listen_set_in_the_environment():
+    needs_host_root("makes a runtime directory in the host's /run")
+    import socket
+    import uuid
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    name = f"wrapperd-test-verify-{uuid.uuid4().hex[:8]}"
+    p = sandbox.spawn(["/bin/sleep", "30"], env=dict(TARGET_ENV), name=name, stdout=DEVNULL,
+                      user={"uid": 65534, "gid": 65534}, directories={"runtime": [name]},
+                      listen=[{"type": "stream", "address": f"127.0.0.1:{port}"}])
+    with p:
+        assert sandbox.verify(p) == []
+        # Control: without them the environment it shows is a difference.
+        bare = attrs.evolve(p.spec, directories=None, listen=())
+        assert [d.field for d in sandbox.verify(p, bare)] == ["env_keys"]
+        p.kill()
