@@ -205,7 +205,7 @@ def prepare(spec, running_abi: "int | None" = None) -> "Prepared | None":
         return Prepared(0, 0, 0, 0, (), (), (), tuple(dropped))
     host_view = spec.namespaces is None or spec.namespaces.mount is not True
     rules = []
-    for i, r in enumerate(ll.fs):
+    for i, r in enumerate(ll.fs or ()):
         where = f"landlock.fs[{i}]"
         mask, named, missing = rights(r.access, v, f"{where}.access")
         for name, need in missing:
