@@ -301,3 +301,27 @@ def move_mount(from_dirfd: int, from_path, to_dirfd: int, to_path, flags: int) -
     to_path (relative to to_dirfd)."""
     _check(_syscall(SYS_move_mount, c_int(from_dirfd), c_char_p(os.fsencode(from_path)),
                     c_int(to_dirfd), c_char_p(os.fsencode(to_path)), c_uint(flags)), None)
+
+
+# --------------------------------------------------------------------------- Landlock
+# <linux/landlock.h>: the generic syscall numbers (x86_64 and aarch64 alike).  The
+# attributes are passed as bytes (sandbox.landlock packs them: a struct's size is what
+# tells the kernel which of its fields the caller knows).  A failure is OSError with the
+# bare strerror (the landlock step says what it was doing).
+SYS_landlock_create_ruleset = 444
+SYS_landlock_add_rule = 445
+SYS_landlock_restrict_self = 446
+
+
+def landlock_create_ruleset(attr: "bytes | None", flags: int = 0) -> int:
+    return _check(_syscall(SYS_landlock_create_ruleset, c_char_p(attr),
+                           c_size_t(len(attr) if attr else 0), c_uint32(flags)), None)
+
+
+def landlock_add_rule(ruleset_fd: int, rule_type: int, attr: bytes) -> None:
+    _check(_syscall(SYS_landlock_add_rule, c_int(ruleset_fd), c_int(rule_type),
+                    c_char_p(attr), c_uint32(0)), None)
+
+
+def landlock_restrict_self(ruleset_fd: int, flags: int = 0) -> None:
+    _check(_syscall(SYS_landlock_restrict_self, c_int(ruleset_fd), c_uint32(flags)), None)

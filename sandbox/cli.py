@@ -76,7 +76,7 @@ def _cmd_inspect(a) -> int:
         shown = "all" if len(v) > 30 else (", ".join(v) or "-")
         say(f"  cap {k:<11} {shown}")
     say(f"  no_new_privs {info['no_new_privs']}   seccomp {info['seccomp']} "
-        f"({info['seccomp_filters']} filters)")
+        f"({info['seccomp_filters']} filters)   landlock {info.get('landlock', 'unknown')}")
     own = [n for n, v in info["namespaces"].items()
            if not (v["caller"] if v.get("host") is None else v["host"])]
     say(f"  namespaces not the host's: {', '.join(own) or 'none'}")
@@ -253,6 +253,23 @@ def _cmd_seccomp(a) -> int:
 _CLEAN_PATH = b"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+def _cmd_landlock(a) -> int:
+    from . import landlock
+    r = landlock.abi_report()
+    if a.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    lowered = f" (lowered from {r['kernel_abi']} by {landlock.ENV_ABI})" \
+        if r["abi"] != r["kernel_abi"] else ""
+    print(f"Landlock ABI {r['abi']}{lowered}" if r["abi"] else "Landlock: not available")
+    print(f"  fs     {', '.join(r['fs']) or '-'}")
+    print(f"  net    {', '.join(r['net']) or '-'}")
+    print(f"  scope  {', '.join(r['scope']) or '-'}")
+    for what, need in r["missing"].items():
+        print(f"  needs ABI {need}: {what}")
+    return 0
+
+
 def _cmd_run(a) -> int:
     # wrapperd runs as root.  -I: neither this directory nor PYTHON* may reach it.  And
     # an environment of PATH and the WRAPPERD_* settings only, as the static launcher
@@ -360,6 +377,10 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", metavar="FILE", help="where to write the BPF ('-': "
                    "stdout)")
     s.set_defaults(fn=_cmd_seccomp)
+    s = sub.add_parser("landlock", help="the running Landlock ABI and what it supports")
+    s.add_argument("action", choices=("abi",), help="abi: the ABI and its rights")
+    s.add_argument("--json", action="store_true", help="as JSON")
+    s.set_defaults(fn=_cmd_landlock)
     s = sub.add_parser("run", help="run ARGV under SPEC (execs wrapperd)")
     s.add_argument("spec", help="the spec file")
     s.add_argument("argv", nargs=argparse.REMAINDER, help="the target and its arguments "

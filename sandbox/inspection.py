@@ -103,6 +103,9 @@ def inspect(pid) -> dict:
         "no_new_privs": st.get("NoNewPrivs") == "1",
         "seccomp": SECCOMP_MODES.get(int(st.get("Seccomp", "0")), "unknown"),
         "seccomp_filters": int(st.get("Seccomp_filters", "0")),
+        # Whether it is in a Landlock domain: only if the kernel says so in status
+        # (6.x does not); "unknown" otherwise.
+        "landlock": st.get("Landlock", "unknown"),
         "umask": st.get("Umask"),
         # "host": the same as pid 1's (None when pid 1's cannot be read, e.g. a
         # non-dumpable pid 1); "caller": the same as the inspecting process's own.

@@ -367,6 +367,9 @@ def export_spec(spec, notes: "list | None" = None) -> dict:
     if d.get("address_families") is not None:
         notes.append("address_families: OCI has no field for it (wrapperd loads it as a "
                      "seccomp filter of its own)")
+    if d.get("landlock") is not None:
+        notes.append("landlock: OCI has no field for it (wrapperd applies it in its "
+                     "own landlock step)")
     if d.get("notify"):
         notes.append("notify: OCI has no field for it (a runtime's caller passes "
                      "NOTIFY_SOCKET, as runc does with systemd's)")

@@ -16,7 +16,8 @@ Format (version 3), one JSON object: "wrapperd_plan": 3, and one member per attr
 of wrapperd.shim.Plan (PLAN_FIELDS), each holding that facility's record or null:
   {"wrapperd_plan": 3, "procattr": ..., "fds": ..., "target": ..., "rlimits": ...,
    "cgroup": ..., "dynamic_user": ..., "directories": ..., "listen": ..., "creds": ...,
-   "caps": ..., "namespaces": ..., "mounts": ..., "seccomp": ..., "restrictions": ...}
+   "caps": ..., "namespaces": ..., "mounts": ..., "seccomp": ..., "restrictions": ...,
+   "landlock": ...}
 Values: JSON scalars; lists (decoded as tuples); {"@bytes": hex}; {"@dict": [[key,
 value], ...]}; {"@": "module.Class", "f": {field: value}} for a record of RECORDS (a
 class made with sandbox._record.frozen, named by the facility sandbox.<module> that
@@ -59,11 +60,12 @@ PLAN_FIELDS = {
     "mounts": ("mounts.Prepared", False),
     "seccomp": ("seccomp.Prepared", False),
     "restrictions": ("seccomp.Restrictions", False),
+    "landlock": ("landlock.Prepared", False),
 }
 # Every record type a plan may hold, at any depth.
 RECORDS = (*(tag for tag, _required in PLAN_FIELDS.values()),
            "mounts.Mount", "cgroups.Target", "cgroups.Hierarchy", "directories.Directory",
-           "listen.Socket")
+           "listen.Socket", "landlock.Rule")
 
 
 # --------------------------------------------------------------------------- encode

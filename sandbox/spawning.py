@@ -67,6 +67,7 @@ class SpawnFields(TypedDict, total=False):
     listen: Any
     address_families: "list[str] | None"
     notify: bool
+    landlock: Any
 
 __all__ = ["spawn", "run", "Completed", "build_spec", "resolve", "PIPE", "DEVNULL",
            "STDOUT", "DEFAULT_SETUP_TIMEOUT"]

@@ -26,7 +26,8 @@ from .errors import SpecError
 from .plan import MAX_SPEC_BYTES
 
 __all__ = ["Spec", "User", "Capabilities", "Seccomp", "SeccompRule", "SeccompArg",
-           "Namespaces", "IdMap", "Mount", "Cgroup", "Rlimit", "Listen", "MAX_SPEC_BYTES",
+           "Namespaces", "IdMap", "Mount", "Cgroup", "Rlimit", "Listen", "Landlock",
+           "MAX_SPEC_BYTES",
            "MAX_ID", "RLIMIT_NAMES", "SPEC_VERSION"]
 
 SPEC_VERSION = 1
@@ -500,6 +501,117 @@ class Listen:
     def dump(self) -> dict:
         return {"type": self.type, "address": self.address, "name": self.name,
                 "backlog": self.backlog}
+
+
+@attrs.frozen
+class LandlockPath:
+    """A path and the access allowed beneath it: see sandbox.landlock."""
+
+    path: str = _field("an absolute path, opened in the target's view by the landlock step")
+    access: tuple = _field("groups (read, write, execute, create, remove, truncate, "
+                           "ioctl_dev, refer) or the kernel's right names (read_file, "
+                           "make_reg, ...)")
+    follow: bool = _field("open through a final symlink (default: a symlink is refused)",
+                          default=False)
+
+    KEYS = ("path", "access", "follow")
+
+    @classmethod
+    def load(cls, v: Any, path: str) -> "LandlockPath":
+        from . import landlock
+        d = _obj(v, path, cls.KEYS)
+        for k in ("path", "access"):
+            if d.get(k) is None:
+                raise SpecError(f"missing required key {k!r}", path)
+        p = _fs_path(d["path"], f"{path}.path")
+        if p.startswith("-"):
+            raise SpecError(f"{p!r} is not an absolute path", f"{path}.path")
+        known = (*landlock.GROUPS, *landlock.FS_RIGHTS)
+        access = _list(d["access"], f"{path}.access", _choice_str, known)
+        if not access:
+            raise SpecError("must not be empty", f"{path}.access")
+        if len(set(access)) != len(access):
+            raise SpecError("an access is listed twice", f"{path}.access")
+        return cls(path=p, access=access,
+                   follow=_opt(d, "follow", _bool, path) or False)
+
+    def dump(self) -> dict:
+        return {"path": self.path, "access": list(self.access), "follow": self.follow}
+
+
+def _choice_str(v: Any, path: str, choices: tuple) -> str:
+    s = _str(v, path)
+    if s not in choices:
+        raise SpecError(f"{s!r} is not one of {', '.join(choices)}", path)
+    return s
+
+
+def _port(v: Any, path: str) -> int:
+    return _int(v, path, 0, 65535)
+
+
+@attrs.frozen
+class LandlockNet:
+    """TCP ports the target may bind and connect to; any other is EACCES."""
+
+    bind: tuple = _field("TCP ports bind(2) may use (0: an ephemeral port)", default=())
+    connect: tuple = _field("TCP ports connect(2) may reach", default=())
+
+    KEYS = ("bind", "connect")
+
+    @classmethod
+    def load(cls, v: Any, path: str) -> "LandlockNet":
+        d = _obj(v, path, cls.KEYS)
+        out = {}
+        for k in cls.KEYS:
+            ports = _opt(d, k, _list, path, _port) or ()
+            if len(set(ports)) != len(ports):
+                raise SpecError("a port is listed twice", f"{path}.{k}")
+            out[k] = ports
+        return cls(**out)
+
+    def dump(self) -> dict:
+        return {"bind": list(self.bind), "connect": list(self.connect)}
+
+
+@attrs.frozen
+class Landlock:
+    """Landlock rules: everything not allowed is denied by the kernel (see
+    sandbox.landlock)."""
+
+    fs: Optional[tuple] = _field("paths and what is allowed beneath them; given (even []): "
+                                 "every other filesystem access the ABI knows is denied",
+                                 default=None)
+    net: Optional[LandlockNet] = _field("given: TCP bind and connect only to these ports",
+                                        default=None)
+    scope: tuple = _field("abstract_unix_socket, signal: no reaching outside the domain",
+                          default=())
+    compatibility: str = _field("hard_requirement (default: exit 125 if the ABI lacks a "
+                                "rule's need) or best_effort (dropped, reported)",
+                                default="hard_requirement")
+
+    KEYS = ("fs", "net", "scope", "compatibility")
+
+    @classmethod
+    def load(cls, v: Any, path: str) -> "Landlock":
+        from . import landlock
+        d = _obj(v, path, cls.KEYS)
+        fs = _opt(d, "fs", _list, path, LandlockPath.load)
+        net = _opt(d, "net", LandlockNet.load, path)
+        scope = _opt(d, "scope", _list, path, _choice_str, tuple(landlock.SCOPES)) or ()
+        if len(set(scope)) != len(scope):
+            raise SpecError("a scope is listed twice", f"{path}.scope")
+        if fs is None and net is None and not scope:
+            raise SpecError("restricts nothing: give fs, net or scope", path)
+        compat = _choice(d["compatibility"], f"{path}.compatibility",
+                         landlock.COMPATIBILITY) \
+            if d.get("compatibility") is not None else "hard_requirement"
+        return cls(fs=fs, net=net, scope=scope, compatibility=compat)
+
+    def dump(self) -> dict:
+        return {"fs": None if self.fs is None else [r.dump() for r in self.fs],
+                "net": None if self.net is None else self.net.dump(),
+                "scope": list(self.scope), "compatibility": self.compatibility}
 
 
 def _listen(v: Any) -> tuple:
@@ -989,6 +1101,9 @@ class Spec:
         "readiness notification (sd_notify): the target gets NOTIFY_SOCKET, a datagram "
         "socket sandbox.spawn() makes (wrapperd alone: the caller's NOTIFY_SOCKET), "
         "bound into its mount namespace; see sandbox.notify", default=False)
+    landlock: Optional[Landlock] = _field(
+        "Landlock: paths, TCP ports and scopes the target keeps; everything else the "
+        "kernel's Landlock ABI handles is denied (see sandbox.landlock)", default=None)
     # Not a field of the format: with a profile, the dict the spec was loaded from, so
     # the profile can be merged under exactly the fields given (to_dict() fills in
     # defaults, which would beat the profile).  See profile.spec_layer().
@@ -999,7 +1114,7 @@ class Spec:
             "namespaces",
             "hostname", "mounts", "cgroup", "rlimits", "oom_score_adj", "nice", "pass_fds",
             "masked_paths", "readonly_paths", "readonly_root", "filesystem", "directories",
-            "listen", "address_families", "notify")
+            "listen", "address_families", "notify", "landlock")
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -1076,6 +1191,7 @@ class Spec:
             address_families=_address_families(d["address_families"])
             if d.get("address_families") is not None else None,
             notify=_bool(d["notify"], "notify") if d.get("notify") is not None else False,
+            landlock=_opt(d, "landlock", Landlock.load, ""),
             source=json.loads(json.dumps(d)) if d.get("profile") else None,
         )
 

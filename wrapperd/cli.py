@@ -26,7 +26,7 @@ DESCRIPTION = """\
 Apply a spawn spec to this process in a fixed order -- oom score, nice, rlimits, cgroup,
 dynamic user, service directories, listening sockets, namespaces, mounts, session
 (setsid; a group leader forks once and supervises), fds, identity, capabilities, cwd,
-no_new_privs, signals, seccomp -- then exec ARGV, so the target is born confined.
+no_new_privs, landlock, signals, seccomp -- then exec ARGV, so the target is born confined.
 If any step fails the target never runs: one line on stderr, a JSON record on the status
 fd, exit 125 (126: found but not executable, 127: not found).
 
@@ -247,6 +247,9 @@ def main(args: "list[str] | None" = None, environ: "bytes | None" = None,
             else None
         plan = shim.prepare(spec, disk_cache=True,   # a repeated start skips the compile
                             notify_socket=notify_socket)
+        if plan.landlock is not None:   # best_effort: what the ABI cannot enforce, said
+            warnings += [("landlock", f"warning: best_effort: {d}")
+                         for d in plan.landlock.dropped]
         for step, why in warnings:      # a step that does less than asked says so
             print(f"wrapperd: {step}: {why}", file=sys.stderr, flush=True)
         if opts.dry_run:
@@ -269,6 +272,11 @@ def main(args: "list[str] | None" = None, environ: "bytes | None" = None,
                 from sandbox import listen
                 for line in listen.describe(plan.listen):
                     print(f"wrapperd: listen: {line}", file=sys.stderr)
+            if plan.landlock is not None:
+                from sandbox import landlock
+                for line in landlock.describe(plan.landlock):
+                    if not line.startswith("best_effort: "):    # (said above)
+                        print(f"wrapperd: landlock: {line}", file=sys.stderr)
             sys.stdout.write(spec.to_json() + "\n")
             sys.stdout.flush()
             return 0

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         dynamicuser,
         execution,
         fds,
+        landlock,
         listen,
         mounts,
         namespaces,
@@ -60,17 +61,21 @@ class Plan:
     mounts: "mounts.Prepared | None" = None
     seccomp: "seccomp.Prepared | None" = None
     restrictions: "Restrictions | None" = None
+    landlock: "landlock.Prepared | None" = None
 
 
 def prepare(spec, find_target: bool = True, disk_cache: bool = False,
-            notify_socket: "str | None" = None) -> Plan:
+            notify_socket: "str | None" = None,
+            landlock_abi: "int | None" = None) -> Plan:
     """find_target: the spec must name a target, looked up now (so "not found" is 127
     before any step); False for a consumer that runs nothing (`sandbox seccomp
     compile`), whose spec may leave argv out: plan.target stays None.  disk_cache:
     compiled seccomp programs from and into the root-only cache (sandbox.bpfcache;
     wrapperd's command line only -- the library keeps them in memory).
     notify_socket: for a spec with `notify`, the socket the target is given
-    (sandbox.notify: the library's own, or wrapperd's caller's NOTIFY_SOCKET)."""
+    (sandbox.notify: the library's own, or wrapperd's caller's NOTIFY_SOCKET).
+    landlock_abi: the Landlock ABI to prepare for (default: the kernel's, lowered by
+    WRAPPERD_LANDLOCK_ABI; see sandbox.landlock)."""
     if find_target:
         spec.check_runnable()
     expansion = None
@@ -145,6 +150,13 @@ def prepare(spec, find_target: bool = True, disk_cache: bool = False,
                             "no_new_privs")
         p["dynamic_user"] = dynamicuser.prepare(      # allocated by its step, not here
             spec, seccomp.restrict_suid_sgid(arches))
+    if spec.landlock is not None:
+        # landlock_restrict_self needs no_new_privs or CAP_SYS_ADMIN, as a filter does.
+        if not may_load:
+            raise SpecError("Landlock needs no_new_privs: true (or a target that keeps "
+                            "CAP_SYS_ADMIN)", "landlock")
+        from sandbox import landlock
+        p["landlock"] = landlock.prepare(spec, landlock_abi)
     if spec.listen:
         from sandbox import listen
         p["listen"] = listen.prepare(spec)
@@ -196,6 +208,7 @@ STEP_MODULES = (
     ("sandbox.dynamicuser", lambda plan: plan.dynamic_user is not None),
     ("sandbox.directories", lambda plan: plan.directories is not None),
     ("sandbox.listen", lambda plan: plan.listen is not None),
+    ("sandbox.landlock", lambda plan: plan.landlock is not None),
     # a dynamic user and the restrictions load a filter of their own
     ("sandbox.seccomp", lambda plan: plan.seccomp is not None or
      plan.dynamic_user is not None or plan.restrictions is not None),
@@ -475,6 +488,17 @@ def _seccomp(plan, ctx):
         seccomp.apply(plan.seccomp)
 
 
+def _landlock(plan, ctx):
+    # After the mounts (the paths are opened in the target's view), identity and
+    # capabilities (opened with the target's ids) and no_new_privs (which an
+    # unprivileged landlock_restrict_self needs); before seccomp, so the filter need not
+    # allow the landlock syscalls.  Only signals, the reaper's answer, the filter and
+    # execve follow: nothing of the shim's own needs a file after it.
+    if plan.landlock is not None:
+        from sandbox import landlock
+        landlock.apply(plan.landlock)
+
+
 def _reaper(plan, ctx):
     # A fork server's worker: the reaper made ahead of time was asked to join the
     # target's namespaces in the namespaces step, and did so while the steps since ran;
@@ -516,6 +540,7 @@ STEPS = (
     ("cwd", _cwd),                       # as the target: it must be able to enter it
     ("pdeathsig", _pdeathsig),           # re-armed: a credential change clears it
     ("no_new_privs", _no_new_privs),
+    ("landlock", _landlock),             # in the target's view, as the target; needs nnp
     ("signals", _signals),               # default dispositions, empty mask (survive exec)
     ("reaper", _reaper),                 # a premade reaper has joined the namespaces
     ("seccomp", _seccomp),               # last: the filter need allow nothing the shim does

@@ -77,6 +77,9 @@ RECORDS: "dict[str, type]" = {
     "directories": spec_mod.Directories,
     **{f"directories.{k}[]": spec_mod.ServiceDirectory for k in spec_mod.DIRECTORY_KINDS},
     "listen[]": spec_mod.Listen,
+    "landlock": spec_mod.Landlock,
+    "landlock.fs[]": spec_mod.LandlockPath,
+    "landlock.net": spec_mod.LandlockNet,
 }
 
 

@@ -8,7 +8,7 @@ def test_step_order_is_pinned():
         "dumpable", "oom_score_adj", "nice", "rlimits", "cgroup", "dynamic_user", "directories",
         "listen", "namespaces",
         "mounts", "session", "fds", "umask", "identity", "capabilities", "cwd", "pdeathsig",
-        "no_new_privs", "signals", "reaper", "seccomp", "exec",
+        "no_new_privs", "landlock", "signals", "reaper", "seccomp", "exec",
     ]
 
 
@@ -46,3 +46,10 @@ def test_privilege_dropping_comes_after_everything_that_needs_privilege():
     assert names.index("listen") < names.index("identity")
     assert names.index("listen") < names.index("fds")
     assert names.index("session") < names.index("fds")
+    # Landlock: the paths are opened in the target's view (after the mounts) with the
+    # target's ids (after identity and capabilities); an unprivileged
+    # landlock_restrict_self needs no_new_privs; and the seccomp filter, loaded after it,
+    # need not allow the landlock syscalls.
+    assert names.index("mounts") < names.index("landlock")
+    assert names.index("capabilities") < names.index("landlock")
+    assert names.index("no_new_privs") < names.index("landlock") < names.index("seccomp")
