@@ -136,7 +136,7 @@ class Report:
     def format(self) -> str:
         lines = []
         for c in sorted(self.checks, key=lambda c: -c.weight * c.exposure):
-            mark = "✓" if c.exposure == 0 else "✗"
+            mark = "·" if c.weight == 0 else "✓" if c.exposure == 0 else "✗"   # ·: counted
             lines.append(f"{mark} {c.name:<18} {c.weight * c.exposure:5.1f}/{c.weight:<3g} "
                          f"{c.explanation}")
         lines.append(f"→ overall exposure of {self.subject}: {self.score:.1f} {self.band}")
@@ -202,6 +202,8 @@ class _Facts:
     umask: "int | None" = None   # None: inherited from whoever starts it
     rtprio: "int | None" = None  # RLIMIT_RTPRIO's hard limit; None: inherited
     multi_arch: bool = False     # the filter lets several ABIs through
+    landlock: str = "none"       # its Landlock domain, counted: _landlock(); or
+                                 # "unknown"/"yes" for a live process
 
 
 # The uid and name systemd-analyze's UserOrDynamicUser check calls shared ("nobody"):
@@ -302,7 +304,8 @@ def _spec_facts(spec) -> _Facts:
     umask = int(spec.user.umask, 8) if spec.user is not None and spec.user.umask else None
     rt = spec.rlimits.get("RTPRIO")
     rtprio = None if rt is None else (rt.hard if isinstance(rt.hard, int) else 1 << 30)
-    return _Facts(root=root, root_group=bool(root_group), uid_text=uid_text,
+    return _Facts(landlock=_landlock(spec.landlock),
+                  root=root, root_group=bool(root_group), uid_text=uid_text,
                   held=frozenset(held), bounding=frozenset(bnd),
                   no_new_privs=spec.no_new_privs, seccomp=spec.seccomp is not None,
                   seccomp_arch=arch, private_ns=private, rw_binds=rw,
@@ -382,7 +385,9 @@ def _live_facts(info: dict, read_proc: bool = False) -> _Facts:
     private = {f: proc in ns and not _host_ns(ns[proc]) for f, proc, *_ in NS_CHECKS}
     mem, pids, cg = _cgroup_limits(info)
     filtered = info.get("seccomp") == "filter" and info.get("seccomp_filters", 0) > 0
-    return _Facts(root=root, root_group=root_group, uid_text=f"uid {uids['effective']}",
+    ll = info.get("landlock", "unknown")
+    return _Facts(landlock="unknown" if ll in ("unknown", None) else str(ll),
+                  root=root, root_group=root_group, uid_text=f"uid {uids['effective']}",
                   held=held, bounding=frozenset(c["bounding"]),
                   no_new_privs=bool(info["no_new_privs"]),
                   seccomp=filtered or info.get("seccomp") == "strict",
@@ -935,7 +940,28 @@ def _checks(f: _Facts) -> "list[Check]":
         where = f"cgroup {f.cgroup}" if f.cgroup else "no cgroup of its own"
         out.append(Check("cgroup_limits", 15, 1.0, f"{where}: no memory or pids limit "
                                                    "(a fork bomb or leak reaches the host)"))
+    # Counted, not scored: systemd-analyze has no Landlock, and a weight here would move
+    # every score off the comparison with it (docs/library.md).
+    text = {"none": "no Landlock domain",
+            "unknown": "Landlock: this kernel's /proc does not show a domain"}
+    out.append(Check("landlock", 0, 0.0, text.get(f.landlock, f"Landlock: {f.landlock}")))
     return out
+
+
+def _landlock(ll) -> str:
+    """A spec's Landlock rules, counted: "none", or what is restricted and by how many
+    rules."""
+    if ll is None:
+        return "none"
+    parts = []
+    if ll.fs is not None:
+        parts.append(f"files: {len(ll.fs)} rule{'' if len(ll.fs) == 1 else 's'}")
+    if ll.net is not None:
+        parts.append(f"TCP: bind {len(ll.net.bind)} port(s), connect "
+                     f"{len(ll.net.connect)} port(s)")
+    if ll.scope:
+        parts.append("scoped: " + ", ".join(ll.scope))
+    return "; ".join(parts) or "none"
 
 
 def of_spec(spec) -> Report:

@@ -79,7 +79,8 @@ def test_every_check_explains_itself_in_one_line():
         names = [c.name for c in r.checks]
         assert len(names) == len(set(names))
         for c in r.checks:
-            assert c.weight > 0 and 0.0 <= c.exposure <= 1.0
+            # (weight 0: counted, not scored -- Landlock, which systemd does not score)
+            assert (c.weight > 0 or c.name == "landlock") and 0.0 <= c.exposure <= 1.0
             assert c.explanation and "\n" not in c.explanation
         text = r.format()
         assert text.splitlines()[-1].endswith(f"{r.score:.1f} {r.band}")
@@ -247,3 +248,14 @@ def test_a_live_process_is_judged_by_its_mount_table():
 def test_scores_round_up_as_systemds():
     checks = (exposure.Check("a", 999, 0.0, "x"), exposure.Check("b", 1, 1.0, "y"))
     assert exposure.Report("s", checks).score == 0.1     # 0.01 rounds up, not down
+
+
+def test_landlock_is_counted_not_scored():
+    plain = exposure.score(spec(profile="service"))
+    ll = exposure.score(spec(profile="service", landlock={
+        "fs": [{"path": "/usr", "access": ["read", "execute"]}], "net": {"bind": [8080]},
+        "scope": ["signal"]}))
+    assert ll.score == plain.score
+    c = {c.name: c for c in ll.checks}["landlock"]
+    assert c.weight == 0 and "files: 1 rule" in c.explanation and "signal" in c.explanation
+    assert {c.name: c for c in plain.checks}["landlock"].explanation == "no Landlock domain"
