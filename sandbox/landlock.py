@@ -232,9 +232,46 @@ def prepare(spec, running_abi: "int | None" = None) -> "Prepared | None":
             lacks("scoping", SCOPE_ABI, "landlock.scope")
         else:
             scoped = sum(SCOPES[s] for s in ll.scope)
+    if ll.spec_paths:
+        rules += spec_path_rules(spec, v)
     handled_fs = fs_known(v) if ll.fs is not None else 0
     return Prepared(v, handled_fs, handled_net, scoped, tuple(rules), tuple(bind),
                     tuple(connect), tuple(dropped))
+
+
+# landlock.spec_paths: what the spec itself makes a place for the target to write --
+# its service directories, filesystem.read_write_paths, its writable mounts (a private
+# /tmp, /dev/shm, ...) -- gets the rights to use it; /dev its nodes (write, ioctl), /proc
+# its own files (/proc/self/...).  So a profile can give Landlock rules matching the
+# view its mount namespace makes ("everything read-only but these") without knowing
+# the spec.  Made by the steps before the landlock step: not checked in the host view.
+_USE = ("read", "write", "create", "remove", "truncate")
+
+
+def spec_path_rules(spec, v: int) -> "list[Rule]":
+    from . import directories
+    places: "dict[str, tuple[str, ...]]" = {}
+    d = directories.prepare(spec) if spec.directories is not None else None
+    for e in d.directories if d is not None else ():
+        places[e.path] = ("read",) if e.kind == "configuration" else _USE
+    fs = spec.filesystem
+    for path in fs.read_write_paths if fs is not None else ():
+        if not (path.startswith("-") and not os.path.lexists(path[1:])):
+            places[path.lstrip("-")] = _USE
+    for m in spec.mounts:
+        if m.type in ("tmpfs", "bind") and "ro" not in m.options:
+            places[m.destination] = _USE
+    if spec.filesystem is not None and spec.filesystem.private_tmp:
+        places.setdefault("/tmp", _USE)
+        places.setdefault("/var/tmp", _USE)
+    places["/dev"] = ("read", "write", "ioctl_dev")
+    places["/proc"] = ("read", "write")
+    out = []
+    for path, access in places.items():
+        mask, named, _missing = rights(access, v, "landlock.spec_paths")
+        if mask:
+            out.append(Rule(path, mask, named, False))
+    return out
 
 
 def _check_path(path: str, follow: bool, mask: int, named: int, where: str) -> int:

@@ -36,6 +36,7 @@ is removed (forget()).
 from __future__ import annotations
 
 import os
+import stat
 
 __all__ = ["usable", "name", "key", "load", "store", "forget", "FORMAT", "MAX_SPEC_BYTES"]
 
@@ -176,7 +177,13 @@ def _add_tree(add, d: str, depth: int) -> None:
             st = e.stat(follow_symlinks=False)
         except OSError:
             continue
-        add(os.fsencode(e.path), _identity(st))
+        if stat.S_ISDIR(st.st_mode):
+            # A directory by what it is, not its times: those change whenever an entry
+            # is added -- the __pycache__ an import writes below it, say -- and what it
+            # holds is walked (or, at the depth limit, replaced with a new inode).
+            add(os.fsencode(e.path), b"dir %d %d %o" % (st.st_dev, st.st_ino, st.st_mode))
+        else:
+            add(os.fsencode(e.path), _identity(st))
         if e.is_symlink():
             # What a link names is what is read (a profile linked from elsewhere):
             # its identity too, and a linked directory's files.

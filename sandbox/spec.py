@@ -589,8 +589,11 @@ class Landlock:
     compatibility: str = _field("hard_requirement (default: exit 125 if the ABI lacks a "
                                 "rule's need) or best_effort (dropped, reported)",
                                 default="hard_requirement")
+    spec_paths: bool = _field("with fs: the places the spec itself makes writable (its "
+                              "directories, filesystem.read_write_paths, writable mounts, "
+                              "/dev, /proc) get the rights to use them", default=False)
 
-    KEYS = ("fs", "net", "scope", "compatibility")
+    KEYS = ("fs", "net", "scope", "compatibility", "spec_paths")
 
     @classmethod
     def load(cls, v: Any, path: str) -> "Landlock":
@@ -606,12 +609,17 @@ class Landlock:
         compat = _choice(d["compatibility"], f"{path}.compatibility",
                          landlock.COMPATIBILITY) \
             if d.get("compatibility") is not None else "hard_requirement"
-        return cls(fs=fs, net=net, scope=scope, compatibility=compat)
+        spec_paths = _bool(d["spec_paths"], f"{path}.spec_paths") \
+            if d.get("spec_paths") is not None else False
+        if spec_paths and fs is None:
+            raise SpecError("spec_paths adds filesystem rules: give fs too", f"{path}.spec_paths")
+        return cls(fs=fs, net=net, scope=scope, compatibility=compat, spec_paths=spec_paths)
 
     def dump(self) -> dict:
         return {"fs": None if self.fs is None else [r.dump() for r in self.fs],
                 "net": None if self.net is None else self.net.dump(),
-                "scope": list(self.scope), "compatibility": self.compatibility}
+                "scope": list(self.scope), "compatibility": self.compatibility,
+                "spec_paths": self.spec_paths}
 
 
 def _listen(v: Any) -> tuple:

@@ -18,7 +18,14 @@ import pytest
 
 import sandbox
 from sandbox import landlock
-from tests.conftest import SYSTEM_PYTHON, TARGET_ENV, host_dir_root, run_wrapperd, skip_or_fail
+from tests.conftest import (
+    SYSTEM_PYTHON,
+    TARGET_ENV,
+    host_dir_root,
+    needs_host_root,
+    run_wrapperd,
+    skip_or_fail,
+)
 
 TRY = r"""
 import errno, json, os, socket, subprocess, sys
@@ -225,3 +232,42 @@ def test_the_target_is_landlocked_after_exec_too(place):
             "landlock": {"fs": PYTHON_READ}}
     p = run_wrapperd(spec)
     assert p.returncode == 1 and b"Permission denied" in p.stderr
+
+
+EXEC_A_COPY = r"""
+import os, shutil, subprocess, sys
+d = os.environ["STATE_DIRECTORY"]
+shutil.copy("/usr/bin/true", d + "/mytrue")
+os.chmod(d + "/mytrue", 0o755)
+try:
+    subprocess.run([d + "/mytrue"], check=True)
+    print("ran")
+except PermissionError as e:
+    print(e.strerror)
+try:
+    open("/etc/wrapperd-landlock-probe", "w")
+except OSError as e:
+    print(e.strerror)
+"""
+
+
+def test_the_strict_profile_executes_only_from_usr_and_writes_only_its_places():
+    # Its state directory is writable and executable as far as the mounts go: Landlock
+    # (spec_paths) lets it write there, but not run what it wrote.
+    needs_host_root("the strict profile's dynamic user, its directory in /var/lib")
+    name = f"wrapperd-test-ll-{uuid.uuid4().hex[:8]}"
+    spec = {"argv": [SYSTEM_PYTHON, "-I", "-c", EXEC_A_COPY], "env": dict(TARGET_ENV),
+            "profile": "strict", "name": name, "directories": {"state": [name]}}
+    try:
+        r = sandbox.run(spec, capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.decode().split("\n")[:2] == ["Permission denied",
+                                                     "Read-only file system"]
+        # Control: execute allowed everywhere -- the copy runs (so it was Landlock).
+        spec["landlock"] = {"fs": [{"path": "/", "access": ["read", "execute"]}],
+                            "spec_paths": True}
+        r = sandbox.run(spec, capture_output=True, timeout=60)
+        assert r.stdout.decode().split("\n")[0] == "ran", r.stderr
+    finally:
+        for base in ("/var/lib", "/var/lib/private"):
+            shutil.rmtree(f"{base}/{name}", ignore_errors=True)
