@@ -527,7 +527,7 @@ class LandlockPath:
         if p.startswith("-"):
             raise SpecError(f"{p!r} is not an absolute path", f"{path}.path")
         known = (*landlock.GROUPS, *landlock.FS_RIGHTS)
-        access = _list(d["access"], f"{path}.access", _choice_str, known)
+        access = _list(d["access"], f"{path}.access", _choice, known)
         if not access:
             raise SpecError("must not be empty", f"{path}.access")
         if len(set(access)) != len(access):
@@ -537,13 +537,6 @@ class LandlockPath:
 
     def dump(self) -> dict:
         return {"path": self.path, "access": list(self.access), "follow": self.follow}
-
-
-def _choice_str(v: Any, path: str, choices: tuple) -> str:
-    s = _str(v, path)
-    if s not in choices:
-        raise SpecError(f"{s!r} is not one of {', '.join(choices)}", path)
-    return s
 
 
 def _port(v: Any, path: str) -> int:
@@ -601,7 +594,7 @@ class Landlock:
         d = _obj(v, path, cls.KEYS)
         fs = _opt(d, "fs", _list, path, LandlockPath.load)
         net = _opt(d, "net", LandlockNet.load, path)
-        scope = _opt(d, "scope", _list, path, _choice_str, tuple(landlock.SCOPES)) or ()
+        scope = _opt(d, "scope", _list, path, _choice, tuple(landlock.SCOPES)) or ()
         if len(set(scope)) != len(scope):
             raise SpecError("a scope is listed twice", f"{path}.scope")
         if fs is None and net is None and not scope:

@@ -166,27 +166,26 @@ def prepare(spec, find_target: bool = True, disk_cache: bool = False,
             seccomp.check_getpid(seccomp_p.program)
     if find_target:
         from sandbox import execution
-        p["target"] = target = execution.prepare(spec)
+        target = execution.prepare(spec)
+        # What facilities set in the environment over the spec's own, as systemd does:
+        # RUNTIME_DIRECTORY and the rest, LISTEN_FDS and LISTEN_FDNAMES (LISTEN_PID is
+        # the exec step's), NOTIFY_SOCKET.
+        env: "dict[str, str]" = {}
         if p.get("directories") is not None:
             from sandbox import directories
-            # RUNTIME_DIRECTORY, ...: as systemd sets them, over the spec's own.
-            p["target"] = target = replace(target, env={
-                **target.env, **directories.environment(p["directories"])})
+            env.update(directories.environment(p["directories"]))
         if p.get("listen") is not None:
             from sandbox import listen
-            # LISTEN_FDS, LISTEN_FDNAMES (LISTEN_PID: the exec step's), over the spec's.
-            p["target"] = target = replace(target, env={**target.env,
-                                                        **listen.environment(p["listen"])})
+            env.update(listen.environment(p["listen"]))
         if spec.notify:
             from sandbox import notify
-            # No step of its own: the socket is bound in last (after the directories)
-            # and named in NOTIFY_SOCKET, as systemd sets it, over the spec's own.
+            # No step of its own: the socket is bound in last (after the directories).
             notify_p = notify.prepare(spec, notify_socket, creds_p, ns_p)
             if notify_p is not None:
                 if p["mounts"] is not None:
                     p["mounts"] = replace(p["mounts"], late=p["mounts"].late + notify_p.binds())
-                p["target"] = replace(target, env={**target.env,
-                                                   "NOTIFY_SOCKET": notify_p.env})
+                env["NOTIFY_SOCKET"] = notify_p.env
+        p["target"] = replace(target, env={**target.env, **env}) if env else target
     return Plan(**p)
 
 
