@@ -101,7 +101,12 @@ def _compile(python: "str | None", pypath: "str | None", out: str,
     import shutil
     import subprocess
     src = os.path.join(os.path.dirname(os.path.abspath(__file__)), source)
-    cc = shutil.which("cc") or shutil.which("gcc")
+    # musl first (Debian's musl-tools), else the system's cc with glibc's static libc.
+    # A static glibc program starts by asking cpuid for the caches' sizes, and every
+    # cpuid traps to the hypervisor on a virtual machine; it also maps ~750 KB.  musl's
+    # program asks nothing and is ~40 KB: a fork+exec of the helper, which the fast
+    # path makes once per launch, went from 513 to 289 us (docs/performance.md).
+    cc = shutil.which("musl-gcc") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         raise OSError(f"no C compiler (cc) to build {what}; install gcc and libc6-dev, "
                       "or pass --script to accept a #!python -I launcher that leaves "
@@ -113,7 +118,7 @@ def _compile(python: "str | None", pypath: "str | None", out: str,
                        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")})
     if r.returncode != 0:
         raise OSError(f"building {what} failed ({cc}): "
-                      f"{r.stderr.strip()}; is libc6-dev (the static libc) installed?")
+                      f"{r.stderr.strip()}; is its static libc (libc6-dev or musl-dev) installed?")
 
 
 def write_helper() -> str:
@@ -181,7 +186,8 @@ def main(argv: "list[str] | None" = None) -> int:
         prog="python3 -I -m sandbox.launchers",
         description="Write the `wrapperd` and `sandbox` commands as launchers that start "
                     "this interpreter isolated, replacing pip's console scripts of the "
-                    "same names: `wrapperd` a static binary (built with cc -static from "
+                    "same names: `wrapperd` a static binary (built with musl-gcc, else "
+                    "cc, -static from "
                     "launcher.c) that also keeps LD_* variables from the dynamic loader, "
                     "`sandbox` a #!PYTHON -I script; and the static helper that stays "
                     "beside a target that needs a supervisor or reaper (helper.c, into "
