@@ -58,6 +58,12 @@ def kind_of(ns) -> "None | str | tuple":
     return ("pid", namespaces.made_ahead(ns), bool(namespaces.reaper_joins(ns)))
 
 
+def copies_uts(kind) -> bool:
+    """Whether a spare of this kind (kind_of) makes a uts namespace ahead, a copy of
+    the host's names that goes stale when the host is renamed."""
+    return isinstance(kind, tuple) and "uts" in kind[1]
+
+
 def _uts_names() -> "tuple[str, bytes]":
     """The host's node and domain names, which a uts namespace made ahead copied."""
     from .. import procfs
@@ -72,7 +78,8 @@ class Server:
     """The server's state.  Children forked from it read their copy of `plans`."""
 
     def __init__(self, fault: "str | None"):
-        # Decoded plans by their encoded bytes, most recent last (plan_for).
+        # (decoded plan, kind_of it) by the plan's encoded bytes, most recent last
+        # (plan_for).
         self.plans: dict = {}
         # Spare children by kind: (pid, pidfd, our end of its channel).
         self.spares: dict = {}
@@ -83,39 +90,40 @@ class Server:
         self.fault = fault
 
     # ------------------------------------------------------------------ plans
-    def plan_for(self, plan_fd: int):
-        """The request's plan, decoded once per distinct plan and kept: a child forked
-        after that -- the next spare -- has it decoded already.  None when it does not
-        decode (the child then decodes it again and reports why, as the shim would)."""
+    def plan_for(self, plan_fd: int) -> "tuple[object, object]":
+        """The request's plan and its kind of spare child (kind_of), both worked out
+        once per distinct plan and kept: a child forked after that -- the next spare --
+        has the plan decoded already.  (None, None) when it does not decode (the child
+        then decodes it again and reports why, as the shim would)."""
         try:
             data = _read_plan(plan_fd)
         except OSError:
-            return None
-        plan = self.plans.pop(data, None)
-        if plan is None:
+            return None, None
+        known = self.plans.pop(data, None)
+        if known is None:
             from .. import plan as plan_mod
             try:
                 plan = plan_mod.decode(data)
             except Exception:          # noqa: BLE001 -- the child reports it
-                return None
+                return None, None
+            known = plan, kind_of(plan.namespaces)
             while len(self.plans) >= _MAX_PLANS:
                 del self.plans[next(iter(self.plans))]
-        self.plans[data] = plan        # most recent last
-        return plan
+        self.plans[data] = known       # most recent last
+        return known
 
-    def premade_kind(self, plan) -> "None | str | tuple":
-        """The kind of spare child for this plan (kind_of), None where pid namespaces
-        cannot be made ahead here.  The worker moves its reaper into the spec's cgroup
-        and gives it the oom score too, as the shim's own reaper, forked after those
-        steps, would have them (wrapperd.shim)."""
-        if plan is None or self.own_pidns < 0:
-            return None
-        return kind_of(plan.namespaces)
+    def premade_kind(self, kind) -> "None | str | tuple":
+        """The kind of spare child for a plan of this kind (plan_for), None where pid
+        namespaces cannot be made ahead here.  The worker moves its reaper into the
+        spec's cgroup and gives it the oom score too, as the shim's own reaper, forked
+        after those steps, would have them (wrapperd.shim)."""
+        return None if self.own_pidns < 0 else kind
 
     # ------------------------------------------------------------------ spares
-    def prefork(self, kind) -> "tuple[int, int, object, object]":
-        """Fork a spare child of this kind: (pid, pidfd, our end of its channel, the
-        host's uts names it copied -- or None, when it makes no uts namespace).
+    def prefork(self, kind, uts) -> "tuple[int, int, object, object]":
+        """Fork a spare child of this kind: (pid, pidfd, our end of its channel, uts).
+        uts: when the child makes a uts namespace (copies_uts), the host's names
+        (_uts_names) read before this fork -- the copy is made just after -- else None.
 
         For a pid namespace: unshare(CLONE_NEWPID) moves only the children made after
         it into the new namespace, so this server forks the spare there and then
@@ -123,8 +131,6 @@ class Server:
         import socket
 
         from .. import _libc, namespaces
-        # Read before the fork: the reaper's unshare, just after, copies these.
-        uts = _uts_names() if isinstance(kind, tuple) and "uts" in kind[1] else None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             if kind is not None:
@@ -167,18 +173,19 @@ class Server:
             # anything from here (the caller's next spawn starts a new server).
             os._exit(70)
 
-    def start(self, msg: bytes, fds: list, layout, kind) -> "tuple[int, int]":
+    def start(self, msg: bytes, fds: list, layout, kind, uts) -> "tuple[int, int]":
         """Hand the request to the spare child of its kind (or make one now); (pid,
-        pidfd).  A plain child forked here, when no premade pid namespace can be made,
-        runs the shim's own namespaces step (supervisor, reaper) instead."""
+        pidfd).  uts: the host's names now, for a kind that copies them (prefork).  A
+        plain child forked here, when no premade pid namespace can be made, runs the
+        shim's own namespaces step (supervisor, reaper) instead."""
         import socket
         spare = self.spares.pop(kind, None)
-        if spare is not None and spare[3] is not None and spare[3] != _uts_names():
+        if spare is not None and spare[3] != uts:
             _discard(spare)            # the host was renamed since: its copy is stale
             spare = None
         if spare is None and kind is not None:
             try:
-                spare = self.prefork(kind)   # made now: still no reaper forked after a request
+                spare = self.prefork(kind, uts)   # made now: still no reaper forked after a request
             except OSError:
                 spare = None           # a plain fork below: its steps make the namespace
         if spare is not None:
@@ -216,9 +223,11 @@ class Server:
                 os.close(fd)           # the caller sees EOF on its reply socket
             return True
         reply = socket.socket(fileno=fds[0])
-        kind = self.premade_kind(self.plan_for(fds[1]))
+        kind = self.premade_kind(self.plan_for(fds[1])[1])
+        # Read once, before any fork of this request (see prefork).
+        uts = _uts_names() if copies_uts(kind) else None
         try:
-            pid, pidfd = self.start(msg, fds, layout, kind)
+            pid, pidfd = self.start(msg, fds, layout, kind, uts)
         except OSError:                # fork failed (EAGAIN, ENOMEM): refuse this one;
             reply.close()              # the caller sees no pid and raises
             return True
@@ -234,7 +243,7 @@ class Server:
         poller.register(pidfd, select.POLLIN)
         if kind not in self.spares:
             try:
-                self.spares[kind] = self.prefork(kind)   # for the next request, now
+                self.spares[kind] = self.prefork(kind, uts)   # for the next request, now
             except OSError:
                 pass                   # the next request forks for itself
         return True
@@ -453,10 +462,12 @@ def _child(server: Server, fds: list, layout, kind, reaper: int = -1) -> None:
         os.closerange(lo, 1 << 20)
         # The server's own stdio is not the caller's: a slot the caller did not give
         # (its own fd was closed) stays closed, as it would through the plain shim.
-        plan = server.plans.get(data)
-        if plan is None:
+        known = server.plans.get(data)
+        if known is None:
             plan = plan_mod.decode(data)
-        if kind is not None and kind_of(plan.namespaces) != kind:
+            known = plan, kind_of(plan.namespaces)
+        plan, plan_kind = known
+        if kind is not None and plan_kind != kind:
             raise SetupError("namespaces", 0, f"this child was born in namespaces made "
                              f"for {kind!r}, not what the plan asks for")
         premade, ahead = (kind[0], kind[1]) if isinstance(kind, tuple) else (kind, ())
