@@ -354,8 +354,11 @@ def forks_here(p: Prepared, premade: "str | None") -> bool:
 
 
 def apply(p: Prepared, premade: "str | None" = None, reaper_channel: int = -1,
-          ahead: "tuple[str, ...]" = (), helper: "int | None" = None) -> None:
-    """premade: how this process came into a pid namespace made for it ahead of time
+          ahead: "tuple[str, ...]" = (), helper: "int | None" = None) -> int:
+    """Returns in the future target: the fd a reaper forked here says it is ready on
+    (supervisor.fork), for the caller to await before anything of the target's runs;
+    else -1.
+    premade: how this process came into a pid namespace made for it ahead of time
     (wrapperd.shim.Context): None (it did not: made here), "pid" (a fork server's
     worker, pid 2 under a reaper already there, which made the `ahead` namespaces
     before it forked us (made_ahead) and, when reaper_joins() names any, joins those
@@ -408,8 +411,10 @@ def apply(p: Prepared, premade: "str | None" = None, reaper_channel: int = -1,
     if premade == "pid" and reaper_joins(p):
         ask_reaper(p, reaper_channel)
     if forks_here(p, premade):
-        supervisor.fork(reaper=premade == "reaper" or ("pid" in p.new and not p.as_pid_1),
-                        outside=premade != "reaper", helper=helper)
+        return supervisor.fork(
+            reaper=premade == "reaper" or ("pid" in p.new and not p.as_pid_1),
+            outside=premade != "reaper", helper=helper)
+    return -1
 
 
 def ask_reaper(p: Prepared, fd: int) -> None:

@@ -12,9 +12,9 @@ checked: a document that is not what encode() writes -- bad JSON, unknown versio
 unknown record type, a missing or extra field, a value of the wrong type -- is refused
 with SpecError (exit 125) before any step runs.
 
-Format (version 3), one JSON object: "wrapperd_plan": 3, and one member per attribute
+Format (version 4), one JSON object: "wrapperd_plan": 4, and one member per attribute
 of wrapperd.shim.Plan (PLAN_FIELDS), each holding that facility's record or null:
-  {"wrapperd_plan": 3, "procattr": ..., "fds": ..., "target": ..., "rlimits": ...,
+  {"wrapperd_plan": 4, "procattr": ..., "fds": ..., "target": ..., "rlimits": ...,
    "cgroup": ..., "dynamic_user": ..., "directories": ..., "listen": ..., "creds": ...,
    "caps": ..., "namespaces": ..., "mounts": ..., "seccomp": ..., "restrictions": ...,
    "landlock": ...}
@@ -37,7 +37,7 @@ from .errors import SpecError
 
 __all__ = ["FORMAT", "PLAN_FIELDS", "RECORDS", "encode", "decode"]
 
-FORMAT = 3
+FORMAT = 4
 MAX_PLAN_BYTES = 8 << 20
 # The largest spec wrapperd reads (here, not in sandbox.spec, for readers without the
 # spec model: wrapperd.cached).
@@ -58,8 +58,8 @@ PLAN_FIELDS = {
     "caps": ("caps.Prepared", True),
     "namespaces": ("namespaces.Prepared", False),
     "mounts": ("mounts.Prepared", False),
-    "seccomp": ("seccomp.Prepared", False),
-    "restrictions": ("seccomp.Restrictions", False),
+    "seccomp": ("seccomp_filter.Prepared", False),
+    "restrictions": ("seccomp_filter.Restrictions", False),
     "landlock": ("landlock.Prepared", False),
 }
 # Every record type a plan may hold, at any depth.

@@ -1,5 +1,9 @@
 """Seccomp: compile the spec's filter to classic BPF in prepare(), load it in apply().
 
+The records a plan carries (Prepared, Restrictions) and the loading (apply,
+load_program) are sandbox.seccomp_filter's, re-exported here: the shim's seccomp step
+imports only that module, never this one's compiler, profiles and interpreter.
+
 prepare() resolves profiles and @groups, picks the rules that apply to the target's
 capabilities, and has libseccomp (through pyseccomp, imported only there: its import
 runs ldconfig) build and export the raw program.  apply() is a single
@@ -33,9 +37,10 @@ from __future__ import annotations
 import os
 
 from . import _libc
-from ._record import field, field_types, frozen
-from .errors import SetupError, SpecError
+from ._record import frozen
+from .errors import SpecError
 from .fds import read_all
+from .seccomp_filter import Prepared, Restrictions, apply
 
 __all__ = ["ARCHES", "Prepared", "prepare", "apply", "ADDRESS_FAMILIES", "Restrictions",
            "prepare_restrictions", "INT_ARGS", "kernel_width", "highest_known",
@@ -209,27 +214,6 @@ def profile_description(name: str) -> str:
 
 
 # --------------------------------------------------------------------------- compile
-
-@frozen
-class Prepared:
-    program: bytes = field(repr=lambda b: f"<{len(b) // 8} BPF instructions>")
-    default_action: str
-    architectures: tuple           # canonical names, native first
-    syscalls: int                  # syscalls with at least one rule
-    skipped: tuple                 # "where: why" for rules not applied (capabilities)
-    replaced: tuple = ()           # "where (syscall: action): by where": profile rules a
-                                   # spec rule replaced (replace_profile_rules)
-    unknown_syscalls_action: "str | None" = None   # above the highest known (_unknown)
-
-    __record_types__ = field_types(program=bytes, default_action=str,
-                                   architectures=tuple[str, ...], syscalls=int,
-                                   skipped=tuple[str, ...], replaced=tuple[str, ...],
-                                   unknown_syscalls_action=str | None)
-
-    @property
-    def instructions(self) -> int:
-        return len(self.program) // 8
-
 
 @frozen
 class _Entry:
@@ -942,16 +926,6 @@ ADDRESS_FAMILIES = {
 }
 
 
-@frozen
-class Restrictions:
-    families: "tuple | None"       # address_families as the spec lists them, or None
-    denied: tuple                  # syscalls and @groups denied with EPERM
-    program: bytes = field(repr=lambda b: f"<{len(b) // 8} BPF instructions>")
-
-    __record_types__ = field_types(families=tuple[str, ...] | None, denied=tuple[str, ...],
-                                   program=bytes)
-
-
 def restriction_entries(families, denied=()) -> "list[_Entry]":
     from .spec import SeccompArg
     out = []
@@ -982,24 +956,6 @@ def prepare_restrictions(families, denied=(), architectures=("native",)) -> Rest
         hit = _compile("allow", arches, restriction_entries(fams, denied))
         _MEMO[key] = hit
     return Restrictions(families=fams, denied=tuple(denied), program=hit[0])
-
-
-def load_program(program: bytes, what: str) -> None:
-    """Load one more filter (see restrict_suid_sgid)."""
-    try:
-        _libc.seccomp_load_bpf(program)
-    except OSError as e:
-        raise SetupError("seccomp", e.errno or 0,
-                         f"load the {what} filter ({len(program) // 8} instructions)") from None
-
-
-def apply(p: Prepared) -> None:
-    """Load the program.  Needs no_new_privs (or CAP_SYS_ADMIN): the shim sets it first."""
-    try:
-        _libc.seccomp_load_bpf(p.program)
-    except OSError as e:
-        raise SetupError("seccomp", e.errno or 0,
-                         f"load the filter ({p.instructions} instructions)") from None
 
 
 # --------------------------------------------------------------------------- inspect

@@ -87,8 +87,11 @@ def fork_supervised(step: str, what: str, helper: "int | None" = None) -> None:
 
 def fork(reaper: bool, step: str = "namespaces",
          what: str = "pid: fork into the pid namespace",
-         outside: bool = True, helper: "int | None" = None) -> None:
-    """Fork into the pid namespace.  Returns only in the process that becomes the target.
+         outside: bool = True, helper: "int | None" = None) -> int:
+    """Fork into the pid namespace.  Returns only in the process that becomes the target:
+    with reaper, the fd its reaper says it is ready on, which the caller awaits
+    (await_ready) before anything of the target's runs -- the shim's reaper step, so
+    that the reaper's exec of the helper runs beside the steps in between -- else -1.
     outside=False: this process already is pid 1 of the new namespace, and only the
     reaper's part is left (fork the target, supervise it).  helper: open_helper()'s fd,
     opened before anything changed what its path names (None: open it now).
@@ -97,7 +100,7 @@ def fork(reaper: bool, step: str = "namespaces",
     queued even for a namespace's pid 1, and the mask and what is pending survive
     execve), and each parent installs its forwarding handlers before unblocking them;
     each child restores the caller's dispositions and mask, since both survive execve.
-    Each child waits until its parent is ready (await_ready) before it goes on.
+    The supervisor's child waits until it is ready (await_ready) before it goes on.
     """
     opened_here = helper is None
     if helper is None:
@@ -142,6 +145,7 @@ def fork(reaper: bool, step: str = "namespaces",
             os.close(armed_w)
     if ready_r >= 0:
         await_ready(ready_r, step, "the supervisor")
+    reaper_ready = -1
     if reaper:
         ready_r, ready_w = os.pipe()
         try:
@@ -153,12 +157,13 @@ def fork(reaper: bool, step: str = "namespaces",
             os.close(ready_r)
             become(helper, target, pid_1=True, sync=ready_w)    # never returns
         os.close(ready_w)
-        await_ready(ready_r, "namespaces", "the reaper")
+        reaper_ready = ready_r
     if opened_here and helper >= 0:
         os.close(helper)                     # the caller's own fd, it closes itself
     for s, h in saved.items():
         signal.signal(s, h if h is not None else signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    return reaper_ready
 
 
 def await_ready(fd: int, step: str, who: str) -> None:

@@ -34,9 +34,8 @@ if TYPE_CHECKING:
         namespaces,
         procattr,
         rlimits,
-        seccomp,
+        seccomp_filter,
     )
-    from sandbox.seccomp import Restrictions  # (the field `seccomp` hides the module)
 
 
 @frozen
@@ -59,8 +58,8 @@ class Plan:
     caps: "caps.Prepared | None" = None
     namespaces: "namespaces.Prepared | None" = None
     mounts: "mounts.Prepared | None" = None
-    seccomp: "seccomp.Prepared | None" = None
-    restrictions: "Restrictions | None" = None
+    seccomp: "seccomp_filter.Prepared | None" = None
+    restrictions: "seccomp_filter.Restrictions | None" = None
     landlock: "landlock.Prepared | None" = None
 
 
@@ -209,7 +208,7 @@ STEP_MODULES = (
     ("sandbox.listen", lambda plan: plan.listen is not None),
     ("sandbox.landlock", lambda plan: plan.landlock is not None),
     # a dynamic user and the restrictions load a filter of their own
-    ("sandbox.seccomp", lambda plan: plan.seccomp is not None or
+    ("sandbox.seccomp_filter", lambda plan: plan.seccomp is not None or
      plan.dynamic_user is not None or plan.restrictions is not None),
     ("sandbox.execution", lambda plan: True),
 )
@@ -239,6 +238,10 @@ class Context:
     reaper_channel: with premade "pid", this worker's end of a socket to that reaper
       (sandbox.forkserver.server), which joins the namespaces the worker makes: asked
       in the namespaces step, its answer read in the reaper step.
+    reaper_ready: the pipe a reaper the namespaces step forked says it is ready on
+      (supervisor.fork), awaited in the reaper step: its exec of the helper runs
+      beside the steps in between, and nothing of the target's runs before it is
+      ready.
     ahead: with premade "pid", the namespaces that reaper made before it forked this
       worker, which the namespaces step then does not make (namespaces.made_ahead).
     fault: the hardening tests' fault injection (FAULT_ENV, read by the entry point).
@@ -247,12 +250,13 @@ class Context:
       None: not opened (the session step, with no namespaces before it, opens it when
       it forks); -1: there is none (the Python supervisor, then).
     listen_fds: the listening sockets the listen step made, which the fds step puts at
-      3, 4, ...  The fds step may move status_fd and reaper_channel out of their way:
-      an entry point reports a failure on ctx.status_fd as it is after start() raised.
+      3, 4, ...  The fds step may move status_fd, reaper_channel and reaper_ready out
+      of their way: an entry point reports a failure on ctx.status_fd as it is after
+      start() raised.
     """
 
-    __slots__ = ("status_fd", "ppid", "premade", "reaper_channel", "ahead", "fault",
-                 "helper_fd", "listen_fds")
+    __slots__ = ("status_fd", "ppid", "premade", "reaper_channel", "reaper_ready", "ahead",
+                 "fault", "helper_fd", "listen_fds")
 
     def __init__(self, status_fd: "int | None" = None, ppid: "int | None" = None,
                  premade: "str | None" = None, reaper_channel: int = -1,
@@ -261,6 +265,7 @@ class Context:
         self.ppid = os.getppid() if ppid is None else ppid
         self.premade = premade
         self.reaper_channel = reaper_channel
+        self.reaper_ready = -1
         self.ahead = ahead
         self.fault = fault
         self.helper_fd: "int | None" = None
@@ -361,10 +366,11 @@ def _namespaces(plan, ctx):
                 (plan.procattr.new_session and os.getpgrp() == os.getpid()):
             ctx.helper_fd = supervisor.open_helper()
         # may fork: returns in the future target
-        # A fork server's premade reaper is asked to join here; its answer is awaited
-        # by the reaper step (ctx.reaper_channel stays open until then).
-        namespaces.apply(plan.namespaces, ctx.premade, ctx.reaper_channel, ctx.ahead,
-                         ctx.helper_fd)
+        # A fork server's premade reaper is asked to join here, and a reaper forked here
+        # says when it is ready: both are awaited by the reaper step (ctx.reaper_channel,
+        # ctx.reaper_ready stay open until then).
+        ctx.reaper_ready = namespaces.apply(plan.namespaces, ctx.premade,
+                                            ctx.reaper_channel, ctx.ahead, ctx.helper_fd)
         _after_fork(ctx, pid)
 
 
@@ -399,11 +405,11 @@ def _fds(plan, ctx):
             raise SetupError("fds", 0, f"pass_fds: fd {clash[0]} is where a listening "
                              "socket goes")
         # As systemd passes them: the listening sockets first, at 3, 4, ...
-        ctx.status_fd, ctx.reaper_channel = fds.place_listening(
-            ctx.listen_fds, (ctx.status_fd, ctx.reaper_channel))
+        ctx.status_fd, ctx.reaper_channel, ctx.reaper_ready = fds.place_listening(
+            ctx.listen_fds, (ctx.status_fd, ctx.reaper_channel, ctx.reaper_ready))
         ctx.listen_fds = ()
-    keep = tuple(fd for fd in (ctx.status_fd, ctx.reaper_channel) if fd is not None and
-                 fd >= 0)
+    keep = tuple(fd for fd in (ctx.status_fd, ctx.reaper_channel, ctx.reaper_ready)
+                 if fd is not None and fd >= 0)
     fds.close_others(plan.fds.pass_fds + listening, keep)
 
 
@@ -476,15 +482,15 @@ def _signals(plan, ctx):
 
 
 def _seccomp(plan, ctx):
+    if plan.dynamic_user is None and plan.restrictions is None and plan.seccomp is None:
+        return
+    from sandbox import seccomp_filter
     if plan.dynamic_user is not None:
-        from sandbox import seccomp
-        seccomp.load_program(plan.dynamic_user.suid_filter, "restrict_suid_sgid")
+        seccomp_filter.load_program(plan.dynamic_user.suid_filter, "restrict_suid_sgid")
     if plan.restrictions is not None:
-        from sandbox import seccomp
-        seccomp.load_program(plan.restrictions.program, "restrictions")
+        seccomp_filter.load_program(plan.restrictions.program, "restrictions")
     if plan.seccomp is not None:
-        from sandbox import seccomp
-        seccomp.apply(plan.seccomp)
+        seccomp_filter.apply(plan.seccomp)
 
 
 def _landlock(plan, ctx):
@@ -499,9 +505,15 @@ def _landlock(plan, ctx):
 
 
 def _reaper(plan, ctx):
-    # A fork server's worker: the reaper made ahead of time was asked to join the
-    # target's namespaces in the namespaces step, and did so while the steps since ran;
-    # its answer is awaited here, before the filter (which may not allow recv).
+    # The reaper the namespaces step forked execs the helper while the steps since
+    # ran; nothing of the target's may run before it is ready (non-dumpable, no fd
+    # held, its signal handlers in place).  A fork server's worker: the reaper made
+    # ahead of time was asked to join the target's namespaces in the namespaces step.
+    # Both are awaited here, before the filter (which may not allow read or recv).
+    if ctx.reaper_ready >= 0:
+        from sandbox import supervisor
+        fd, ctx.reaper_ready = ctx.reaper_ready, -1
+        supervisor.await_ready(fd, "namespaces", "the reaper")
     if ctx.reaper_channel >= 0:
         from sandbox import namespaces
         fd, ctx.reaper_channel = ctx.reaper_channel, -1
@@ -541,7 +553,7 @@ STEPS = (
     ("no_new_privs", _no_new_privs),
     ("landlock", _landlock),             # in the target's view, as the target; needs nnp
     ("signals", _signals),               # default dispositions, empty mask (survive exec)
-    ("reaper", _reaper),                 # a premade reaper has joined the namespaces
+    ("reaper", _reaper),                 # the reaper is ready (a premade one has joined)
     ("seccomp", _seccomp),               # last: the filter need allow nothing the shim does
     ("exec", _exec),
 )
