@@ -594,6 +594,93 @@ def test_without_the_binary_the_python_supervisor_stays(scratch):
         p.wait()
 
 
+# A stand-in for the helper that is slow to become the reaper: as the reaper it waits,
+# then fails as the helper does, 125, without a word (DIE), or execs the real helper,
+# which says it is ready; as the supervisor it is the real helper at once.
+SLOW_REAPER_C = """\
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv)
+{
+	if (argc > 1 && strcmp(argv[1], "reaper") == 0) {
+		usleep(500000);
+		if (DIE)
+			return 125;
+	}
+	execv(REAL, argv);
+	return 127;
+}
+"""
+
+
+def _tree_with_a_slow_reaper(scratch, die: bool) -> str:
+    """A copy of the packages whose helper is SLOW_REAPER_C (built with cc)."""
+    from sandbox.spawning import package_root
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None or not os.path.exists(HELPER_EXE):
+        skip_or_fail("needs cc and the built helper")
+    root = str(scratch / "tree")
+    skip = shutil.ignore_patterns("__pycache__", supervisor.HELPER)
+    for pkg in ("sandbox", "wrapperd"):
+        shutil.copytree(os.path.join(package_root(), pkg), os.path.join(root, pkg),
+                        ignore=skip)
+    src = scratch / "slow.c"
+    src.write_text(SLOW_REAPER_C)
+    subprocess.run([cc, "-O2", f"-DDIE={int(die)}", f'-DREAL="{HELPER_EXE}"', "-o",
+                    os.path.join(root, "sandbox", supervisor.HELPER), str(src)], check=True)
+    return root
+
+
+def _lean_run(root: str, spec) -> "tuple[int, bytes]":
+    """Run spec through the lean shim of the tree at root (the outside supervisor and
+    the reaper, as wrapperd does): (exit status, status record)."""
+    from sandbox import plan
+    from sandbox.spawning import lean_command
+    from wrapperd import shim
+    r, w = os.pipe()
+    os.write(w, plan.encode(shim.prepare(spec)))
+    os.close(w)
+    status_r, status_w = os.pipe()
+    try:
+        p = subprocess.Popen(lean_command(root, r, status_w), pass_fds=(r, status_w),
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    finally:
+        os.close(r)
+        os.close(status_w)
+    with os.fdopen(status_r, "rb") as f:
+        record = f.read()
+    return p.wait(timeout=60), record
+
+
+def test_nothing_of_the_target_runs_before_its_reaper_is_ready(scratch):
+    # The reaper execs the helper while the target's steps go on; the target waits for
+    # it in the reaper step, just before the filter.  A reaper that fails before it is
+    # ready: the target never runs (pid 1's exit kills it where it waits), and its
+    # status is the reaper's.
+    from sandbox.spawning import build_spec
+    root = _tree_with_a_slow_reaper(scratch, die=True)
+    marker = scratch / "ran"
+    spec = build_spec(["/usr/bin/touch", str(marker)], env=TARGET_ENV,
+                      namespaces={"pid": True})
+    code, _record = _lean_run(root, spec)
+    assert code == 125
+    assert not marker.exists()
+
+
+def test_the_target_starts_once_its_reaper_is_the_helper(scratch):
+    # The slow reaper becomes the real helper half a second late: the target, reading
+    # its pid 1's name first thing, still sees the helper's (it waited for it).
+    from sandbox.spawning import build_spec
+    root = _tree_with_a_slow_reaper(scratch, die=False)
+    out = scratch / "comm"
+    spec = build_spec(["/bin/sh", "-c", f"cat /proc/1/comm > {out}"], env=TARGET_ENV,
+                      namespaces={"pid": True, "mount": True}, mounts=[
+                          {"type": "proc", "destination": "/proc"}])
+    code, record = _lean_run(root, spec)
+    assert (code, record) == (0, b"")
+    assert out.read_text().strip() == REAPER_COMM
+
+
 JOIN_FOR_A_WORKER = """\
 import os, socket, sys
 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
