@@ -187,13 +187,14 @@ def become(helper: int, child: int, pid_1: bool, sync: int = -1,
     (await_ready; -1: none).  join: a fork server's reaper, first joins on sync the
     namespaces its worker child makes (namespaces.join_for_worker; the helper does it
     in C).  Never returns."""
+    # Nothing of ours from here on but sync (and the helper's binary, close-on-exec):
+    # the helper closes everything else itself first thing, but nothing need be there
+    # to close; the Python fallback holds nothing either while it joins.
+    close_all_but(helper, sync)
     if helper >= 0:
         try:
-            # Nothing of ours past the exec but sync: the helper closes everything
-            # else itself first thing, but nothing need be there to close.
             for fd in sorted({helper, sync} - {-1}):
                 os.set_inheritable(fd, fd == sync)
-            close_all_but(helper, sync)
             name = REAPER_COMM if pid_1 else SUPERVISOR_COMM
             mode = "join-reaper" if join else "reaper" if pid_1 else "supervise"
             if pid_1 and not join:

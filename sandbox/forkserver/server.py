@@ -88,6 +88,9 @@ class Server:
         self.own_pidns = -1
         # wrapperd.shim.Context.fault for every child (the hardening tests' setting).
         self.fault = fault
+        # The static helper every premade reaper becomes (supervisor.open_helper, -1:
+        # none), opened once at start: a reaper then only execs it.
+        self.helper = -1
 
     # ------------------------------------------------------------------ plans
     def plan_for(self, plan_fd: int) -> "tuple[object, object]":
@@ -132,6 +135,9 @@ class Server:
 
         from .. import _libc, namespaces
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # A reaper's socket to its worker, made here rather than in the reaper: what
+        # the reaper runs of Python before its exec is paid in copy-on-write faults.
+        pair = _socketpair() if isinstance(kind, tuple) else None
         try:
             if kind is not None:
                 try:
@@ -148,14 +154,18 @@ class Server:
         except BaseException:
             ours.close()
             theirs.close()
+            for fd in pair or ():
+                os.close(fd)
             raise
         if pid and kind is not None:
             self._own_pidns()
         if pid == 0:
-            if isinstance(kind, tuple):
-                _reaper_spare(self, theirs.fileno(), kind)      # never returns
+            if pair is not None:
+                _reaper_spare(self, theirs.fileno(), kind, pair)      # never returns
             _spare(self, theirs.fileno(), kind)          # never returns
         theirs.close()
+        for fd in pair or ():
+            os.close(fd)
         return pid, os.pidfd_open(pid), ours, uts
 
     def _no_premade(self) -> None:
@@ -265,6 +275,13 @@ def serve(ctl_fd: int) -> None:
         server.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         server.own_pidns = -1          # no premade pid namespaces, then
+    from .. import supervisor
+    server.helper = supervisor.open_helper()
+    # Non-dumpable, as each child forked from here is until its exec (a reaper made
+    # ahead, a worker before its dumpable step): not ptraceable, its /proc/PID/mem and
+    # exe not reachable, by a target without CAP_SYS_PTRACE -- inherited, so no child
+    # need say so itself before it can act.
+    procattr.set_dumpable(False)
     # Every object now in memory stays out of the collector's reach (gc.freeze), and no
     # collection runs in the server or its children: a collection walks every object,
     # and in a forked child each page it writes to is copied (copy-on-write).
@@ -308,6 +325,12 @@ def _discard(spare) -> None:
     os.close(pidfd)
 
 
+def _socketpair() -> "tuple[int, int]":
+    import socket
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    return a.detach(), b.detach()
+
+
 def _read_plan(fd: int) -> bytes:
     from .. import plan as plan_mod
     size = os.fstat(fd).st_size
@@ -317,20 +340,18 @@ def _read_plan(fd: int) -> bytes:
 # --------------------------------------------------------------------------- children
 # Each runs in a process forked from the server and never returns (os._exit).
 
-def _reaper_spare(server: Server, chan: int, kind: tuple) -> None:
+def _reaper_spare(server: Server, chan: int, kind: tuple, pair: "tuple[int, int]") -> None:
     """Pid 1 of a premade namespace: make the namespaces made ahead (kind[1]), fork the
     worker (pid 2) that takes the request into them, then become the reaper the shim's
-    is (supervisor.become: the static helper), which first joins the namespaces the
-    worker's steps make when kind[2] says there are any."""
+    is (supervisor.become: the static helper, server.helper), which first joins the
+    namespaces the worker's steps make when kind[2] says there are any.  pair: our
+    end and the worker's of the socket between us (Server.prefork).  Non-dumpable, as
+    the shim's own reaper is, since the server is (serve)."""
     import _signal as signal
-    import socket
 
-    from .. import _libc, namespaces, procattr, supervisor
+    from .. import _libc, namespaces, supervisor
     try:
-        # As the shim's own reaper is (the dumpable step comes first): not ptraceable,
-        # its /proc/PID/mem and exe not reachable, by a target without CAP_SYS_PTRACE.
-        procattr.set_dumpable(False)
-        helper = supervisor.open_helper()
+        helper = server.helper
         _prefix, ahead, joins = kind
         flags = 0
         for k in ahead:
@@ -341,18 +362,15 @@ def _reaper_spare(server: Server, chan: int, kind: tuple) -> None:
         # joined, when the worker asks it to join the target's other namespaces
         # (shim.Context.reaper_channel; a reaper left in the server's would show a
         # target the host's network and mounts through /proc/1).
-        ours, theirs = (s.detach() for s in socket.socketpair(socket.AF_UNIX,
-                                                              socket.SOCK_SEQPACKET))
+        ours, theirs = pair
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, supervisor.FORWARDED_SIGNALS)
         worker = os.fork()
         if worker == 0:
             signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
             os.close(ours)
             _spare(server, chan, kind, theirs)       # never returns
-        # Nothing of the server's from here on (its channel to the worker): only ours,
-        # and the helper's binary (close-on-exec).
-        supervisor.close_all_but(ours, helper)
-        # Become the static helper now, while the spare is idle -- no exec while a
+        # Become the static helper now (become() first closes every fd of the server's
+        # but ours and the helper's binary), while the spare is idle -- no exec while a
         # caller waits: it joins the worker's namespaces when asked (as
         # namespaces.join_for_worker), with the forwarded signals still blocked
         # (queued), and closes `ours` once it is ready.
