@@ -189,8 +189,8 @@ def prepare(spec, find_target: bool = True, disk_cache: bool = False,
 
 
 # The facility modules the steps use, listed once: which a plan needs (its record is
-# set, or the condition holds), for import_step_modules(); all of them, for the fork
-# server to import ahead of its forks (sandbox.forkserver.server._preload).
+# set, or the condition holds), for import_step_modules(); those every plan needs, for
+# the fork server to import ahead of its forks (sandbox.forkserver.server._preload).
 STEP_MODULES = (
     ("sandbox.caps", lambda plan: True),
     ("sandbox.fds", lambda plan: True),

@@ -3,11 +3,12 @@ which runs wrapperd.shim.start() on the caller's plan -- the one start, the same
 as the shim -- and execs the target.
 
 Started once with a clean exec (`python -I -S`, never forked from the possibly
-multithreaded caller), it imports every module a step can use (_preload), then serves
-single-threaded.  Per request it hands the request to a spare child forked ahead of
-time (or forks one), opens a pidfd for it while it is still its unreaped child, sends
-the pid and that pidfd back, and closes its copies before the next request (so no
-child ever holds another request's fds).  When the child exits (its pidfd polls
+multithreaded caller), it imports the modules every plan's steps use (_preload) and,
+with each new plan it decodes, that plan's, then serves single-threaded.  Per request
+it hands the request to a spare child forked ahead of time (or forks one), opens a
+pidfd for it while it is still its unreaped child, sends the pid and that pidfd back,
+and closes its copies before the next request (so no child ever holds another
+request's fds).  When the child exits (its pidfd polls
 readable) the server reaps it and sends the wait status.
 
 Spares: one per kind in use, idle until a request is handed to one, so the fork (and
@@ -32,12 +33,25 @@ _MAX_PLANS = 16
 
 
 def _preload() -> None:
-    """Everything a child may import, imported once here: a forked child then needs no
-    file access for code (see wrapperd/shim.py) and pays nothing for imports."""
+    """What every child imports, once here: a forked child then pays nothing for it.
+    That is the modules the steps of every plan use (shim.STEP_MODULES, as a plan with
+    only the records every plan has needs them), not all of them: the others come
+    with the first plan that needs them, which the server decodes before it forks the
+    next spare (plan.decode imports its steps' modules), and a worker forked before
+    that imports them as it decodes, before any step.  Each module held here is memory
+    every fork copies and every exec tears down (the modules no plan of the bench
+    needs were ~600 KB of the server's ~5 MB of anonymous memory)."""
     from wrapperd import shim
-    for name in ("_json", "_signal", "fcntl", "grp", "resource", "socket",
-                 "sandbox._libc", "sandbox.plan", "wrapperd.planned",
-                 *(module for module, _needed in shim.STEP_MODULES)):
+
+    from .. import procattr
+    # A plan with only what every plan has: its per-process attributes as a spec
+    # without any leaves them (a new session), and no other facility's record.
+    every = shim.Plan(procattr=procattr.Prepared(
+        oom_score_adj=None, nice=None, umask=None, cwd=None, pdeathsig=None,
+        no_new_privs=False, new_session=True))
+    for name in ("_json", "_signal", "fcntl", "socket", "sandbox._libc", "sandbox.plan",
+                 "wrapperd.planned",
+                 *(module for module, needed in shim.STEP_MODULES if needed(every))):
         __import__(name)
     # ctypes resolves (dlsym) and caches a libc function on first use: once here, not
     # in every child.

@@ -17,6 +17,22 @@ def test_the_server_imports_neither_the_client_nor_the_spec_model():
          "typing")) == []
 
 
+def test_the_server_holds_only_what_every_plan_needs():
+    # What only some plans' steps use comes with the first such plan: each module held
+    # is memory every spare and worker copies and tears down.
+    assert imported_in_lean_python(
+        "from sandbox.forkserver import server; server._preload()",
+        ("sandbox.landlock", "sandbox.cgroups", "sandbox.mounts", "sandbox.directories",
+         "sandbox.listen", "sandbox.dynamicuser", "sandbox.rlimits", "sandbox.creds",
+         "sandbox.seccomp_filter", "grp", "resource")) == []
+    assert imported_in_lean_python(
+        "from sandbox.forkserver import server; server._preload()",
+        ("sandbox.caps", "sandbox.fds", "sandbox.procattr", "sandbox.execution",
+         "sandbox.supervisor", "sandbox.plan", "wrapperd.shim")) == [
+        "sandbox.caps", "sandbox.execution", "sandbox.fds", "sandbox.plan",
+        "sandbox.procattr", "sandbox.supervisor", "wrapperd.shim"]
+
+
 def test_a_request_round_trips_and_anything_else_is_refused():
     header = protocol.request([0, 2], [5, 9])
     assert protocol.parse_request(header, 3 + 2 + 2) == ((0, 2), (5, 9))
