@@ -34,7 +34,8 @@ from sandbox.fds import read_all
 # the standard library stays first.  If even the import fails, a status record is
 # written by hand -- EOF without a record would read as "exec'd".
 LEAN_BOOT = """\
-import sys
+import gc, sys
+gc.disable()                # as wrapperd/__main__.py: nothing to collect before exec
 sys.path += sys.argv[1].split(":")
 try:
     from wrapperd.planned import main
