@@ -1,7 +1,8 @@
 # make demo  -- run a real service under wrapperd and show what it can really do
 # make test  -- the whole test suite, installing what it needs: lint, unit + privileged
 #              tests as root, then the privileged suites again in a rootless container
-# make bench -- benchmarks (bench/): launch cost, resident cost, seccomp cost
+# make bench -- benchmarks (bench/): launch cost, overlapping launches' CPU, resident
+#   cost, seccomp cost
 # make daemons-matrix -- run the real daemons (tests/services), write docs/daemons.md's matrix
 PYTHON ?= python3
 VENV   := .venv
@@ -53,6 +54,7 @@ lint: venv ## ruff over everything, mypy over sandbox/ and wrapperd/
 
 bench: venv
 	$(PY) bench/run.py
+	$(PY) bench/throughput.py
 	$(PY) bench/resident.py
 	$(PY) bench/seccomp.py
 
