@@ -556,18 +556,23 @@ def test_the_helper_refuses_what_it_cannot_do_with_125(args):
     assert r.returncode == 125
 
 
-def test_without_the_binary_the_python_supervisor_stays(scratch):
-    # A tree where nobody built the helper: the same guarantees from the Python
-    # supervisor and reaper (sandbox.supervisor.supervise), exe the interpreter.
-    from sandbox import plan
-    from sandbox.spawning import build_spec, lean_command, package_root
-    from wrapperd import shim
+def _tree_without_the_helper(scratch) -> str:
+    """A copy of the packages, without the helper's binary (nobody built it there)."""
+    from sandbox.spawning import package_root
     root = str(scratch / "tree")
     skip = shutil.ignore_patterns("__pycache__", supervisor.HELPER)
     for pkg in ("sandbox", "wrapperd"):
         shutil.copytree(os.path.join(package_root(), pkg), os.path.join(root, pkg),
                         ignore=skip)
-    spec = build_spec([SLEEP, "60"], env=TARGET_ENV, namespaces={"pid": True})
+    return root
+
+
+def _start_lean(root: str, spec) -> "tuple[subprocess.Popen, int]":
+    """spec's plan run by the lean shim of the tree at root (the outside supervisor and
+    the reaper, as wrapperd does): the shim, and the read end of its status pipe."""
+    from sandbox import plan
+    from sandbox.spawning import lean_command
+    from wrapperd import shim
     r, w = os.pipe()
     os.write(w, plan.encode(shim.prepare(spec)))
     os.close(w)
@@ -578,6 +583,16 @@ def test_without_the_binary_the_python_supervisor_stays(scratch):
     finally:
         os.close(r)
         os.close(status_w)
+    return p, status_r
+
+
+def test_without_the_binary_the_python_supervisor_stays(scratch):
+    # A tree where nobody built the helper: the same guarantees from the Python
+    # supervisor and reaper (sandbox.supervisor.supervise), exe the interpreter.
+    from sandbox.spawning import build_spec
+    root = _tree_without_the_helper(scratch)
+    spec = build_spec([SLEEP, "60"], env=TARGET_ENV, namespaces={"pid": True})
+    p, status_r = _start_lean(root, spec)
     try:
         with os.fdopen(status_r, "rb") as f:
             assert f.read() == b""                       # exec'd
@@ -615,15 +630,10 @@ int main(int argc, char **argv)
 
 def _tree_with_a_slow_reaper(scratch, die: bool) -> str:
     """A copy of the packages whose helper is SLOW_REAPER_C (built with cc)."""
-    from sandbox.spawning import package_root
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None or not os.path.exists(HELPER_EXE):
         skip_or_fail("needs cc and the built helper")
-    root = str(scratch / "tree")
-    skip = shutil.ignore_patterns("__pycache__", supervisor.HELPER)
-    for pkg in ("sandbox", "wrapperd"):
-        shutil.copytree(os.path.join(package_root(), pkg), os.path.join(root, pkg),
-                        ignore=skip)
+    root = _tree_without_the_helper(scratch)
     src = scratch / "slow.c"
     src.write_text(SLOW_REAPER_C)
     subprocess.run([cc, "-O2", f"-DDIE={int(die)}", f'-DREAL="{HELPER_EXE}"', "-o",
@@ -632,21 +642,8 @@ def _tree_with_a_slow_reaper(scratch, die: bool) -> str:
 
 
 def _lean_run(root: str, spec) -> "tuple[int, bytes]":
-    """Run spec through the lean shim of the tree at root (the outside supervisor and
-    the reaper, as wrapperd does): (exit status, status record)."""
-    from sandbox import plan
-    from sandbox.spawning import lean_command
-    from wrapperd import shim
-    r, w = os.pipe()
-    os.write(w, plan.encode(shim.prepare(spec)))
-    os.close(w)
-    status_r, status_w = os.pipe()
-    try:
-        p = subprocess.Popen(lean_command(root, r, status_w), pass_fds=(r, status_w),
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    finally:
-        os.close(r)
-        os.close(status_w)
+    """_start_lean, to the end: (exit status, status record)."""
+    p, status_r = _start_lean(root, spec)
     with os.fdopen(status_r, "rb") as f:
         record = f.read()
     return p.wait(timeout=60), record
