@@ -24,8 +24,9 @@
  *     a superset of our permitted capabilities could ptrace us -- the kernel's access
  *     check (__ptrace_may_access: same uid and gid, then cap_ptrace_access_check: the
  *     tracer's permitted set must contain ours, unless it has CAP_SYS_PTRACE, which
- *     passes whatever dumpable says).  The target cannot: it is blocked on SYNC until
- *     after the prctl.  Any other process that could was able to ptrace the shim
+ *     passes whatever dumpable says).  The target cannot: no code of its runs before it
+ *     reads our byte on SYNC (the shim's reaper step, just before the filter and exec),
+ *     written after the prctl.  Any other process that could was able to ptrace the shim
  *     itself for far longer (from its exec to its first step, which is this same prctl).
  *   - FORWARDED_SIGNALS (TERM INT HUP USR1 USR2) go to PID.  The caller blocked them
  *     before forking; the mask and what is pending survive execve, so the handlers are

@@ -1,8 +1,9 @@
 """Seccomp: compile the spec's filter to classic BPF in prepare(), load it in apply().
 
-The records a plan carries (Prepared, Restrictions) and the loading (apply,
-load_program) are sandbox.seccomp_filter's, re-exported here: the shim's seccomp step
-imports only that module, never this one's compiler, profiles and interpreter.
+The records a plan carries (Prepared, Restrictions) and the loading (apply; and
+load_program for the extra filters) are sandbox.seccomp_filter's, the first three
+re-exported here: the shim's seccomp step imports only that module, never this one's
+compiler, profiles and interpreter.
 
 prepare() resolves profiles and @groups, picks the rules that apply to the target's
 capabilities, and has libseccomp (through pyseccomp, imported only there: its import

@@ -239,9 +239,9 @@ class Context:
       (sandbox.forkserver.server), which joins the namespaces the worker makes: asked
       in the namespaces step, its answer read in the reaper step.
     reaper_ready: the pipe a reaper the namespaces step forked says it is ready on
-      (supervisor.fork), awaited in the reaper step: its exec of the helper runs
-      beside the steps in between, and nothing of the target's runs before it is
-      ready.
+      (supervisor.fork), awaited in the reaper step (in the mounts step when there are
+      mounts: the reaper shares their namespace): its exec of the helper runs beside
+      the steps in between, and nothing of the target's runs before it is ready.
     ahead: with premade "pid", the namespaces that reaper made before it forked this
       worker, which the namespaces step then does not make (namespaces.made_ahead).
     fault: the hardening tests' fault injection (FAULT_ENV, read by the entry point).
@@ -368,15 +368,31 @@ def _namespaces(plan, ctx):
         # may fork: returns in the future target
         # A fork server's premade reaper is asked to join here, and a reaper forked here
         # says when it is ready: both are awaited by the reaper step (ctx.reaper_channel,
-        # ctx.reaper_ready stay open until then).
-        ctx.reaper_ready = namespaces.apply(plan.namespaces, ctx.premade,
-                                            ctx.reaper_channel, ctx.ahead, ctx.helper_fd)
+        # ctx.reaper_ready stay open until then; the mounts step awaits the latter).
+        ready = namespaces.apply(plan.namespaces, ctx.premade, ctx.reaper_channel,
+                                 ctx.ahead, ctx.helper_fd)
         _after_fork(ctx, pid)
+        # Ours until the reaper step: never on a number the target is to get (a closed
+        # stdio slot, a pass_fd the fds step must find open or refuse).
+        taken = {0, 1, 2, *plan.fds.pass_fds}
+        held = []
+        while ready in taken:
+            held.append(ready)
+            ready = os.dup(ready)            # the lowest free number (close-on-exec)
+        for fd in held:
+            os.close(fd)
+        ctx.reaper_ready = ready
 
 
 def _mounts(plan, ctx):
     if plan.mounts is not None:
         from sandbox import mounts
+        if ctx.reaper_ready >= 0:
+            # The reaper shares the mount namespace and reads /proc as it becomes the
+            # helper: it does so in the view it was forked in, never one half-built.
+            from sandbox import supervisor
+            fd, ctx.reaper_ready = ctx.reaper_ready, -1
+            supervisor.await_ready(fd, "namespaces", "the reaper")
         mounts.apply(plan.mounts)
 
 

@@ -232,6 +232,20 @@ def test_alternating_specs_each_get_their_own_plan(probe, server):
         assert (report["pid"] == 2) == bool(i % 2)
 
 
+def test_a_spare_forked_before_its_plan_was_seen_imports_what_it_needs():
+    # The server preloads only what every plan uses: the spare made after the first
+    # spawn gets a plan needing the rlimits step, which the server decodes only now --
+    # the worker imports sandbox.rlimits as it decodes, before any step.
+    with ForkServer() as fs:
+        first = fs.spawn(["/bin/true"], env=TARGET_ENV, namespaces={"pid": True})
+        assert first.wait(timeout=60) == 0
+        p = fs.spawn(["/bin/sh", "-c", "ulimit -n"], env=TARGET_ENV,
+                     namespaces={"pid": True}, rlimits={"nofile": [123, 123]},
+                     stdout=PIPE)
+        out, _ = p.communicate(timeout=60)
+        assert (p.returncode, out.strip()) == (0, b"123")
+
+
 # --------------------------------------------------------------------------- failures
 
 def _rlimit_hard() -> int:

@@ -678,6 +678,28 @@ def test_the_target_starts_once_its_reaper_is_the_helper(scratch):
     assert out.read_text().strip() == REAPER_COMM
 
 
+def test_with_mounts_the_reaper_is_ready_before_them(scratch):
+    # The reaper shares the mount namespace the mounts step changes, and erases its
+    # auxiliary vector through /proc/self/stat as it becomes the helper: with mounts,
+    # that step waits for it, so it does so in the view it was forked in.  Here a
+    # tmpfs hides /proc, and the reaper, half a second slow, would find nothing.
+    from sandbox.spawning import build_spec
+    root = _tree_with_a_slow_reaper(scratch, die=False)
+    spec = build_spec([SLEEP, "60"], env=TARGET_ENV, namespaces={"pid": True, "mount": True},
+                      mounts=[{"type": "tmpfs", "destination": "/proc"}])
+    p, status_r = _start_lean(root, spec)
+    try:
+        with os.fdopen(status_r, "rb") as f:
+            assert f.read() == b""                       # exec'd
+        helpers, _target = _settled(p.pid)
+        reaper = helpers[-1]
+        assert _comm(reaper) == REAPER_COMM
+        assert _read(f"/proc/{reaper}/auxv") == b"\0" * 16     # AT_NULL alone: cut
+    finally:
+        p.kill()
+        p.wait(timeout=60)
+
+
 JOIN_FOR_A_WORKER = """\
 import os, socket, sys
 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -1,5 +1,6 @@
 """oom_score_adj, rlimits, nice, cgroup placement, env and fds -- seen by the target."""
 
+import json
 import os
 import subprocess
 
@@ -14,6 +15,7 @@ from tests.conftest import (
     run_probe,
     run_wrapperd,
     skip_or_fail,
+    wrapperd_cmd,
 )
 
 
@@ -80,6 +82,21 @@ def test_only_stdio_and_pass_fds_reach_the_target(probe):
         for fd in (r_fd, w_fd, leak_r, leak_w):
             os.close(fd)
     assert sorted(int(fd) for fd in r["fds"]) == sorted([0, 1, 2, r_fd])
+
+
+@pytest.mark.parametrize("pidns", [False, True], ids=["plain", "pid namespace"])
+def test_a_pass_fd_that_is_not_open_is_refused(pidns):
+    # wrapperd started by an init with only stdio open: whatever fd the shim itself
+    # opens on the way (with a pid namespace: the pipe its reaper says it is ready on,
+    # held until the reaper step) must not stand in for a pass_fd the caller did not
+    # have open.  Every low number in turn.
+    for fd in range(3, 9):
+        spec = {"argv": ["/bin/true"], "env": TARGET_ENV, "pass_fds": [fd],
+                "namespaces": {"pid": pidns}}
+        r = subprocess.run(wrapperd_cmd("--spec", "-"), input=json.dumps(spec).encode(),
+                           capture_output=True, timeout=60)
+        assert r.returncode == 125, (fd, r.stderr)
+        assert f"pass_fds: fd {fd} is not open".encode() in r.stderr, (fd, r.stderr)
 
 
 def test_cwd(probe):
