@@ -12,7 +12,7 @@ server's premade reaper is the same (sandbox.forkserver).
 What stays is not a Python interpreter (~4-6 MB of memory each) but the small static
 helper, sandbox/helper.c (`wrapperd-helper` beside this package, built by `python3 -I
 -m sandbox.launchers`), which the process staying behind execs (become()): the same
-guarantees in ~50 KB.  Its binary is opened before anything can change what its path
+guarantees in ~10-50 KB.  Its binary is opened before anything can change what its path
 names (open_helper(): before a mount namespace is joined or changed) and exec'd
 through that fd.  The process going on waits until the helper says it is ready
 (await_ready(): non-dumpable, every fd closed, its handlers in place) before it runs
