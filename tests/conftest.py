@@ -23,6 +23,15 @@ TARGET_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
 ROOTLESS = os.environ.get("WRAPPERD_ROOTLESS") == "1"
 
 
+def mark_every_test_under(conftest_file: str, items, marker) -> None:
+    """Give marker to every collected test in the directory of conftest_file (a
+    directory's conftest.py calls it from its pytest_collection_modifyitems)."""
+    here = os.path.dirname(os.path.abspath(conftest_file))
+    for item in items:
+        if str(item.fspath).startswith(here + os.sep):
+            item.add_marker(marker)
+
+
 def skip_or_fail(reason: str):
     if MUST_RUN:
         pytest.fail(f"must run, but: {reason}")

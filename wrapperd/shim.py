@@ -387,12 +387,9 @@ def _namespaces(plan, ctx):
 def _mounts(plan, ctx):
     if plan.mounts is not None:
         from sandbox import mounts
-        if ctx.reaper_ready >= 0:
-            # The reaper shares the mount namespace and reads /proc as it becomes the
-            # helper: it does so in the view it was forked in, never one half-built.
-            from sandbox import supervisor
-            fd, ctx.reaper_ready = ctx.reaper_ready, -1
-            supervisor.await_ready(fd, "namespaces", "the reaper")
+        # The reaper shares the mount namespace and reads /proc as it becomes the
+        # helper: it does so in the view it was forked in, never one half-built.
+        _await_reaper(ctx)
         mounts.apply(plan.mounts)
 
 
@@ -520,16 +517,22 @@ def _landlock(plan, ctx):
         landlock.apply(plan.landlock)
 
 
+def _await_reaper(ctx) -> None:
+    """Wait until the reaper the namespaces step forked is ready (once: the mounts step
+    or the reaper step, whichever comes first with it still open)."""
+    if ctx.reaper_ready >= 0:
+        from sandbox import supervisor
+        fd, ctx.reaper_ready = ctx.reaper_ready, -1
+        supervisor.await_ready(fd, "namespaces", "the reaper")
+
+
 def _reaper(plan, ctx):
     # The reaper the namespaces step forked execs the helper while the steps since
     # ran; nothing of the target's may run before it is ready (non-dumpable, no fd
     # held, its signal handlers in place).  A fork server's worker: the reaper made
     # ahead of time was asked to join the target's namespaces in the namespaces step.
     # Both are awaited here, before the filter (which may not allow read or recv).
-    if ctx.reaper_ready >= 0:
-        from sandbox import supervisor
-        fd, ctx.reaper_ready = ctx.reaper_ready, -1
-        supervisor.await_ready(fd, "namespaces", "the reaper")
+    _await_reaper(ctx)
     if ctx.reaper_channel >= 0:
         from sandbox import namespaces
         fd, ctx.reaper_channel = ctx.reaper_channel, -1

@@ -5,16 +5,13 @@ import uuid
 import pytest
 
 from sandbox import _libc
-from tests.conftest import free_low_port, host_dir_root, skip_or_fail
+from tests.conftest import free_low_port, host_dir_root, mark_every_test_under, skip_or_fail
 
 
 def pytest_collection_modifyitems(items):
     """Every test here is `privileged` (pyproject's marker): `-m "not privileged"` runs
     the rest."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for item in items:
-        if str(item.fspath).startswith(here + os.sep):
-            item.add_marker(pytest.mark.privileged)
+    mark_every_test_under(__file__, items, pytest.mark.privileged)
 
 
 @pytest.fixture(autouse=True)

@@ -482,18 +482,24 @@ def _refused(scratch, listen: list, match: str) -> str:
     return err
 
 
-def test_an_address_in_use_is_exit_125_naming_it_and_nothing_is_left(scratch):
+@pytest.fixture
+def taken_port():
+    """A loopback TCP port some other socket listens on, for as long as the test runs."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        port = taken.getsockname()[1]
-        first = scratch / "first.sock"
-        err = _refused(scratch, [{"address": str(first)},
-                                 {"address": f"@wrapperd-test-{uuid.uuid4().hex[:10]}"},
-                                 {"address": f"127.0.0.1:{port}"}],
-                       f"bind stream 127.0.0.1:{port}: Address already in use")
-        # The socket file made before the failure is gone again.
-        assert not os.path.lexists(first), err
+        yield taken.getsockname()[1]
+
+
+def test_an_address_in_use_is_exit_125_naming_it_and_nothing_is_left(scratch, taken_port):
+    port = taken_port
+    first = scratch / "first.sock"
+    err = _refused(scratch, [{"address": str(first)},
+                             {"address": f"@wrapperd-test-{uuid.uuid4().hex[:10]}"},
+                             {"address": f"127.0.0.1:{port}"}],
+                   f"bind stream 127.0.0.1:{port}: Address already in use")
+    # The socket file made before the failure is gone again.
+    assert not os.path.lexists(first), err
 
 
 def test_no_such_directory_is_exit_125(scratch):
@@ -536,14 +542,11 @@ def test_a_live_socket_is_in_use_and_a_stale_one_is_replaced(scratch, target, so
     sd_listen_fds_ok(reply, 3)
 
 
-def test_spawn_raises_setup_error_naming_the_step(scratch):
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        marker = scratch / "ran"
-        with pytest.raises(sandbox.SetupError) as e:
-            sandbox.spawn(["/bin/sh", "-c", f"touch {marker}"], env=dict(TARGET_ENV),
-                          listen=[{"address": f"127.0.0.1:{port}"}])
+def test_spawn_raises_setup_error_naming_the_step(scratch, taken_port):
+    port = taken_port
+    marker = scratch / "ran"
+    with pytest.raises(sandbox.SetupError) as e:
+        sandbox.spawn(["/bin/sh", "-c", f"touch {marker}"], env=dict(TARGET_ENV),
+                      listen=[{"address": f"127.0.0.1:{port}"}])
     assert e.value.step == "listen" and f"127.0.0.1:{port}" in e.value.message
     assert not marker.exists()

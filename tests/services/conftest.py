@@ -2,16 +2,13 @@ import os
 
 import pytest
 
-from tests.conftest import needs_host_root, skip_or_fail
+from tests.conftest import mark_every_test_under, needs_host_root, skip_or_fail
 
 
 def pytest_collection_modifyitems(items):
     """Every test here is `services` (pyproject's marker): `-m "not services"` runs the
     rest without starting a daemon."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    for item in items:
-        if str(item.fspath).startswith(here + os.sep):
-            item.add_marker(pytest.mark.services)
+    mark_every_test_under(__file__, items, pytest.mark.services)
 
 
 @pytest.fixture(autouse=True)
